@@ -1,0 +1,61 @@
+"""The ``scbridge`` command line: one module per subcommand, registered in ``_COMMANDS``.
+
+Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
+Errors a user can cause (:class:`~bridge.BridgeError`) print one clear line and exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from .._errors import BridgeError
+
+__all__ = ["main"]
+
+# Subcommand modules, in the order ``scbridge --help`` lists them.
+_COMMANDS = [
+    "bridge.cli._inspect",
+    "bridge.cli._convert",
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="scbridge",
+        description="Single-cell matrices across R and Python, and cell-type annotation.",
+    )
+    parser.add_argument("--version", action="version", version=f"scbridge {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in _COMMANDS:
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``scbridge`` command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="scbridge: %(levelname)s: %(message)s")
+    try:
+        return int(args._run(args) or 0)
+    except BridgeError as exc:
+        print(f"scbridge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"scbridge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

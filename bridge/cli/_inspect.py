@@ -1,0 +1,69 @@
+"""``scbridge inspect IN``: what an object holds, without converting it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+NAME = "inspect"
+HELP = "show class, assays, layers, dims, nnz, value kind and gene id kind of an input"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help=".rds, .RData, .h5ad, .arrow/.arrows, 10x folder or .h5")
+    parser.add_argument("--assay", help="assay to sample for value and gene id kind")
+    parser.add_argument("--layer", help="layer to sample for value and gene id kind")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def inspect(path: str, *, assay: str | None = None, layer: str | None = None) -> dict:
+    """Describe ``path`` and read its default (or chosen) matrix for value and gene id kinds."""
+    from .. import io
+    from .._gene_ids import detect_gene_id_kind
+
+    info = io.describe(path)
+    matrix = io.read(path, assay=assay, layer=layer, validate=False)
+    info["default"] = {
+        "source": matrix.source,
+        "cells": matrix.n_cells,
+        "genes": matrix.n_genes,
+        "nnz": matrix.nnz,
+        "value_kind": matrix.value_kind,
+        "gene_id_kind": detect_gene_id_kind(matrix.genes),
+        "first_genes": [str(g) for g in matrix.genes[:5]],
+        "first_cells": [str(c) for c in matrix.cells[:3]],
+        "obs_columns": matrix.obs.column_names,
+    }
+    return info
+
+
+def _text(info: dict) -> str:
+    lines = [f"class: {info['class']}"]
+    for key in ("seurat_version", "active_assay", "source"):
+        if info.get(key):
+            lines.append(f"{key.replace('_', ' ')}: {info[key]}")
+    for assay, spec in info.get("assays", {}).items():
+        layers = spec.get("layers", {"": spec})
+        cls = f" ({spec['class']})" if "class" in spec and "layers" in spec else ""
+        lines.append(f"assay {assay}{cls}:")
+        for name, layer in layers.items():
+            nnz = "?" if layer.get("nnz") is None else f"{layer['nnz']:,}"
+            lines.append(
+                f"  {name or assay}: {layer['class']}, {layer['genes']:,} genes x "
+                f"{layer['cells']:,} cells, nnz {nnz}"
+            )
+    d = info["default"]
+    lines += [
+        f"default matrix: {d['source']}: {d['cells']:,} cells x {d['genes']:,} genes, "
+        f"nnz {d['nnz']:,}",
+        f"value kind: {d['value_kind']}",
+        f"gene id kind: {d['gene_id_kind']} (e.g. {', '.join(d['first_genes'])})",
+        f"cell metadata: {', '.join(d['obs_columns']) or 'none'}",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    info = inspect(args.input, assay=args.assay, layer=args.layer)
+    print(json.dumps(info, indent=2) if args.json else _text(info))
+    return 0

@@ -1,0 +1,294 @@
+"""Readers and writers, dispatched through one registry.
+
+Adding a container is one module and one :func:`register_reader` call below; nothing else
+branches on file types.  Heavy dependencies (rpy2, anndata, h5py) load only when their reader
+runs, so reading an Arrow file never starts R.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._errors import InputError, UnsupportedError
+from ..matrix import CellMatrix
+
+if TYPE_CHECKING:
+    from ..matrix import ValueKind
+
+__all__ = ["Reader", "describe", "read", "read_chunks", "register_reader", "write"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How to recognise, read, describe and (optionally) stream one kind of file."""
+
+    name: str
+    matches: Callable[[Path], bool]
+    read: Callable[..., CellMatrix]
+    describe: Callable[[Path], dict[str, Any]]
+    iter_chunks: Callable[..., Iterator[CellMatrix]] | None = None
+
+
+_READERS: list[Reader] = []
+
+
+def register_reader(reader: Reader) -> None:
+    """Add a reader; the first whose ``matches`` accepts a path reads it."""
+    _READERS.append(reader)
+
+
+def _reader_for(path: Path) -> Reader:
+    if not path.exists():
+        msg = f"{path} does not exist."
+        raise InputError(msg)
+    for reader in _READERS:
+        if reader.matches(path):
+            return reader
+    names = ", ".join(r.name for r in _READERS)
+    msg = f"{path}: unrecognised input. scbridge reads: {names}."
+    raise UnsupportedError(msg)
+
+
+# -- the built-in readers -------------------------------------------------------------------
+def _rds_read(path: Path, **kw: Any) -> CellMatrix:
+    from .rds import read_r
+
+    return read_r(path, **kw)
+
+
+def _rds_describe(path: Path) -> dict[str, Any]:
+    from .rds import describe_r
+
+    return describe_r(path)
+
+
+def _h5ad_read(path: Path, **kw: Any) -> CellMatrix:
+    from .h5ad import read_h5ad
+
+    return read_h5ad(path, **kw)
+
+
+def _h5ad_describe(path: Path) -> dict[str, Any]:
+    from .h5ad import describe_h5ad
+
+    return describe_h5ad(path)
+
+
+def _h5ad_chunks(path: Path, chunk_size: int, **kw: Any) -> Iterator[CellMatrix]:
+    from .h5ad import iter_h5ad_chunks
+
+    return iter_h5ad_chunks(path, chunk_size, **kw)
+
+
+def _arrow_matches(path: Path) -> bool:
+    from .arrow import is_arrow_file
+
+    return path.is_file() and is_arrow_file(path)
+
+
+def _arrow_read(path: Path, *, assay: str | None = None, layer: str | None = None,
+                validate: bool = True, value_kind: str | None = None) -> CellMatrix:
+    from .arrow import read_arrow
+
+    if assay or layer:
+        msg = f"{path}: an Arrow CSR file holds one matrix; assay= and layer= do not apply."
+        raise InputError(msg)
+    matrix = read_arrow(path)
+    if value_kind:
+        matrix.value_kind = value_kind  # type: ignore[assignment]
+    if validate:
+        matrix.validate()
+    return matrix
+
+
+def _arrow_describe(path: Path) -> dict[str, Any]:
+    import pyarrow as pa
+
+    from .arrow import _check_schema, _open_reader
+
+    source = pa.memory_map(str(path), "r")
+    reader = _open_reader(source, str(path))
+    genes, value_kind, origin = _check_schema(reader.schema, str(path))
+    n_cells = nnz = 0
+    for batch in reader:
+        n_cells += batch.num_rows
+        nnz += len(batch.column("indices").values)
+    version = (reader.schema.metadata or {}).get(b"scbridge.format_version", b"").decode()
+    return {
+        "class": f"Arrow CSR v{version}",
+        "kind": "arrow",
+        "source": origin,
+        "assays": {"arrow": {"layers": {value_kind: {
+            "class": str(reader.schema.field("values").type),
+            "cells": n_cells, "genes": len(genes), "nnz": nnz}}}},
+    }
+
+
+def _arrow_chunks(path: Path, chunk_size: int, **kw: Any) -> Iterator[CellMatrix]:
+    from .arrow import iter_arrow_chunks
+
+    for batch_matrix in iter_arrow_chunks(path):
+        yield from batch_matrix.iter_chunks(chunk_size)
+
+
+def _tenx_matches(path: Path) -> bool:
+    from .tenx import is_10x
+
+    return is_10x(path)
+
+
+def _tenx_read(path: Path, **kw: Any) -> CellMatrix:
+    from .tenx import read_10x
+
+    return read_10x(path, **kw)
+
+
+def _tenx_describe(path: Path) -> dict[str, Any]:
+    from .tenx import describe_10x
+
+    return describe_10x(path)
+
+
+register_reader(Reader(
+    "R objects (.rds, .RData: Seurat, SingleCellExperiment, dgCMatrix, ...)",
+    lambda p: p.suffix.lower() in (".rds", ".rdata", ".rda"), _rds_read, _rds_describe,
+))
+register_reader(Reader(
+    "AnnData (.h5ad)", lambda p: p.suffix.lower() == ".h5ad", _h5ad_read, _h5ad_describe,
+    _h5ad_chunks,
+))
+register_reader(Reader(
+    "10x Genomics (matrix.mtx folder, filtered_feature_bc_matrix.h5)",
+    _tenx_matches, _tenx_read, _tenx_describe,
+))
+register_reader(Reader(
+    "Arrow CSR (.arrow file, .arrows stream)", _arrow_matches, _arrow_read, _arrow_describe,
+    _arrow_chunks,
+))
+
+
+# -- public entry points --------------------------------------------------------------------
+def read(
+    source: Any,
+    *,
+    assay: str | None = None,
+    layer: str | None = None,
+    genes: Sequence[str] | None = None,
+    value_kind: ValueKind | None = None,
+    validate: bool = True,
+    **options: Any,
+) -> CellMatrix:
+    """Read any supported container into a cells x genes :class:`~bridge.CellMatrix`.
+
+    Parameters
+    ----------
+    source
+        A path (``.rds`` / ``.RData`` with a Seurat, SingleCellExperiment or matrix;
+        ``.h5ad``; Arrow CSR ``.arrow`` / ``.arrows``; a 10x ``matrix.mtx`` folder or
+        ``.h5``), a live rpy2 R object, an :class:`anndata.AnnData`, or a ``CellMatrix``.
+    assay
+        Seurat assay (default: the active assay), SingleCellExperiment assay (default
+        ``counts``, falling back to ``logcounts``), or 10x feature type.
+    layer
+        Seurat layer (``counts``, ``data``, a split v5 layer such as ``counts.A``; ``counts``
+        joins all ``counts.*`` layers in the object's cell order) or AnnData ``X`` / ``raw`` /
+        a named layer.
+    genes
+        Reorder / restrict the columns to these gene ids (an error names any not present).
+    value_kind
+        Override the detected kind of values (``counts`` or ``lognorm``).
+    validate
+        Check ids, structure and values (on by default; ``False`` trusts the source).
+    **options
+        Reader-specific options: ``backed=True`` for ``.h5ad``; ``var_names="gene_ids"``
+        for 10x outputs.
+
+    Returns
+    -------
+    CellMatrix
+        For a ``dgCMatrix`` and for a single-batch Arrow file, ``X``'s arrays are views on
+        the R object / the memory map (no copy).
+    """
+    matrix = _read_any(source, assay=assay, layer=layer, value_kind=value_kind,
+                       validate=validate, **options)
+    if genes is not None:
+        matrix = matrix.select_genes(genes)
+    return matrix
+
+
+def _read_any(source: Any, **kw: Any) -> CellMatrix:
+    if isinstance(source, CellMatrix):
+        return source
+    if isinstance(source, str | os.PathLike):
+        path = Path(source).expanduser()
+        return _reader_for(path).read(path, **kw)
+    if type(source).__name__ == "AnnData":
+        from .h5ad import read_anndata
+
+        kw.pop("backed", None)
+        return read_anndata(source, **kw)
+    from . import _r
+
+    if _r.is_r_object(source):
+        from .rds import read_r
+
+        return read_r(source, **kw)
+    msg = (
+        f"cannot read a {type(source).__module__}.{type(source).__name__}. Pass a file path, "
+        "an rpy2 R object (Seurat, SingleCellExperiment, dgCMatrix), an AnnData, or a CellMatrix."
+    )
+    raise UnsupportedError(msg)
+
+
+def read_chunks(source: Any, chunk_size: int, **kw: Any) -> Iterator[CellMatrix]:
+    """Stream ``source`` in chunks of cells.
+
+    ``.h5ad`` files are streamed in backed mode and Arrow files batch by batch, so files
+    larger than memory can be converted or annotated; other sources are read, then sliced
+    into views.
+    """
+    if isinstance(source, str | os.PathLike):
+        path = Path(source).expanduser()
+        reader = _reader_for(path)
+        if reader.iter_chunks is not None:
+            yield from reader.iter_chunks(path, chunk_size, **kw)
+            return
+    yield from read(source, **kw).iter_chunks(chunk_size)
+
+
+def describe(source: Any) -> dict[str, Any]:
+    """What a file holds: class, assays, layers, dims, nnz (no matrix is converted)."""
+    if isinstance(source, str | os.PathLike):
+        path = Path(source).expanduser()
+        return _reader_for(path).describe(path)
+    from .rds import describe_r
+
+    return describe_r(source)
+
+
+def write(
+    matrix: CellMatrix, path: str | os.PathLike[str], *, chunk_size: int | None = None,
+    **options: Any,
+) -> Path:
+    """Write ``matrix`` as Arrow CSR (``.arrow`` file, ``.arrows`` stream) or ``.h5ad``."""
+    out = Path(path)
+    suffix = out.suffix.lower()
+    if suffix in (".arrow", ".arrows", ".ipc"):
+        from .arrow import write_arrow
+
+        write_arrow(matrix, out, chunk_size=chunk_size, **options)
+    elif suffix == ".h5ad":
+        from .h5ad import write_h5ad
+
+        write_h5ad(matrix, out)
+    else:
+        msg = f"cannot write {suffix!r}: bridge.write() writes .arrow, .arrows and .h5ad."
+        raise UnsupportedError(msg)
+    return out

@@ -1,0 +1,128 @@
+"""The embedded R session: started lazily, helpers sourced once, R memory exposed to numpy.
+
+Nothing here runs at import time; reading an Arrow or h5ad file never starts R.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from .._errors import MissingDependencyError, RError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RVectorMemory", "call", "is_r_object", "r_available", "r_vector_view", "session"]
+
+
+def r_available() -> bool:
+    """Whether R and rpy2 can be used here (without starting R)."""
+    try:
+        import rpy2  # noqa: F401
+    except ImportError:
+        return False
+    return shutil.which("R") is not None or bool(os.environ.get("R_HOME"))
+
+
+@functools.cache
+def session() -> Any:
+    """The R environment holding scbridge's helper functions (starts R on first use)."""
+    try:
+        import rpy2.rinterface_lib.callbacks as callbacks
+        import rpy2.robjects as ro
+    except ImportError as exc:
+        msg = (
+            "Reading R objects needs R and rpy2 3.5 (`pip install 'scbridge[r]'`; on Debian "
+            "`apt-get install r-base-core r-cran-seuratobject r-bioc-singlecellexperiment`). "
+            f"Import failed with: {exc}"
+        )
+        raise MissingDependencyError(msg) from None
+    # Route R's console output through logging instead of stdout.
+    callbacks.consolewrite_print = lambda s: logger.debug("R: %s", s.rstrip())
+    callbacks.consolewrite_warnerror = lambda s: logger.debug("R: %s", s.rstrip())
+    env = ro.r("new.env()")
+    code = resources.files("bridge.io").joinpath("r", "helpers.R").read_text()
+    ro.r["eval"](ro.r["parse"](text=code), envir=env)
+    ro.r("suppressPackageStartupMessages(requireNamespace('Matrix', quietly = TRUE))")
+    return env
+
+
+def call(name: str, *args: Any, **kwargs: Any) -> Any:
+    """Call helper ``name`` from helpers.R, turning R errors into :class:`RError`."""
+    from rpy2.rinterface_lib.embedded import RRuntimeError
+
+    env = session()
+    try:
+        return env[name](*args, **kwargs)
+    except RRuntimeError as exc:
+        text = str(exc).strip().removeprefix("Error in").strip()
+        msg = f"R failed in {name}: {text}"
+        raise RError(msg) from None
+
+
+def is_r_object(obj: object) -> bool:
+    """Whether ``obj`` is an rpy2 R object (checked without importing rpy2)."""
+    module = type(obj).__module__
+    return module.startswith("rpy2.")
+
+
+class RVectorMemory:
+    """Exposes an R vector's memory to numpy and keeps the R vector alive.
+
+    numpy arrays built on this object hold it as their ``base``; it holds the rpy2 object,
+    which protects the R vector from R's garbage collector.  The views are read-only so that
+    nothing in Python can modify the user's R object in place.
+    """
+
+    def __init__(self, rvector: Any, dtype: np.dtype) -> None:
+        from rpy2.rinterface_lib import openrlib
+
+        sexp = rvector.__sexp__._cdata
+        address = int(openrlib.ffi.cast("uintptr_t", rvector._R_GET_PTR(sexp)))
+        self.rvector = rvector
+        self.__array_interface__ = {
+            "data": (address, True),
+            "shape": (len(rvector),),
+            "typestr": np.dtype(dtype).str,
+            "version": 3,
+        }
+
+
+_R_TYPES = {14: np.dtype("float64"), 13: np.dtype("int32"), 10: np.dtype("int32")}  # REAL, INT, LGL
+
+
+def r_vector_view(rvector: Any) -> np.ndarray:
+    """A read-only numpy view on an R double / integer / logical vector (no copy)."""
+    typeof = rvector.typeof
+    dtype = _R_TYPES.get(int(typeof))
+    if dtype is None:
+        msg = f"cannot view an R vector of type {typeof} as numbers"
+        raise RError(msg)
+    if len(rvector) == 0:
+        return np.empty(0, dtype=dtype)
+    return np.asarray(RVectorMemory(rvector, dtype))
+
+
+def r_strings(rvector: Any) -> np.ndarray:
+    """An R character vector as a numpy object array (NA becomes None)."""
+    import rpy2.rinterface as ri
+
+    if rvector is ri.NULL or rvector is None:
+        return np.empty(0, dtype=object)
+    return np.array([None if v is ri.NA_Character else str(v) for v in rvector], dtype=object)
+
+
+def r_class(obj: Any) -> list[str]:
+    return [str(c) for c in obj.rclass]
+
+
+def r_null(obj: Any) -> bool:
+    import rpy2.rinterface as ri
+
+    return obj is ri.NULL or obj is None or type(obj).__name__ == "NULLType"

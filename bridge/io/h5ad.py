@@ -1,0 +1,210 @@
+"""Read and write AnnData (in memory or ``.h5ad``, including backed mode)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from .._errors import InputError, NotFoundError
+from .._validate import looks_like_counts
+from ..matrix import CellMatrix
+
+if TYPE_CHECKING:
+    import anndata
+    import pandas as pd
+
+    from ..matrix import ValueKind
+
+__all__ = ["describe_h5ad", "iter_h5ad_chunks", "read_anndata", "read_h5ad", "write_h5ad"]
+
+logger = logging.getLogger(__name__)
+
+_COUNT_LAYERS = {"counts", "raw_counts", "raw", "umi", "spliced"}
+_LOGNORM_LAYERS = {"lognorm", "log1p", "logcounts", "data", "normalized"}
+_DENSE_BLOCK = 1 << 24
+
+
+def _to_csr(X: Any, where: str) -> sp.csr_matrix:
+    if sp.issparse(X):
+        if X.format == "csr":
+            return X if isinstance(X, sp.csr_matrix) else sp.csr_matrix(X, copy=False)
+        logger.info("%s: %s matrix converted to CSR (a copy)", where, X.format)
+        return sp.csr_matrix(X)
+    dense = np.asarray(X)
+    if dense.ndim != 2:
+        msg = f"{where}: expected a 2-D matrix, got shape {dense.shape}"
+        raise InputError(msg)
+    step = max(1, _DENSE_BLOCK // max(dense.shape[1], 1))
+    blocks = [sp.csr_matrix(dense[s : s + step]) for s in range(0, dense.shape[0], step)]
+    return sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
+
+
+def _value_kind(name: str, X: sp.csr_matrix) -> ValueKind:
+    if name.lower() in _COUNT_LAYERS:
+        return "counts"
+    if name.lower() in _LOGNORM_LAYERS:
+        return "lognorm"
+    return "counts" if looks_like_counts(X.data) else "lognorm"
+
+
+def obs_to_arrow(obs: pd.DataFrame) -> pa.Table:
+    """AnnData ``obs`` as Arrow; categoricals become dictionary columns with all categories."""
+    if obs.shape[1] == 0:
+        return pa.table({})
+    columns = {}
+    for name in obs.columns:
+        col = obs[name]
+        try:
+            columns[str(name)] = pa.Array.from_pandas(col)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[str(name)] = pa.array(col.astype(str).tolist(), pa.string())
+    return pa.table(columns)
+
+
+def _select(adata: anndata.AnnData, layer: str | None, where: str) -> tuple[Any, Any, str]:
+    """(matrix, gene ids, name) for X, raw or a named layer."""
+    if layer in (None, "X"):
+        return adata.X, adata.var_names, "X"
+    if layer == "raw":
+        if adata.raw is None:
+            msg = f"{where} has no .raw; available: X, {', '.join(adata.layers.keys()) or 'no layers'}."
+            raise NotFoundError(msg)
+        return adata.raw.X, adata.raw.var_names, "raw"
+    if layer not in adata.layers:
+        choices = ["X", *adata.layers.keys()] + (["raw"] if adata.raw is not None else [])
+        msg = f"{where} has no layer {layer!r}; available: {', '.join(choices)}."
+        raise NotFoundError(msg)
+    return adata.layers[layer], adata.var_names, layer
+
+
+def read_anndata(
+    adata: anndata.AnnData,
+    *,
+    layer: str | None = None,
+    assay: str | None = None,
+    value_kind: ValueKind | None = None,
+    validate: bool = True,
+    where: str = "the AnnData",
+) -> CellMatrix:
+    """A :class:`CellMatrix` sharing the AnnData's CSR arrays (no copy for CSR ``X``)."""
+    if assay is not None:
+        msg = f"{where}: AnnData has no assays; choose the matrix with layer= (X, raw or a layer)."
+        raise InputError(msg)
+    X, genes, name = _select(adata, layer, where)
+    X = _to_csr(X, where)
+    kind = value_kind or ("counts" if name == "raw" and looks_like_counts(X.data) else None)
+    kind = kind or _value_kind(name, X)
+    return CellMatrix(
+        X,
+        np.asarray(adata.obs_names, dtype=object),
+        np.asarray(genes, dtype=object),
+        obs=obs_to_arrow(adata.obs),
+        value_kind=kind,
+        source=f"AnnData {name}",
+        validate=validate,
+        keepalive=adata,
+    )
+
+
+def read_h5ad(
+    path: str | os.PathLike[str],
+    *,
+    layer: str | None = None,
+    assay: str | None = None,
+    value_kind: ValueKind | None = None,
+    validate: bool = True,
+    backed: bool = False,
+) -> CellMatrix:
+    """Read an ``.h5ad`` file; ``backed=True`` leaves everything but the chosen matrix on disk."""
+    import anndata
+
+    where = os.fspath(path)
+    adata = anndata.read_h5ad(where, backed="r" if backed else None)
+    if backed:
+        X, genes, name = _select(adata, layer, where)
+        # Backed sparse datasets load just this matrix; dense h5py datasets read as arrays.
+        X = _to_csr(X.to_memory() if hasattr(X, "to_memory") else X[...], where)
+        matrix = CellMatrix(
+            X,
+            np.asarray(adata.obs_names, dtype=object),
+            np.asarray(genes, dtype=object),
+            obs=obs_to_arrow(adata.obs),
+            value_kind=value_kind or _value_kind(name, X),
+            source=f"AnnData {name} ({Path(where).name}, backed)",
+            validate=validate,
+        )
+        adata.file.close()
+        return matrix
+    matrix = read_anndata(
+        adata, layer=layer, assay=assay, value_kind=value_kind, validate=validate, where=where
+    )
+    matrix.source = f"AnnData {matrix.source.split(' ', 1)[1]} ({Path(where).name})"
+    return matrix
+
+
+def iter_h5ad_chunks(
+    path: str | os.PathLike[str],
+    chunk_size: int,
+    *,
+    layer: str | None = None,
+    value_kind: ValueKind | None = None,
+) -> Iterator[CellMatrix]:
+    """Stream an ``.h5ad`` in chunks of cells with backed mode (files larger than memory)."""
+    import anndata
+
+    where = os.fspath(path)
+    adata = anndata.read_h5ad(where, backed="r")
+    try:
+        X, genes, name = _select(adata, layer, where)
+        genes = np.asarray(genes, dtype=object)
+        obs = obs_to_arrow(adata.obs)
+        cells = np.asarray(adata.obs_names, dtype=object)
+        kind = value_kind
+        for start in range(0, adata.n_obs, chunk_size):
+            stop = min(start + chunk_size, adata.n_obs)
+            block = _to_csr(X[start:stop], where)
+            kind = kind or _value_kind(name, block)
+            yield CellMatrix(
+                block,
+                cells[start:stop],
+                genes,
+                obs=obs.slice(start, stop - start) if obs.num_columns else None,
+                value_kind=kind,
+                source=f"AnnData {name} ({Path(where).name}, backed)",
+            )
+    finally:
+        adata.file.close()
+
+
+def describe_h5ad(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Shapes and layers of an ``.h5ad`` without loading its matrices."""
+    import anndata
+
+    adata = anndata.read_h5ad(os.fspath(path), backed="r")
+    try:
+
+        def entry(X: Any) -> dict[str, Any]:
+            nnz = getattr(X, "nnz", None)
+            if nnz is None and hasattr(X, "group"):
+                nnz = int(X.group["data"].shape[0])
+            return {"class": type(X).__name__, "cells": X.shape[0], "genes": X.shape[1], "nnz": nnz}
+
+        layers = {"X": entry(adata.X)}
+        layers.update({name: entry(adata.layers[name]) for name in adata.layers.keys()})
+        if adata.raw is not None:
+            layers["raw"] = entry(adata.raw.X)
+        return {"class": "AnnData", "kind": "anndata", "assays": {"anndata": {"layers": layers}}}
+    finally:
+        adata.file.close()
+
+
+def write_h5ad(matrix: CellMatrix, path: str | os.PathLike[str]) -> None:
+    """Write ``matrix`` as ``.h5ad`` (values in ``X``; provenance in ``uns['scbridge']``)."""
+    matrix.to_anndata().write_h5ad(os.fspath(path))

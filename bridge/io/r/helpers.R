@@ -1,0 +1,199 @@
+# R side of scbridge's readers and writers, sourced once into a private environment.
+#
+# Everything here works from slots and attributes rather than from SeuratObject methods, so
+# that Seurat v5 objects (Assay5, layers, LogMap) can be read where only SeuratObject 4 is
+# installed, and so that nothing here copies a matrix unless the layout forces it.
+
+scb_load <- function(path) {
+  ext <- tolower(tools::file_ext(path))
+  if (ext %in% c("rdata", "rda")) {
+    env <- new.env(parent = emptyenv())
+    names <- load(path, envir = env)
+    if (length(names) == 0L) stop("scbridge: ", path, " holds no objects")
+    if (length(names) > 1L) {
+      ok <- names[vapply(names, function(n) scb_kind(get(n, envir = env)) != "other", logical(1))]
+      if (length(ok) != 1L) {
+        stop("scbridge: ", path, " holds several objects (", paste(names, collapse = ", "),
+             "); save the one to convert alone with saveRDS()")
+      }
+      names <- ok
+    }
+    return(get(names[[1L]], envir = env))
+  }
+  readRDS(path)
+}
+
+scb_class <- function(x) as.character(class(x))[[1L]]
+
+scb_kind <- function(x) {
+  cls <- class(x)
+  if ("Seurat" %in% cls) return("seurat")
+  if ("seurat" %in% cls) return("seurat2")
+  if (any(c("SingleCellExperiment", "SummarizedExperiment") %in% cls)) return("sce")
+  if (scb_is_matrix(x)) return("matrix")
+  "other"
+}
+
+scb_is_matrix <- function(x) {
+  is.matrix(x) || methods::is(x, "Matrix") || methods::is(x, "DelayedArray") ||
+    scb_class(x) %in% c("dgCMatrix", "dgTMatrix", "dgRMatrix")
+}
+
+scb_dims <- function(x) {
+  d <- dim(x)
+  if (is.null(d)) c(NA_integer_, NA_integer_) else as.double(d)
+}
+
+scb_nnz <- function(x) {
+  cls <- scb_class(x)
+  if (cls %in% c("dgCMatrix", "dgRMatrix", "dgTMatrix")) return(as.double(length(x@x)))
+  if (is.matrix(x)) return(as.double(sum(x != 0, na.rm = TRUE)))
+  NA_real_
+}
+
+# -- Seurat ---------------------------------------------------------------------------------
+scb_seurat_assays <- function(obj) attr(obj, "assays")
+
+scb_seurat_active_assay <- function(obj) as.character(attr(obj, "active.assay"))
+
+scb_seurat_version <- function(obj) {
+  v <- attr(obj, "version")
+  if (is.null(v)) "unknown" else as.character(v)
+}
+
+scb_assay_is_v5 <- function(assay) !is.null(attr(assay, "layers"))
+
+scb_logmap_names <- function(map) rownames(unclass(map))
+
+# Layer descriptions of a Seurat assay: name, class, dims (as stored), nnz.
+scb_assay_layers <- function(assay) {
+  if (scb_assay_is_v5(assay)) {
+    layers <- attr(assay, "layers")
+    return(lapply(layers, function(m) list(class = scb_class(m), dim = scb_dims(m), nnz = scb_nnz(m))))
+  }
+  out <- list()
+  for (slot in c("counts", "data", "scale.data")) {
+    m <- attr(assay, slot)
+    if (!is.null(m) && length(dim(m)) == 2L && prod(dim(m)) > 0) {
+      out[[slot]] <- list(class = scb_class(m), dim = scb_dims(m), nnz = scb_nnz(m))
+    }
+  }
+  out
+}
+
+scb_assay_matrix_v3 <- function(assay, layer) {
+  m <- attr(assay, layer)
+  list(matrix = m, cells = colnames(m), genes = rownames(m))
+}
+
+# One v5 layer with the cell and feature names it covers (layers are stored without dimnames).
+scb_assay_layer_v5 <- function(assay, layer) {
+  cells <- unclass(attr(assay, "cells"))
+  features <- unclass(attr(assay, "features"))
+  m <- attr(assay, "layers")[[layer]]
+  layer_cells <- if (layer %in% colnames(cells)) rownames(cells)[cells[, layer]] else colnames(m)
+  layer_genes <- if (layer %in% colnames(features)) rownames(features)[features[, layer]] else rownames(m)
+  list(matrix = m, cells = layer_cells, genes = layer_genes)
+}
+
+scb_assay_all_cells <- function(assay) rownames(unclass(attr(assay, "cells")))
+scb_assay_all_genes <- function(assay) rownames(unclass(attr(assay, "features")))
+
+scb_seurat_cells <- function(obj) rownames(attr(obj, "meta.data"))
+
+# -- SingleCellExperiment -------------------------------------------------------------------
+scb_sce_assay_names <- function(sce) SummarizedExperiment::assayNames(sce)
+
+scb_sce_assay <- function(sce, name) {
+  m <- SummarizedExperiment::assay(sce, name, withDimnames = FALSE)
+  list(matrix = m, cells = colnames(sce), genes = rownames(sce))
+}
+
+scb_sce_coldata <- function(sce) {
+  cd <- SummarizedExperiment::colData(sce)
+  as.data.frame(cd, optional = TRUE)
+}
+
+# -- matrices -------------------------------------------------------------------------------
+# A block of cells [start, end] (1-based, inclusive) of any matrix-like, as a dgCMatrix.
+scb_block_dgc <- function(x, start, end) {
+  block <- x[, seq.int(start, end), drop = FALSE]
+  if (methods::is(block, "DelayedArray")) block <- as(block, "dgCMatrix")
+  if (is.matrix(block)) block <- Matrix::Matrix(block, sparse = TRUE)
+  if (!methods::is(block, "dgCMatrix")) block <- as(as(block, "CsparseMatrix"), "generalMatrix")
+  if (!methods::is(block, "dgCMatrix")) block <- as(block, "dMatrix")
+  block
+}
+
+scb_as_dgc <- function(x) {
+  out <- as(x, "CsparseMatrix")
+  if (!methods::is(out, "generalMatrix")) out <- as(out, "generalMatrix")
+  if (!methods::is(out, "dMatrix")) out <- as(out, "dMatrix")
+  out
+}
+
+# -- metadata columns -----------------------------------------------------------------------
+# Each column of a data.frame as list(kind, values, levels, na) for the Python side.
+scb_columns <- function(df) {
+  lapply(df, function(col) {
+    if (is.factor(col)) {
+      return(list(kind = "factor", values = as.integer(col), levels = levels(col),
+                  ordered = is.ordered(col), na = is.na(col)))
+    }
+    if (is.logical(col)) return(list(kind = "logical", values = col, na = is.na(col)))
+    if (is.integer(col)) return(list(kind = "integer", values = col, na = is.na(col)))
+    if (is.double(col) && is.null(attr(col, "class"))) {
+      return(list(kind = "double", values = col, na = is.na(col) & !is.nan(col)))
+    }
+    chr <- as.character(col)
+    list(kind = "character", values = chr, na = is.na(chr))
+  })
+}
+
+# Build a data.frame from Python column specs (same shape as scb_columns output).
+scb_frame <- function(specs, cells) {
+  cols <- lapply(specs, function(s) {
+    v <- s$values
+    if (identical(s$kind, "factor")) {
+      v <- factor(s$levels[v], levels = s$levels, ordered = isTRUE(s$ordered))
+    }
+    if (length(s$na)) v[as.logical(s$na)] <- NA
+    v
+  })
+  df <- as.data.frame(cols, stringsAsFactors = FALSE, optional = TRUE)
+  names(df) <- names(specs)
+  rownames(df) <- cells
+  df
+}
+
+# -- write-back -----------------------------------------------------------------------------
+scb_object_cells <- function(obj) {
+  kind <- scb_kind(obj)
+  if (kind == "seurat") return(rownames(attr(obj, "meta.data")))
+  if (kind == "sce") return(colnames(obj))
+  stop("scbridge: write-back needs a Seurat or SingleCellExperiment object, got ", scb_class(obj))
+}
+
+scb_add_columns <- function(obj, df, overwrite) {
+  kind <- scb_kind(obj)
+  cells <- scb_object_cells(obj)
+  idx <- match(cells, rownames(df))
+  if (kind == "seurat") {
+    meta <- attr(obj, "meta.data")
+    for (name in names(df)) meta[[name]] <- df[[name]][idx]
+    # attr<- keeps every other slot exactly as it was and needs no class definition (v5).
+    attr(obj, "meta.data") <- meta
+  } else {
+    cd <- SummarizedExperiment::colData(obj)
+    for (name in names(df)) cd[[name]] <- df[[name]][idx]
+    SummarizedExperiment::colData(obj) <- cd
+  }
+  obj
+}
+
+scb_existing_columns <- function(obj) {
+  kind <- scb_kind(obj)
+  if (kind == "seurat") return(colnames(attr(obj, "meta.data")))
+  if (kind == "sce") return(colnames(SummarizedExperiment::colData(obj)))
+  character(0)
+}

@@ -1,0 +1,490 @@
+"""Read Seurat (v3/v4/v5), SingleCellExperiment and bare R matrices through rpy2.
+
+A genes x cells ``dgCMatrix`` has slots ``p``, ``i``, ``x``: exactly the ``indptr``,
+``indices`` and ``data`` of the cells x genes CSR, so the common case is three numpy views on
+R's memory and no copy.  Other layouts are converted, and the code says where:
+
+============================  ==============================================================
+``dgCMatrix``                 zero-copy views (read-only; the R object is kept alive)
+``dgRMatrix``                 it is the CSC of cells x genes: one conversion
+``dgTMatrix``                 triplets: one COO -> CSR conversion (duplicates summed, as in R)
+dense ``matrix``              the column-major genes x cells *is* row-major cells x genes:
+                              sparsified in blocks of cells, never a second dense copy
+``DelayedArray`` and others   realised block-wise in R, one block of cells at a time
+split v5 layers               each layer viewed, then joined in the object's cell order
+============================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from .._errors import InputError, NotFoundError, UnsupportedError
+from .._validate import looks_like_counts
+from ..matrix import CellMatrix
+from . import _r
+
+if TYPE_CHECKING:
+    from ..matrix import ValueKind
+
+__all__ = ["describe_r", "r_frame_to_arrow", "read_r"]
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_CLASSES = (
+    "Seurat (v3, v4, v5 with Assay or Assay5)",
+    "SingleCellExperiment / SummarizedExperiment",
+    "dgCMatrix",
+    "dgRMatrix",
+    "dgTMatrix",
+    "matrix (dense)",
+    "DelayedArray / HDF5Array",
+    "other Matrix classes (coerced to dgCMatrix)",
+)
+_BLOCK_ELEMENTS = 1 << 24  # dense elements per block when realising DelayedArray / dense input
+_COUNT_LAYERS = {"counts", "raw", "umi", "umis"}
+_LOGNORM_LAYERS = {"data", "logcounts", "lognorm", "normcounts", "log1p"}
+
+
+@dataclass
+class _Matrix:
+    """A matrix found inside an R object, before conversion."""
+
+    robj: Any
+    cells: np.ndarray
+    genes: np.ndarray
+    label: str  # e.g. "Seurat assay RNA layer counts"
+    layer: str
+    X: sp.csr_matrix | None = None  # set when the matrix was already assembled (joined layers)
+
+
+# -- entry points ---------------------------------------------------------------------------
+def load(source: str | Path | Any) -> Any:
+    """The R object behind ``source`` (an ``.rds`` / ``.RData`` path or a live rpy2 object)."""
+    if _r.is_r_object(source):
+        return source
+    return _r.call("scb_load", str(source))
+
+
+def read_r(
+    source: str | Path | Any,
+    *,
+    assay: str | None = None,
+    layer: str | None = None,
+    value_kind: ValueKind | None = None,
+    validate: bool = True,
+) -> CellMatrix:
+    """Read the expression matrix of an R object into a :class:`CellMatrix`."""
+    obj = load(source)
+    where = "the R object" if _r.is_r_object(source) else str(source)
+    kind = str(_r.call("scb_kind", obj)[0])
+    obs: pa.Table | None
+    if kind == "seurat":
+        found, obs = _find_seurat(obj, assay, layer, where)
+    elif kind == "sce":
+        found, obs = _find_sce(obj, assay, layer, where)
+    elif kind == "matrix":
+        found, obs = _find_bare(obj, where), None
+    elif kind == "seurat2":
+        msg = (
+            f"{where} is a Seurat v2 object (class 'seurat'). Update it first in R with "
+            "SeuratObject::UpdateSeuratObject() (Seurat 3+), save it, and read that."
+        )
+        raise UnsupportedError(msg)
+    else:
+        cls = ", ".join(_r.r_class(obj))
+        msg = (
+            f"{where} holds an R object of class {cls}, which scbridge cannot read. Supported: "
+            + "; ".join(SUPPORTED_CLASSES)
+            + "."
+        )
+        raise UnsupportedError(msg)
+    X = found.X if found.X is not None else _to_csr(found, where)
+    return CellMatrix(
+        X,
+        found.cells,
+        found.genes,
+        obs=_align_obs(obs, found.cells),
+        value_kind=value_kind or _value_kind_for(found.layer, X),
+        source=found.label,
+        validate=validate,
+        keepalive=obj,
+    )
+
+
+def describe_r(source: str | Path | Any) -> dict[str, Any]:
+    """Class, assays, layers, dims and nnz of an R object, without converting any matrix."""
+    obj = load(source)
+    kind = str(_r.call("scb_kind", obj)[0])
+    info: dict[str, Any] = {"class": _r.r_class(obj)[0], "kind": kind}
+    if kind == "seurat":
+        info["seurat_version"] = str(_r.call("scb_seurat_version", obj)[0])
+        info["active_assay"] = str(_r.call("scb_seurat_active_assay", obj)[0])
+        assays = _r.call("scb_seurat_assays", obj)
+        info["assays"] = {
+            str(name): {
+                "class": _r.r_class(a)[0],
+                "layers": _layer_table(_r.call("scb_assay_layers", a)),
+            }
+            for name, a in zip(assays.names, assays, strict=True)
+        }
+    elif kind == "sce":
+        names = [str(n) for n in _r.call("scb_sce_assay_names", obj)]
+        info["assays"] = {}
+        for name in names:
+            m = _r.call("scb_sce_assay", obj, name).rx2("matrix")
+            info["assays"][name] = _layer_table_one(m)
+    elif kind == "matrix":
+        info["assays"] = {"matrix": _layer_table_one(obj)}
+    return info
+
+
+# -- finding the matrix ---------------------------------------------------------------------
+def _names(values: Any) -> list[str]:
+    return [] if _r.r_null(values) else [str(v) for v in values]
+
+
+def _find_seurat(
+    obj: Any, assay: str | None, layer: str | None, where: str
+) -> tuple[_Matrix, pa.Table]:
+    assays = _r.call("scb_seurat_assays", obj)
+    names = _names(assays.names)
+    assay = assay or str(_r.call("scb_seurat_active_assay", obj)[0])
+    if assay not in names:
+        msg = f"{where} has no assay {assay!r}; available assays: {', '.join(names)}."
+        raise NotFoundError(msg)
+    the_assay = assays.rx2(assay)
+    obs = r_frame_to_arrow(obj.do_slot("meta.data"))
+    obs_cells = _r.r_strings(_r.call("scb_seurat_cells", obj))
+    obs = obs.append_column("__cell__", pa.array(obs_cells.tolist(), pa.string()))
+    if bool(_r.call("scb_assay_is_v5", the_assay)[0]):
+        return _find_seurat_v5(the_assay, assay, layer, where), obs
+    available = _names(_r.call("scb_assay_layers", the_assay).names)
+    chosen = _choose_layer(layer, available, assay, where)
+    part = _r.call("scb_assay_matrix_v3", the_assay, chosen)
+    return (
+        _Matrix(
+            part.rx2("matrix"),
+            _r.r_strings(part.rx2("cells")),
+            _r.r_strings(part.rx2("genes")),
+            f"Seurat assay {assay} {chosen}",
+            chosen,
+        ),
+        obs,
+    )
+
+
+def _choose_layer(layer: str | None, available: list[str], assay: str, where: str) -> str:
+    if layer is None:
+        if "counts" in available:
+            return "counts"
+        if "data" in available:
+            logger.warning(
+                "%s: assay %s has no counts; using its log-normalised 'data' instead", where, assay
+            )
+            return "data"
+        msg = f"{where}: assay {assay!r} holds no counts or data layer (layers: {available})."
+        raise NotFoundError(msg)
+    if layer == "scale.data":
+        msg = (
+            f"{where}: layer 'scale.data' holds scaled (centred, negative) values that "
+            "annotation cannot use; choose 'counts' or 'data'."
+        )
+        raise InputError(msg)
+    if layer not in available:
+        msg = (
+            f"{where}: assay {assay!r} has no layer {layer!r}; available layers: "
+            f"{', '.join(available) or 'none'}."
+        )
+        raise NotFoundError(msg)
+    return layer
+
+
+def _find_seurat_v5(
+    the_assay: Any, assay: str, layer: str | None, where: str
+) -> _Matrix:
+    available = _names(_r.call("scb_assay_layers", the_assay).names)
+    wanted = layer or "counts"
+    if wanted == "counts" and layer is None and not any(
+        n == "counts" or n.startswith("counts.") for n in available
+    ):
+        wanted = "data"
+        logger.warning("%s: assay %s has no counts layer; using 'data'", where, assay)
+    matching = [n for n in available if n == wanted] or [
+        n for n in available if n.startswith(wanted + ".")
+    ]
+    if not matching:
+        msg = (
+            f"{where}: assay {assay!r} has no layer {wanted!r}; available layers: "
+            f"{', '.join(available) or 'none'}."
+        )
+        raise NotFoundError(msg)
+    all_cells = _r.r_strings(_r.call("scb_assay_all_cells", the_assay))
+    all_genes = _r.r_strings(_r.call("scb_assay_all_genes", the_assay))
+    parts = []
+    for name in matching:
+        part = _r.call("scb_assay_layer_v5", the_assay, name)
+        parts.append(
+            _Matrix(
+                part.rx2("matrix"),
+                _r.r_strings(part.rx2("cells")),
+                _r.r_strings(part.rx2("genes")),
+                f"Seurat v5 assay {assay} layer {name}",
+                wanted,
+            )
+        )
+    if len(parts) == 1 and len(parts[0].genes) == len(all_genes):
+        return parts[0]
+    label = f"Seurat v5 assay {assay} layers {'+'.join(matching)} (joined)"
+    logger.info("%s: joining %d split layers %s (a copy)", where, len(parts), matching)
+    X, cells = _join_layers(parts, all_cells, all_genes, where)
+    return _Matrix(None, cells, all_genes, label, wanted, X=X)
+
+
+def _join_layers(
+    parts: list[_Matrix], all_cells: np.ndarray, all_genes: np.ndarray, where: str
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Stack split layers into one CSR over all genes, rows in the assay's cell order."""
+    gene_pos = {g: i for i, g in enumerate(all_genes)}
+    blocks, block_cells = [], []
+    for part in parts:
+        X = _to_csr(part, where)
+        remap = np.fromiter((gene_pos[g] for g in part.genes), dtype=np.int32, count=len(part.genes))
+        block = sp.csr_matrix(
+            (X.data, remap[X.indices], X.indptr), shape=(X.shape[0], len(all_genes))
+        )
+        block.sort_indices()
+        blocks.append(block)
+        block_cells.extend(part.cells)
+    row_of = {c: i for i, c in enumerate(block_cells)}
+    if len(row_of) != len(block_cells):
+        msg = f"{where}: some cells appear in more than one of the split layers being joined."
+        raise InputError(msg)
+    order = [c for c in all_cells if c in row_of]
+    stacked = sp.vstack(blocks, format="csr")
+    perm = np.fromiter((row_of[c] for c in order), dtype=np.int64, count=len(order))
+    return stacked[perm], np.asarray(order, dtype=object)
+
+
+def _find_sce(
+    obj: Any, assay: str | None, layer: str | None, where: str
+) -> tuple[_Matrix, pa.Table]:
+    if assay and layer and assay != layer:
+        msg = f"{where}: for a SingleCellExperiment give the assay name once (assay={assay!r})."
+        raise InputError(msg)
+    available = _names(_r.call("scb_sce_assay_names", obj))
+    name = assay or layer
+    if name is None:
+        name = next((n for n in ("counts", "logcounts") if n in available), None)
+        if name is None:
+            msg = (
+                f"{where}: the SingleCellExperiment has neither a 'counts' nor a 'logcounts' "
+                f"assay; choose one of: {', '.join(available) or 'none'} (assay=...)."
+            )
+            raise NotFoundError(msg)
+        if name == "logcounts":
+            logger.warning("%s: no 'counts' assay; using 'logcounts'", where)
+    elif name not in available:
+        msg = (
+            f"{where}: the SingleCellExperiment has no assay {name!r}; available assays: "
+            f"{', '.join(available) or 'none'}."
+        )
+        raise NotFoundError(msg)
+    part = _r.call("scb_sce_assay", obj, name)
+    cells = _r.r_strings(part.rx2("cells"))
+    genes = _r.r_strings(part.rx2("genes"))
+    if len(cells) == 0 or len(genes) == 0:
+        msg = (
+            f"{where}: the SingleCellExperiment has no {'colnames' if len(cells) == 0 else 'rownames'}; "
+            "set cell barcodes with colnames(sce) <- ... and gene ids with rownames(sce) <- ...."
+        )
+        raise InputError(msg)
+    obs = r_frame_to_arrow(_r.call("scb_sce_coldata", obj))
+    obs = obs.append_column("__cell__", pa.array(cells.tolist(), pa.string()))
+    return _Matrix(part.rx2("matrix"), cells, genes, f"SingleCellExperiment assay {name}", name), obs
+
+
+def _find_bare(obj: Any, where: str) -> _Matrix:
+    import rpy2.robjects as ro
+
+    genes = _r.r_strings(ro.r["rownames"](obj))
+    cells = _r.r_strings(ro.r["colnames"](obj))
+    if len(genes) == 0 or len(cells) == 0:
+        msg = (
+            f"{where}: the matrix has no {'rownames (gene ids)' if len(genes) == 0 else 'colnames (cell ids)'}. "
+            "Set dimnames(m) <- list(genes, cells) in R; scbridge expects genes x cells."
+        )
+        raise InputError(msg)
+    cls = _r.r_class(obj)[0]
+    return _Matrix(obj, cells, genes, f"R {cls}", "matrix")
+
+
+# -- converting the matrix ------------------------------------------------------------------
+def _to_csr(found: _Matrix, where: str) -> sp.csr_matrix:
+    m = found.robj
+    cls = _r.r_class(m)[0]
+    n_genes, n_cells = len(found.genes), len(found.cells)
+    if cls == "dgCMatrix":
+        indptr = _r.r_vector_view(m.do_slot("p"))
+        indices = _r.r_vector_view(m.do_slot("i"))
+        data = _r.r_vector_view(m.do_slot("x"))
+        _check_dims(m, n_genes, n_cells, where)
+        return sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_genes), copy=False)
+    if cls == "dgRMatrix":
+        logger.info("%s: dgRMatrix is row-compressed genes x cells; converting (a copy)", where)
+        indptr = _r.r_vector_view(m.do_slot("p"))
+        cols = _r.r_vector_view(m.do_slot("j"))
+        data = _r.r_vector_view(m.do_slot("x"))
+        return sp.csc_matrix((data, cols, indptr), shape=(n_cells, n_genes)).tocsr()
+    if cls == "dgTMatrix":
+        logger.info("%s: dgTMatrix holds triplets; converting to CSR (a copy)", where)
+        rows = _r.r_vector_view(m.do_slot("i"))
+        cols = _r.r_vector_view(m.do_slot("j"))
+        data = _r.r_vector_view(m.do_slot("x"))
+        return sp.coo_matrix((data, (cols, rows)), shape=(n_cells, n_genes)).tocsr()
+    if cls == "matrix" or cls == "array":
+        return _dense_to_csr(m, n_cells, n_genes, where)
+    return _blockwise_to_csr(m, n_cells, n_genes, cls, where)
+
+
+def _check_dims(m: Any, n_genes: int, n_cells: int, where: str) -> None:
+    dims = _r.r_vector_view(m.do_slot("Dim"))
+    if (int(dims[0]), int(dims[1])) != (n_genes, n_cells):
+        msg = (
+            f"{where}: the matrix is {int(dims[0])} x {int(dims[1])} but there are {n_genes} "
+            f"gene and {n_cells} cell names."
+        )
+        raise InputError(msg)
+
+
+def _dense_to_csr(m: Any, n_cells: int, n_genes: int, where: str) -> sp.csr_matrix:
+    """Sparsify a dense R matrix a block of cells at a time (its memory is viewed, not copied)."""
+    import rpy2.rinterface as ri
+
+    typeof = int(m.typeof)
+    if typeof not in (int(ri.RTYPES.REALSXP), int(ri.RTYPES.INTSXP), int(ri.RTYPES.LGLSXP)):
+        msg = f"{where}: a dense matrix of R type {m.typeof} is not numeric expression data."
+        raise InputError(msg)
+    flat = _r.r_vector_view(m)
+    if typeof != int(ri.RTYPES.REALSXP) and flat.size and (flat == np.iinfo(np.int32).min).any():
+        msg = f"{where}: the integer matrix holds NA values; replace them before converting."
+        raise InputError(msg)
+    # Column-major genes x cells == row-major cells x genes: a free reshape.
+    cells_by_genes = flat.reshape(n_cells, n_genes)
+    step = max(1, _BLOCK_ELEMENTS // max(n_genes, 1))
+    blocks = [sp.csr_matrix(cells_by_genes[s : s + step]) for s in range(0, n_cells, step)]
+    X = sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
+    if X.dtype != np.float64:
+        X = X.astype(np.float64)
+    return X
+
+
+def _blockwise_to_csr(m: Any, n_cells: int, n_genes: int, cls: str, where: str) -> sp.csr_matrix:
+    """Realise any matrix-like R object (DelayedArray, HDF5Array, Matrix) a block at a time."""
+    step = max(1, _BLOCK_ELEMENTS // max(n_genes, 1))
+    logger.info("%s: realising %s in blocks of %d cells", where, cls, step)
+    indptr_parts = [np.zeros(1, dtype=np.int64)]
+    index_parts, data_parts = [], []
+    offset = 0
+    starts = range(0, n_cells, step)
+    for start in tqdm(starts, desc=f"realising {cls}", unit="block", disable=len(starts) < 4):
+        stop = min(start + step, n_cells)
+        block = _r.call("scb_block_dgc", m, start + 1, stop)
+        p = _r.r_vector_view(block.do_slot("p"))
+        index_parts.append(np.array(_r.r_vector_view(block.do_slot("i"))))
+        data_parts.append(np.array(_r.r_vector_view(block.do_slot("x"))))
+        indptr_parts.append(p[1:].astype(np.int64) + offset)
+        offset += int(p[-1])
+    indptr = np.concatenate(indptr_parts)
+    if offset <= np.iinfo(np.int32).max:
+        indptr = indptr.astype(np.int32)
+    indices = np.concatenate(index_parts) if index_parts else np.zeros(0, np.int32)
+    data = np.concatenate(data_parts) if data_parts else np.zeros(0)
+    return sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_genes), copy=False)
+
+
+def _value_kind_for(layer: str, X: sp.csr_matrix) -> ValueKind:
+    base = layer.split(".", 1)[0].lower()
+    if base in _COUNT_LAYERS:
+        return "counts"
+    if base in _LOGNORM_LAYERS:
+        return "lognorm"
+    return "counts" if looks_like_counts(X.data) else "lognorm"
+
+
+# -- metadata -------------------------------------------------------------------------------
+def r_frame_to_arrow(frame: Any) -> pa.Table:
+    """An R data.frame as an Arrow table; factors keep their levels (unused ones included)."""
+    specs = _r.call("scb_columns", frame)
+    columns: dict[str, pa.Array] = {}
+    for name, spec in zip(_names(specs.names), specs, strict=True):
+        kind = str(spec.rx2("kind")[0])
+        na = np.asarray(spec.rx2("na"), dtype=bool)
+        values = spec.rx2("values")
+        if kind == "factor":
+            codes = np.asarray(values, dtype=np.int32) - 1
+            levels = _r.r_strings(spec.rx2("levels"))
+            indices = pa.array(codes, type=pa.int32(), mask=na)
+            columns[name] = pa.DictionaryArray.from_arrays(
+                indices, pa.array(levels.tolist(), pa.string()),
+                ordered=bool(spec.rx2("ordered")[0]),
+            )
+        elif kind == "character":
+            columns[name] = pa.array(_r.r_strings(values).tolist(), pa.string())
+        elif kind == "logical":
+            columns[name] = pa.array(np.asarray(values, dtype=bool), pa.bool_(), mask=na)
+        elif kind == "integer":
+            columns[name] = pa.array(np.asarray(values, dtype=np.int32), pa.int32(), mask=na)
+        else:
+            columns[name] = pa.array(np.asarray(values, dtype=np.float64), pa.float64(), mask=na)
+    return pa.table(columns) if columns else pa.table({})
+
+
+def _align_obs(obs: pa.Table | None, cells: np.ndarray) -> pa.Table | None:
+    """Metadata rows in the matrix's cell order (matched by cell id)."""
+    if obs is None or "__cell__" not in obs.column_names:
+        return obs
+    obs_cells = obs.column("__cell__").to_pylist()
+    obs = obs.drop_columns(["__cell__"])
+    if not obs.num_columns:
+        return None
+    if len(obs_cells) == len(cells) and all(a == b for a, b in zip(obs_cells, cells, strict=True)):
+        return obs
+    row = {c: i for i, c in enumerate(obs_cells)}
+    take = pa.array([row.get(c) for c in cells], pa.int64())
+    return obs.take(take)
+
+
+def _layer_table_one(m: Any) -> dict[str, Any]:
+    import rpy2.robjects as ro
+
+    dims = [int(d) for d in ro.r["dim"](m)]
+    nnz = _r.call("scb_nnz", m)[0]
+    return {
+        "class": _r.r_class(m)[0],
+        "genes": dims[0],
+        "cells": dims[1],
+        "nnz": None if np.isnan(nnz) else int(nnz),
+    }
+
+
+def _layer_table(layers: Any) -> dict[str, Any]:
+    out = {}
+    for name, spec in zip(_names(layers.names), layers, strict=True):
+        dims = list(spec.rx2("dim"))
+        nnz = spec.rx2("nnz")[0]
+        out[name] = {
+            "class": str(spec.rx2("class")[0]),
+            "genes": int(dims[0]),
+            "cells": int(dims[1]),
+            "nnz": None if np.isnan(nnz) else int(nnz),
+        }
+    return out

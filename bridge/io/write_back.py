@@ -1,0 +1,230 @@
+"""Add per-cell columns to a Seurat / SCE ``.rds`` or an ``.h5ad``, leaving the rest untouched."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .._errors import InputError, UnsupportedError
+from . import _r
+
+__all__ = ["as_arrow_table", "write_back"]
+
+logger = logging.getLogger(__name__)
+
+
+def as_arrow_table(columns: Any) -> pa.Table:
+    """A pyarrow table from a pyarrow / polars / pandas table (pandas index kept as ``cell``)."""
+    if isinstance(columns, pa.Table):
+        return columns
+    if hasattr(columns, "to_arrow"):  # polars
+        return columns.to_arrow()
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover
+        pd = None
+    if pd is not None and isinstance(columns, pd.DataFrame):
+        frame = columns if "cell" in columns.columns else columns.rename_axis("cell").reset_index()
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    msg = f"columns must be a pyarrow, polars or pandas table, got {type(columns).__name__}."
+    raise UnsupportedError(msg)
+
+
+def _flatten_nested(table: pa.Table) -> pa.Table:
+    """List / struct columns become readable strings (meta.data / obs hold flat columns)."""
+    for i, field in enumerate(table.schema):
+        t = field.type
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            values = []
+            for row in table.column(i).to_pylist():
+                if row is None:
+                    values.append(None)
+                    continue
+                parts = [
+                    f"{v['label']}:{v['score']:.3g}" if isinstance(v, dict) and "label" in v
+                    else str(v)
+                    for v in row
+                ]
+                values.append(";".join(parts))
+            logger.info("write-back: list column %r stored as ';'-joined text", field.name)
+            table = table.set_column(i, field.name, pa.array(values, pa.string()))
+        elif pa.types.is_struct(t):
+            msg = f"column {field.name!r} is a struct; flatten it before writing back."
+            raise UnsupportedError(msg)
+    return table
+
+
+def _prepare(columns: Any) -> tuple[pa.Table, list[str]]:
+    table = as_arrow_table(columns)
+    if "cell" not in table.column_names:
+        msg = (
+            "the columns to write back need a 'cell' column with the cell ids "
+            f"(got columns {table.column_names})."
+        )
+        raise InputError(msg)
+    cells = [str(c) for c in table.column("cell").to_pylist()]
+    if len(set(cells)) != len(cells):
+        msg = "the 'cell' column of the columns to write back has duplicated cell ids."
+        raise InputError(msg)
+    table = _flatten_nested(table.drop_columns(["cell"]))
+    if table.num_columns == 0:
+        msg = "nothing to write back: the table has only a 'cell' column."
+        raise InputError(msg)
+    return table, cells
+
+
+def _check_cells(table_cells: list[str], object_cells: list[str], where: str) -> None:
+    known = set(object_cells)
+    unknown = [c for c in table_cells if c not in known]
+    if unknown:
+        msg = (
+            f"{len(unknown)} cell id(s) in the columns are not in {where}, e.g. "
+            f"{', '.join(map(repr, unknown[:3]))}. Were the calls made on a different object?"
+        )
+        raise InputError(msg)
+    missing = len(known) - len(table_cells)
+    if missing:
+        logger.warning("%s: %d cells have no value in the new columns; they get NA", where, missing)
+
+
+def _check_clash(new: list[str], existing: list[str], overwrite: bool, where: str) -> None:
+    clash = sorted(set(new) & set(existing))
+    if clash and not overwrite:
+        msg = (
+            f"{where} already has column(s) {', '.join(map(repr, clash))}; pass overwrite=True "
+            "(CLI: --overwrite) to replace them, or choose another prefix."
+        )
+        raise InputError(msg)
+
+
+def _column_spec(array: pa.ChunkedArray) -> dict[str, Any]:
+    """One column in the shape helpers.R's scb_frame() expects."""
+    array = array.combine_chunks()
+    na = np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    t = array.type
+    if pa.types.is_dictionary(t):
+        codes = pc.fill_null(array.indices, 0).to_numpy().astype(np.int32) + 1
+        levels = [str(v) for v in array.dictionary.to_pylist()]
+        return {"kind": "factor", "values": codes, "levels": levels, "ordered": t.ordered, "na": na}
+    if pa.types.is_boolean(t):
+        return {"kind": "logical", "values": pc.fill_null(array, False).to_numpy(zero_copy_only=False), "na": na}
+    if pa.types.is_integer(t):
+        values = pc.fill_null(array, 0).to_numpy()
+        if values.size and np.abs(values).max() < 2**31 - 1:
+            return {"kind": "integer", "values": values.astype(np.int32), "na": na}
+        return {"kind": "double", "values": values.astype(np.float64), "na": na}
+    if pa.types.is_floating(t):
+        values = pc.fill_null(array, 0).to_numpy().astype(np.float64)
+        return {"kind": "double", "values": values, "na": na}
+    values = [None if v is None else str(v) for v in array.to_pylist()]
+    return {"kind": "character", "values": values, "na": na}
+
+
+def _r_specs(table: pa.Table) -> Any:
+    import rpy2.rinterface as ri
+    import rpy2.robjects as ro
+
+    specs = {}
+    for name in table.column_names:
+        spec = _column_spec(table.column(name))
+        kind = spec["kind"]
+        if kind in ("factor", "integer"):
+            values = ro.IntVector(spec["values"])
+        elif kind == "double":
+            values = ro.FloatVector(spec["values"])
+        elif kind == "logical":
+            values = ro.BoolVector(spec["values"])
+        else:
+            values = ro.StrVector([ri.NA_Character if v is None else v for v in spec["values"]])
+        entry = {"kind": ro.StrVector([kind]), "values": values, "na": ro.BoolVector(spec["na"])}
+        if kind == "factor":
+            entry["levels"] = ro.StrVector(spec["levels"])
+            entry["ordered"] = ro.BoolVector([spec["ordered"]])
+        specs[name] = ro.ListVector(entry)
+    return ro.ListVector(specs)
+
+
+def _write_back_rds(source: Path, table: pa.Table, cells: list[str], out: Path, overwrite: bool) -> None:
+    import rpy2.robjects as ro
+
+    where = str(source)
+    obj = _r.call("scb_load", where)
+    kind = str(_r.call("scb_kind", obj)[0])
+    if kind not in ("seurat", "sce"):
+        msg = f"{where} holds a {_r.r_class(obj)[0]}; write-back needs a Seurat or SingleCellExperiment."
+        raise UnsupportedError(msg)
+    object_cells = list(_r.r_strings(_r.call("scb_object_cells", obj)))
+    _check_cells(cells, object_cells, where)
+    existing = list(_r.r_strings(_r.call("scb_existing_columns", obj)))
+    _check_clash(table.column_names, existing, overwrite, where)
+    frame = _r.call("scb_frame", _r_specs(table), ro.StrVector(cells))
+    updated = _r.call("scb_add_columns", obj, frame, ro.BoolVector([overwrite]))
+    ro.r["saveRDS"](updated, file=str(out))
+
+
+def _write_back_h5ad(source: Path, table: pa.Table, cells: list[str], out: Path, overwrite: bool) -> None:
+    import h5py
+
+    try:
+        from anndata.io import read_elem, write_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import read_elem, write_elem
+
+    where = str(source)
+    if source.resolve() != out.resolve():
+        shutil.copyfile(source, out)  # X and every other element stay byte-identical
+    with h5py.File(out, "r+") as f:
+        obs = read_elem(f["obs"])
+        _check_cells(cells, [str(c) for c in obs.index], where)
+        _check_clash(table.column_names, [str(c) for c in obs.columns], overwrite, where)
+        new = table.to_pandas(types_mapper=None)
+        new.index = cells
+        for name in table.column_names:
+            obs[name] = new[name].reindex(obs.index)
+        del f["obs"]
+        write_elem(f, "obs", obs)
+
+
+def write_back(
+    source_path: str | os.PathLike[str],
+    columns: Any,
+    out_path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Add per-cell ``columns`` to the object in ``source_path`` and save it to ``out_path``.
+
+    Parameters
+    ----------
+    source_path
+        A Seurat or SingleCellExperiment ``.rds`` (columns go to ``meta.data`` / ``colData``)
+        or an ``.h5ad`` (columns go to ``obs``).  The source file is never modified.
+    columns
+        A pyarrow, polars or pandas table with a ``cell`` column of cell ids (any order) and
+        the columns to add.  Cells missing from it get ``NA``; unknown cells are an error.
+    out_path
+        Where to write the updated object (same format as the source).
+    overwrite
+        Replace existing columns of the same name instead of refusing.
+    """
+    source, out = Path(source_path), Path(out_path)
+    if not source.exists():
+        msg = f"{source} does not exist."
+        raise InputError(msg)
+    table, cells = _prepare(columns)
+    suffix = source.suffix.lower()
+    if suffix == ".rds":
+        _write_back_rds(source, table, cells, out, overwrite)
+    elif suffix == ".h5ad":
+        _write_back_h5ad(source, table, cells, out, overwrite)
+    else:
+        msg = f"write-back supports .rds (Seurat, SingleCellExperiment) and .h5ad, not {suffix!r}."
+        raise UnsupportedError(msg)
+    return out
