@@ -1,0 +1,167 @@
+"""The Calls table: one row per cell, in input order (DESIGN §3).
+
+=============  ===========================================  =====================================
+column         type                                         meaning
+=============  ===========================================  =====================================
+cell           utf8                                         cell id
+label          dictionary<int32, utf8>                      the call (raw unless a threshold is set)
+ontology_id    utf8                                         Cell Ontology id (``CL:0000236``) or null
+confidence     float32 in [0, 1]                            calibrated confidence of ``label``
+alternates     list<struct<label: utf8, score: float32>>    runners-up, best first
+markers        list<utf8>                                   genes that drove this cell's call
+=============  ===========================================  =====================================
+
+Engines may add columns after these (QC, smoothed labels, ``label_raw`` when a confidence
+threshold turned calls into ``Unknown``).  Provenance lives in the schema metadata under
+``scbridge.*`` keys.  Every engine, local or remote, produces chunks with :func:`chunk_table`
+and joins them with :func:`concat_calls`, so all paths give identical tables.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = [
+    "ALTERNATE_TYPE",
+    "CALLS_SCHEMA",
+    "UNKNOWN",
+    "ChunkCalls",
+    "apply_min_confidence",
+    "calls_from_records",
+    "calls_to_records",
+    "chunk_table",
+    "concat_calls",
+    "with_metadata",
+]
+
+UNKNOWN = "Unknown"
+ALTERNATE_TYPE = pa.struct([("label", pa.string()), ("score", pa.float32())])
+CALLS_SCHEMA = pa.schema(
+    [
+        pa.field("cell", pa.string(), nullable=False),
+        pa.field("label", pa.dictionary(pa.int32(), pa.string())),
+        pa.field("ontology_id", pa.string()),
+        pa.field("confidence", pa.float32()),
+        pa.field("alternates", pa.list_(ALTERNATE_TYPE)),
+        pa.field("markers", pa.list_(pa.string())),
+    ]
+)
+_CORE = tuple(CALLS_SCHEMA.names)
+
+
+@dataclass
+class ChunkCalls:
+    """What an engine returns for one chunk of cells (rows in the chunk's cell order)."""
+
+    labels: Sequence[str]
+    confidence: np.ndarray
+    ontology_ids: Sequence[str | None] | None = None
+    alternates: Sequence[Sequence[tuple[str, float]]] | None = None
+    markers: Sequence[Sequence[str]] | None = None
+    extra: dict[str, pa.Array] = field(default_factory=dict)
+
+
+def chunk_table(cells: Sequence[str] | np.ndarray, calls: ChunkCalls) -> pa.Table:
+    """A Calls table for one chunk."""
+    n = len(cells)
+    confidence = np.clip(np.asarray(calls.confidence, dtype=np.float32), 0.0, 1.0)
+    if len(calls.labels) != n or len(confidence) != n:
+        msg = f"engine returned {len(calls.labels)} labels for {n} cells"
+        raise RuntimeError(msg)
+    alternates = calls.alternates if calls.alternates is not None else [[] for _ in range(n)]
+    markers = calls.markers if calls.markers is not None else [[] for _ in range(n)]
+    ontology = calls.ontology_ids if calls.ontology_ids is not None else [None] * n
+    columns: dict[str, pa.Array] = {
+        "cell": pa.array([str(c) for c in cells], pa.string()),
+        "label": pa.array(list(calls.labels), pa.string()).dictionary_encode(),
+        "ontology_id": pa.array(list(ontology), pa.string()),
+        "confidence": pa.array(confidence, pa.float32()),
+        "alternates": pa.array(
+            [[{"label": a, "score": float(s)} for a, s in row] for row in alternates],
+            pa.list_(ALTERNATE_TYPE),
+        ),
+        "markers": pa.array([list(m) for m in markers], pa.list_(pa.string())),
+    }
+    table = pa.Table.from_arrays(list(columns.values()), schema=CALLS_SCHEMA)
+    for name, array in calls.extra.items():
+        table = table.append_column(name, array)
+    return table
+
+
+def concat_calls(tables: Sequence[pa.Table]) -> pa.Table:
+    """Join chunk tables in order, with one label dictionary for the whole result."""
+    if not tables:
+        return CALLS_SCHEMA.empty_table()
+    metadata = tables[0].schema.metadata
+    joined = pa.concat_tables(tables, promote_options="default").unify_dictionaries()
+    joined = joined.combine_chunks()
+    label = joined.column("label")
+    if label.num_chunks > 1 or isinstance(label.chunk(0), pa.DictionaryArray):
+        decoded = pc.cast(label, pa.string()).combine_chunks()
+        joined = joined.set_column(1, CALLS_SCHEMA.field("label"),
+                                   decoded.dictionary_encode().cast(CALLS_SCHEMA.field("label").type))
+    return joined.replace_schema_metadata(metadata)
+
+
+def with_metadata(table: pa.Table, **provenance: Any) -> pa.Table:
+    """Attach provenance (engine, model, atlas, version, parameters) as ``scbridge.*`` keys."""
+    from . import __version__
+
+    meta = dict(table.schema.metadata or {})
+    provenance.setdefault("package_version", __version__)
+    for key, value in provenance.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        meta[f"scbridge.{key}".encode()] = text.encode()
+    return table.replace_schema_metadata(meta)
+
+
+def apply_min_confidence(table: pa.Table, threshold: float) -> pa.Table:
+    """Cells below ``threshold`` get label ``Unknown``; the raw call is kept in ``label_raw``."""
+    if not 0.0 <= threshold <= 1.0:
+        from ._errors import InputError
+
+        msg = f"min_confidence must lie in [0, 1], got {threshold}"
+        raise InputError(msg)
+    raw = pc.cast(table.column("label"), pa.string())
+    low = pc.less(table.column("confidence"), pa.scalar(threshold, pa.float32()))
+    thresholded = pc.if_else(low, pa.scalar(UNKNOWN), raw)
+    label = thresholded.combine_chunks().dictionary_encode().cast(CALLS_SCHEMA.field("label").type)
+    out = table.set_column(1, CALLS_SCHEMA.field("label"), label)
+    return out.append_column("label_raw", raw)
+
+
+def calls_to_records(table: pa.Table) -> list[dict[str, Any]]:
+    """The ``calls`` array of the JSON contract: one dict per cell, input order."""
+    table = table.drop_columns(["cell"]) if "cell" in table.column_names else table
+    label = pc.cast(table.column("label"), pa.string())
+    return table.set_column(table.column_names.index("label"), "label", label).to_pylist()
+
+
+def calls_from_records(records: Sequence[Mapping[str, Any]], cells: Sequence[str]) -> pa.Table:
+    """A Calls table from the JSON contract's ``calls`` array (extra fields kept as columns)."""
+    if len(records) != len(cells):
+        from ._errors import RemoteError
+
+        msg = f"the service returned {len(records)} calls for {len(cells)} cells"
+        raise RemoteError(msg)
+    core = ChunkCalls(
+        labels=[r["label"] for r in records],
+        confidence=np.array([r.get("confidence", np.nan) for r in records], dtype=np.float32),
+        ontology_ids=[r.get("ontology_id") for r in records],
+        alternates=[
+            [(a["label"], a["score"]) if isinstance(a, Mapping) else (a[0], a[1])
+             for a in r.get("alternates") or []]
+            for r in records
+        ],
+        markers=[list(r.get("markers") or []) for r in records],
+    )
+    extra_names = [k for k in (records[0] if records else {}) if k not in _CORE]
+    core.extra = {k: pa.array([r.get(k) for r in records]) for k in extra_names}
+    return chunk_table(cells, core)
