@@ -1,0 +1,59 @@
+"""Shared fixtures.
+
+Tests marked ``needs_r`` skip where R / rpy2 / the R packages are missing, for outside users.
+With ``SCBRIDGE_REQUIRE_R=1`` (set by ``.ci/run``) a missing R is a failure instead, so CI can
+never pass by skipping the R tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+R_PACKAGES = ("Matrix", "SeuratObject", "SingleCellExperiment", "DelayedArray")
+
+
+@cache
+def r_status() -> str | None:
+    """None when R, rpy2 and the R packages are usable; otherwise why not."""
+    try:
+        import rpy2  # noqa: F401
+    except ImportError as exc:
+        return f"rpy2 is not installed ({exc})"
+    rscript = shutil.which("Rscript")
+    if rscript is None:
+        return "Rscript is not on PATH"
+    check = "ok <- sapply(c({}), requireNamespace, quietly = TRUE); cat(names(ok)[!ok])".format(
+        ", ".join(f"'{p}'" for p in R_PACKAGES)
+    )
+    out = subprocess.run([rscript, "-e", check], capture_output=True, text=True, check=False)
+    missing = out.stdout.strip()
+    return f"R packages missing: {missing}" if missing or out.returncode else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not any(item.get_closest_marker("needs_r") for item in items):
+        return
+    reason = r_status()
+    if reason is None:
+        return
+    if os.environ.get("SCBRIDGE_REQUIRE_R") == "1":
+        raise pytest.UsageError(f"SCBRIDGE_REQUIRE_R=1 but R is unusable: {reason}")
+    skip = pytest.mark.skip(reason=f"needs R: {reason}")
+    for item in items:
+        if item.get_closest_marker("needs_r"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (sorted PBMC), or skip where it is absent."""
+    if not (SHARED_DATA / "sorted_pbmc_seurat.rds").exists():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
