@@ -109,10 +109,26 @@ def indices_sorted(indptr: np.ndarray, indices: np.ndarray) -> bool:
     return True
 
 
+def _locate(position: int, indptr: np.ndarray | None, cells: Sequence[str] | None) -> str:
+    """' (cell NAME)' for the value at ``position``, when rows are known."""
+    if indptr is None or cells is None:
+        return ""
+    row = int(np.searchsorted(indptr, position, side="right")) - 1
+    return f", first in cell {cells[row]!r}"
+
+
 def check_values(
-    data: np.ndarray, *, value_kind: str, where: str, layer_hint: str = ""
+    data: np.ndarray,
+    *,
+    value_kind: str,
+    where: str,
+    indptr: np.ndarray | None = None,
+    cells: Sequence[str] | None = None,
 ) -> None:
-    """Refuse NaN, infinite and negative values, and non-integers in counts."""
+    """Refuse NaN, infinite and negative values, and non-integers in counts.
+
+    With ``indptr`` and ``cells`` the message names the first offending cell.
+    """
     if data.dtype.kind in "iu":
         if data.size and data.min() < 0:
             msg = f"{where}: negative values (min {int(data.min())}); expression must be >= 0."
@@ -125,24 +141,26 @@ def check_values(
         part = data[start : start + _SLICE]
         finite = np.isfinite(part)
         if not finite.all():
-            n_bad = int(np.count_nonzero(~finite))
+            at = _locate(start + int(np.argmin(finite)), indptr, cells)
             msg = (
-                f"{where}: {n_bad} non-finite value(s) (NaN or Inf) in this slice of the matrix. "
-                "Remove or impute them before annotation."
+                f"{where}: non-finite values (NaN or Inf){at}. Remove or impute them before "
+                "annotation."
             )
             raise InputError(msg)
         if part.size and part.min() < 0:
+            at = _locate(start + int(np.argmin(part)), indptr, cells)
             msg = (
-                f"{where}: negative values (min {float(part.min()):g}). Expression must be >= 0; "
+                f"{where}: negative values (min {float(part.min()):g}{at}). Expression must be >= 0; "
                 "scaled data (Seurat scale.data, sc.pp.scale) cannot be used - pass counts or "
                 "log-normalised data instead."
             )
             raise InputError(msg)
         if value_kind == "counts" and not np.array_equal(part, np.rint(part)):
-            bad = float(part[part != np.rint(part)][0])
+            first = int(np.argmax(part != np.rint(part)))
+            at = _locate(start + first, indptr, cells)
             msg = (
-                f"{where}: values are not integers (e.g. {bad:g}) but this layer is meant to hold "
-                f"raw counts. Pass the raw counts{layer_hint}, or say the values are "
+                f"{where}: values are not integers (e.g. {float(part[first]):g}{at}) but this "
+                "layer is meant to hold raw counts. Pass the raw counts, or say the values are "
                 "log-normalised (value_kind='lognorm')."
             )
             raise InputError(msg)

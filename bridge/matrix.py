@@ -120,7 +120,10 @@ class CellMatrix:
         else:
             X.has_sorted_indices = True
         if values:
-            validate.check_values(self.X.data, value_kind=self.value_kind, where=where)
+            validate.check_values(
+                self.X.data, value_kind=self.value_kind, where=where,
+                indptr=self.X.indptr, cells=self.cells,
+            )
 
     # -- shape ----------------------------------------------------------------------------
     @property

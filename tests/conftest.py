@@ -57,3 +57,22 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "sorted_pbmc_seurat.rds").exists():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def r_fixtures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """R fixtures built by tests/r/make_fixtures.R with the real R, plus R's expected values."""
+    if r_status() is not None:
+        pytest.skip(f"needs R: {r_status()}")
+    out = tmp_path_factory.mktemp("r_fixtures")
+    script = Path(__file__).parent / "r" / "make_fixtures.R"
+    done = subprocess.run(["Rscript", str(script), str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def run_r(code: str) -> str:
+    """Run R code in a fresh Rscript process; returns stdout, fails the test on an R error."""
+    done = subprocess.run(["Rscript", "-e", code], capture_output=True, text=True)
+    assert done.returncode == 0, f"R failed:\n{done.stderr}"
+    return done.stdout

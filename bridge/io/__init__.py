@@ -277,7 +277,11 @@ def write(
     matrix: CellMatrix, path: str | os.PathLike[str], *, chunk_size: int | None = None,
     **options: Any,
 ) -> Path:
-    """Write ``matrix`` as Arrow CSR (``.arrow`` file, ``.arrows`` stream) or ``.h5ad``."""
+    """Write ``matrix`` as Arrow CSR (``.arrow`` file, ``.arrows`` stream), ``.h5ad`` or ``.rds``.
+
+    ``.rds`` takes ``container="dgCMatrix"`` (default), ``"SingleCellExperiment"`` or ``"Seurat"``.
+    Arrow takes ``offsets="auto" | "int32" | "int64"`` and ``values_dtype``.
+    """
     out = Path(path)
     suffix = out.suffix.lower()
     if suffix in (".arrow", ".arrows", ".ipc"):
@@ -288,7 +292,11 @@ def write(
         from .h5ad import write_h5ad
 
         write_h5ad(matrix, out)
+    elif suffix == ".rds":
+        from .rds_write import write_rds
+
+        write_rds(matrix, out, **options)
     else:
-        msg = f"cannot write {suffix!r}: bridge.write() writes .arrow, .arrows and .h5ad."
+        msg = f"cannot write {suffix!r}: bridge.write() writes .arrow, .arrows, .h5ad and .rds."
         raise UnsupportedError(msg)
     return out

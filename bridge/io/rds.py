@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from .._errors import InputError, NotFoundError, UnsupportedError
-from .._validate import looks_like_counts
+from .._validate import check_shape, looks_like_counts
 from ..matrix import CellMatrix
 from . import _r
 
@@ -301,6 +301,8 @@ def _find_sce(
     part = _r.call("scb_sce_assay", obj, name)
     cells = _r.r_strings(part.rx2("cells"))
     genes = _r.r_strings(part.rx2("genes"))
+    n_genes, n_cells = (int(d) for d in _r.call("scb_dims", part.rx2("matrix")))
+    check_shape(n_cells, n_genes, where=f"{where} (assay {name})")
     if len(cells) == 0 or len(genes) == 0:
         msg = (
             f"{where}: the SingleCellExperiment has no {'colnames' if len(cells) == 0 else 'rownames'}; "

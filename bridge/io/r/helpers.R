@@ -197,3 +197,25 @@ scb_existing_columns <- function(obj) {
   if (kind == "sce") return(colnames(SummarizedExperiment::colData(obj)))
   character(0)
 }
+
+# -- writing matrices -----------------------------------------------------------------------
+# The cells x genes CSR arrays are the genes x cells dgCMatrix slots as they stand.
+scb_make_dgc <- function(i, p, x, n_genes, n_cells, genes, cells) {
+  methods::new("dgCMatrix", i = i, p = p, x = x, Dim = c(as.integer(n_genes), as.integer(n_cells)),
+               Dimnames = list(genes, cells))
+}
+
+scb_make_container <- function(m, container, meta) {
+  if (identical(container, "dgCMatrix")) return(m)
+  if (identical(container, "SingleCellExperiment")) {
+    if (!requireNamespace("SingleCellExperiment", quietly = TRUE)) {
+      stop("scbridge: writing a SingleCellExperiment needs the Bioconductor package SingleCellExperiment")
+    }
+    cd <- if (is.null(meta)) S4Vectors::DataFrame(row.names = colnames(m)) else S4Vectors::DataFrame(meta, check.names = FALSE)
+    return(SingleCellExperiment::SingleCellExperiment(assays = list(counts = m), colData = cd))
+  }
+  if (!requireNamespace("SeuratObject", quietly = TRUE)) {
+    stop("scbridge: writing a Seurat object needs the R package SeuratObject")
+  }
+  SeuratObject::CreateSeuratObject(counts = m, meta.data = meta)
+}

@@ -1,0 +1,56 @@
+"""Write a :class:`CellMatrix` to an ``.rds`` as a dgCMatrix, SingleCellExperiment or Seurat."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .._validate import check_fits_int32
+from ..matrix import CellMatrix
+from . import _r
+
+__all__ = ["to_r", "write_rds"]
+
+Container = Literal["dgCMatrix", "SingleCellExperiment", "Seurat"]
+
+
+def to_r(matrix: CellMatrix, *, container: Container = "dgCMatrix") -> object:
+    """An R object (via rpy2) holding ``matrix``: the CSR arrays become the dgCMatrix slots.
+
+    Raises :class:`~bridge.CapacityError` when nnz exceeds what a dgCMatrix can index.
+    """
+    import rpy2.rinterface as ri
+    import rpy2.robjects as ro
+
+    check_fits_int32(matrix.nnz, target="an R dgCMatrix")
+    X = matrix.X
+    if not X.has_sorted_indices:
+        X = X.sorted_indices()
+    i = ri.IntSexpVector.from_memoryview(memoryview(np.ascontiguousarray(X.indices, np.int32)))
+    p = ri.IntSexpVector.from_memoryview(memoryview(np.ascontiguousarray(X.indptr, np.int32)))
+    x = ri.FloatSexpVector.from_memoryview(memoryview(np.ascontiguousarray(X.data, np.float64)))
+    m = _r.call(
+        "scb_make_dgc", i, p, x, matrix.n_genes, matrix.n_cells,
+        ro.StrVector([str(g) for g in matrix.genes]), ro.StrVector([str(c) for c in matrix.cells]),
+    )
+    if container == "dgCMatrix":
+        return m
+    meta = ri.NULL
+    if matrix.obs.num_columns:
+        from .write_back import _r_specs
+
+        meta = _r.call("scb_frame", _r_specs(matrix.obs), ro.StrVector([str(c) for c in matrix.cells]))
+    return _r.call("scb_make_container", m, container, meta)
+
+
+def write_rds(
+    matrix: CellMatrix, path: str | os.PathLike[str], *, container: Container = "dgCMatrix"
+) -> Path:
+    """Save ``matrix`` as an ``.rds`` holding a genes x cells ``container``."""
+    import rpy2.robjects as ro
+
+    ro.r["saveRDS"](to_r(matrix, container=container), file=os.fspath(path))
+    return Path(path)
