@@ -16,12 +16,26 @@ from ._errors import GeneIdError, InputError
 if TYPE_CHECKING:
     import anndata
 
-__all__ = ["CellMatrix", "ValueKind"]
+__all__ = ["CellMatrix", "ValueKind", "csr_view"]
 
 logger = logging.getLogger(__name__)
 
 ValueKind = Literal["counts", "lognorm"]
 _VALUE_KINDS = ("counts", "lognorm")
+
+
+def csr_view(
+    data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]
+) -> sp.csr_matrix:
+    """A CSR matrix on exactly these arrays.
+
+    scipy's constructor "prunes" any array that is a view on less than half of its base by
+    copying it (``scipy._lib._util._prune_array``), which would turn every chunk into a copy.
+    Assigning the arrays after construction keeps them as the views they are.
+    """
+    out = sp.csr_matrix(shape, dtype=data.dtype)
+    out.data, out.indices, out.indptr = data, indices, indptr
+    return out
 
 
 def _as_id_array(ids: Sequence[str] | np.ndarray | pa.Array) -> np.ndarray:
@@ -159,9 +173,7 @@ class CellMatrix:
         start, stop = max(0, start), min(stop, self.n_cells)
         lo, hi = int(X.indptr[start]), int(X.indptr[stop])
         indptr = X.indptr[start : stop + 1] - X.indptr[start]
-        chunk = sp.csr_matrix(
-            (X.data[lo:hi], X.indices[lo:hi], indptr), shape=(stop - start, X.shape[1]), copy=False
-        )
+        chunk = csr_view(X.data[lo:hi], X.indices[lo:hi], indptr, (stop - start, X.shape[1]))
         chunk.has_sorted_indices = X.has_sorted_indices
         return CellMatrix(
             chunk,

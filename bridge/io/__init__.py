@@ -100,7 +100,7 @@ def _arrow_read(path: Path, *, assay: str | None = None, layer: str | None = Non
     if assay or layer:
         msg = f"{path}: an Arrow CSR file holds one matrix; assay= and layer= do not apply."
         raise InputError(msg)
-    matrix = read_arrow(path)
+    matrix = read_arrow(path, validate=False)
     if value_kind:
         matrix.value_kind = value_kind  # type: ignore[assignment]
     if validate:

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from .._errors import FormatError, InputError
 from .._validate import INT32_MAX
-from ..matrix import CellMatrix
+from ..matrix import CellMatrix, csr_view
 
 if TYPE_CHECKING:
     from ..matrix import ValueKind
@@ -293,7 +293,12 @@ def _obs_from_batches(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Ta
 
 
 def matrix_from_batches(
-    batches: list[pa.RecordBatch], schema: pa.Schema, *, where: str, keepalive: object = None
+    batches: list[pa.RecordBatch],
+    schema: pa.Schema,
+    *,
+    where: str,
+    keepalive: object = None,
+    validate: bool = True,
 ) -> CellMatrix:
     """One :class:`CellMatrix` from Arrow CSR batches (zero-copy for a single batch)."""
     genes, value_kind, source = _check_schema(schema, where)
@@ -313,8 +318,11 @@ def matrix_from_batches(
     else:
         indptr, indices, data = np.zeros(1, np.int32), np.zeros(0, np.int32), np.zeros(0)
     n_cells = len(indptr) - 1
-    X = sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_genes), copy=False)
-    cells = [c for b in batches for c in b.column("cell").to_pylist()]
+    X = csr_view(data, indices, indptr, (n_cells, n_genes))
+    cells = (
+        np.concatenate([b.column("cell").to_numpy(zero_copy_only=False) for b in batches])
+        if batches else np.empty(0, dtype=object)
+    )
     return CellMatrix(
         X,
         cells,
@@ -323,11 +331,18 @@ def matrix_from_batches(
         value_kind=value_kind,
         source=source or f"Arrow CSR {where}",
         keepalive=keepalive,
+        validate=validate,
     )
 
 
-def read_arrow(path: str | os.PathLike[str] | pa.Buffer | bytes) -> CellMatrix:
-    """Read an Arrow CSR file or stream, memory-mapped: one batch gives views on the map."""
+def read_arrow(
+    path: str | os.PathLike[str] | pa.Buffer | bytes, *, validate: bool = True
+) -> CellMatrix:
+    """Read an Arrow CSR file or stream, memory-mapped: one batch gives views on the map.
+
+    ``validate=False`` skips the checks on ids and values (the format itself is always
+    checked), e.g. to round-trip an empty matrix.
+    """
     if isinstance(path, bytes | pa.Buffer):
         source = pa.BufferReader(path)
         where = "the Arrow CSR payload"
@@ -340,7 +355,9 @@ def read_arrow(path: str | os.PathLike[str] | pa.Buffer | bytes) -> CellMatrix:
     except (pa.ArrowInvalid, OSError) as exc:
         msg = f"{where}: the Arrow data ends early or is corrupt ({exc}). Re-create the file."
         raise FormatError(msg) from None
-    return matrix_from_batches(batches, reader.schema, where=where, keepalive=source)
+    return matrix_from_batches(
+        batches, reader.schema, where=where, keepalive=source, validate=validate
+    )
 
 
 def iter_arrow_chunks(path: str | os.PathLike[str]) -> Iterator[CellMatrix]:
