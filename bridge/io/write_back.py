@@ -171,6 +171,7 @@ def _write_back_rds(source: Path, table: pa.Table, cells: list[str], out: Path, 
 
 def _write_back_h5ad(source: Path, table: pa.Table, cells: list[str], out: Path, overwrite: bool) -> None:
     import h5py
+    import pandas as pd
 
     try:
         from anndata.io import read_elem, write_elem
@@ -187,7 +188,10 @@ def _write_back_h5ad(source: Path, table: pa.Table, cells: list[str], out: Path,
         new = table.to_pandas(types_mapper=None)
         new.index = cells
         for name in table.column_names:
-            obs[name] = new[name].reindex(obs.index)
+            column = new[name].reindex(obs.index)
+            if column.dtype == object:  # text with gaps: h5ad stores it as a categorical
+                column = pd.Categorical(column)
+            obs[name] = column
         del f["obs"]
         write_elem(f, "obs", obs)
 
