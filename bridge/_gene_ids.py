@@ -32,7 +32,7 @@ def detect_gene_id_kind(genes: Sequence[str], *, sample: int = 2000) -> GeneIdKi
         m = _ENSEMBL.match(g)
         if m:
             species = m.group(1)
-            key = "ensembl_human" if species == "" else "ensembl_mouse" if species == "MUS" else "ensembl_other"
+            key = {"": "ensembl_human", "MUS": "ensembl_mouse"}.get(species, "ensembl_other")
             counts[key] += 1
         elif _MOUSE_SYMBOL.match(g):
             counts["symbols_mouse"] += 1

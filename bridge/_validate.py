@@ -150,7 +150,8 @@ def check_values(
         if part.size and part.min() < 0:
             at = _locate(start + int(np.argmin(part)), indptr, cells)
             msg = (
-                f"{where}: negative values (min {float(part.min()):g}{at}). Expression must be >= 0; "
+                f"{where}: negative values (min {float(part.min()):g}{at}). "
+                "Expression must be >= 0; "
                 "scaled data (Seurat scale.data, sc.pp.scale) cannot be used - pass counts or "
                 "log-normalised data instead."
             )

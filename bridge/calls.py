@@ -5,7 +5,7 @@ column         type                                         meaning
 =============  ===========================================  =====================================
 cell           utf8                                         cell id
 label          dictionary<int32, utf8>                      the call (raw unless a threshold is set)
-ontology_id    utf8                                         Cell Ontology id (``CL:0000236``) or null
+ontology_id    utf8                                         Cell Ontology id (``CL:0000236``)
 confidence     float32 in [0, 1]                            calibrated confidence of ``label``
 alternates     list<struct<label: utf8, score: float32>>    runners-up, best first
 markers        list<utf8>                                   genes that drove this cell's call

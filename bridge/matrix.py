@@ -128,7 +128,8 @@ class CellMatrix:
         X = self.X
         validate.check_csr_structure(X.indptr, X.indices, len(X.data), X.shape, where=where)
         if not validate.indices_sorted(X.indptr, X.indices):
-            logger.info("%s: gene indices were unsorted within cells; sorted into new arrays", where)
+            logger.info("%s: gene indices were unsorted within cells; sorted into new arrays",
+                        where)
             self.X = validate.sorted_csr(X)
             self.keepalive = None
         else:
@@ -239,7 +240,7 @@ class CellMatrix:
 
     # -- conversions ----------------------------------------------------------------------
     def to_anndata(self) -> anndata.AnnData:
-        """An :class:`anndata.AnnData` sharing ``X``; counts go to ``X`` and ``layers['counts']``."""
+        """An :class:`anndata.AnnData` sharing ``X`` (counts also go to ``layers['counts']``)."""
         import anndata
         import pandas as pd
 

@@ -111,7 +111,7 @@ def _write_10x_folder(folder: Path, X: sp.csr_matrix, symbols: list[str], gz: bo
         fh.writelines(f"AAAC-{i}\n" for i in range(n_cells))
     with opener(folder / f"features.tsv{suffix}", "wt") as fh:
         types = ["Gene Expression"] * (n_genes - 1) + ["Antibody Capture"]
-        fh.writelines(f"ENSG{j:011d}\t{s}\t{t}\n" for j, (s, t) in enumerate(zip(symbols, types)))
+        fh.writelines(f"ENSG{j:011d}\t{s}\t{t}\n" for j, (s, t) in enumerate(zip(symbols, types, strict=True)))
 
 
 @pytest.fixture

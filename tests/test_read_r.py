@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import run_r
-from expected import assert_same, expected_csr
 
 import bridge
+
+from conftest import run_r
+from expected import assert_same, expected_csr
 
 pytestmark = pytest.mark.needs_r
 

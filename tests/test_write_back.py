@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from conftest import run_r
 
 import bridge
+
+from conftest import run_r
 
 
 def calls_for(cells: list[str], *, reverse: bool = True) -> pa.Table:

@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Single-cell matrices across R and Python, and cell-type annotation.",
     )
     parser.add_argument("--version", action="version", version=f"scbridge {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in _COMMANDS:
         module = importlib.import_module(module_name)

@@ -9,13 +9,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 NAME = "convert"
-HELP = "convert an input to Arrow CSR (.arrow file, .arrows stream) or .h5ad"
+HELP = "convert an input to Arrow CSR (.arrow file, .arrows stream), .h5ad or .rds"
 logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help=".rds, .RData, .h5ad, .arrow/.arrows, 10x folder or .h5")
-    parser.add_argument("output", help="output .arrow, .arrows or .h5ad")
+    parser.add_argument("output", help="output .arrow, .arrows, .h5ad or .rds (dgCMatrix)")
     parser.add_argument("--assay", help="Seurat / SCE assay (default: active assay / counts)")
     parser.add_argument("--layer", help="layer: counts, data, counts.A, an AnnData layer, raw")
     parser.add_argument("--chunk-size", type=int, default=None,
@@ -25,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def convert(input: str, output: str, *, assay: str | None = None, layer: str | None = None,
             chunk_size: int | None = None) -> Path:
-    """Convert ``input`` to ``output``; .h5ad -> Arrow with ``chunk_size`` streams in backed mode."""
+    """Convert ``input`` to ``output``.
+
+    .h5ad -> Arrow with ``chunk_size`` streams in backed mode (never the whole matrix).
+    """
     from .. import io
     from ..io.arrow import arrow_schema, batches_from_matrix, write_batches
 

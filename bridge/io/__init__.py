@@ -192,7 +192,9 @@ def read(
     source
         A path (``.rds`` / ``.RData`` with a Seurat, SingleCellExperiment or matrix;
         ``.h5ad``; Arrow CSR ``.arrow`` / ``.arrows``; a 10x ``matrix.mtx`` folder or
-        ``.h5``), a live rpy2 R object, an :class:`anndata.AnnData`, or a ``CellMatrix``.
+        ``.h5``), a data set shipped in an installed R package written as in R
+        (``"SeuratObject::pbmc_small"``), a live rpy2 R object, an :class:`anndata.AnnData`,
+        or a ``CellMatrix``.
     assay
         Seurat assay (default: the active assay), SingleCellExperiment assay (default
         ``counts``, falling back to ``logcounts``), or 10x feature type.
@@ -223,9 +225,22 @@ def read(
     return matrix
 
 
+def _is_package_object(source: Any) -> bool:
+    """``"SeuratObject::pbmc_small"``: a data set shipped in an installed R package."""
+    if not isinstance(source, str) or "::" not in source:
+        return False
+    from .rds import parse_package_object
+
+    return parse_package_object(source) is not None
+
+
 def _read_any(source: Any, **kw: Any) -> CellMatrix:
     if isinstance(source, CellMatrix):
         return source
+    if _is_package_object(source):
+        from .rds import read_r
+
+        return read_r(source, **kw)
     if isinstance(source, str | os.PathLike):
         path = Path(source).expanduser()
         return _reader_for(path).read(path, **kw)
@@ -254,7 +269,7 @@ def read_chunks(source: Any, chunk_size: int, **kw: Any) -> Iterator[CellMatrix]
     larger than memory can be converted or annotated; other sources are read, then sliced
     into views.
     """
-    if isinstance(source, str | os.PathLike):
+    if isinstance(source, str | os.PathLike) and not _is_package_object(source):
         path = Path(source).expanduser()
         reader = _reader_for(path)
         if reader.iter_chunks is not None:
@@ -265,7 +280,7 @@ def read_chunks(source: Any, chunk_size: int, **kw: Any) -> Iterator[CellMatrix]
 
 def describe(source: Any) -> dict[str, Any]:
     """What a file holds: class, assays, layers, dims, nnz (no matrix is converted)."""
-    if isinstance(source, str | os.PathLike):
+    if isinstance(source, str | os.PathLike) and not _is_package_object(source):
         path = Path(source).expanduser()
         return _reader_for(path).describe(path)
     from .rds import describe_r

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import MissingDependencyError, RError
+from .._errors import InputError, MissingDependencyError, RError
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ def call(name: str, *args: Any, **kwargs: Any) -> Any:
         return env[name](*args, **kwargs)
     except RRuntimeError as exc:
         text = str(exc).strip().removeprefix("Error in").strip()
+        if "scbridge: " in text:
+            # Our own stop() in helpers.R: the message is already the user-facing one.
+            msg = text.split("scbridge: ", 1)[1].strip()
+            raise InputError(msg) from None
         msg = f"R failed in {name}: {text}"
         raise RError(msg) from None
 

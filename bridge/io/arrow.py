@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
-import scipy.sparse as sp
 
 from .._errors import FormatError, InputError
 from .._validate import INT32_MAX
@@ -221,7 +220,8 @@ def _check_schema(schema: pa.Schema, where: str) -> tuple[list[str], ValueKind, 
     if meta.get(_KEY_FORMAT) != FORMAT_NAME.encode():
         msg = (
             f"{where} is an Arrow file but not an scbridge Arrow CSR file (schema metadata "
-            f"'scbridge.format' is {meta.get(_KEY_FORMAT, b'missing').decode(errors='replace')!r}). "
+            f"'scbridge.format' is "
+            f"{meta.get(_KEY_FORMAT, b'missing').decode(errors='replace')!r}). "
             "See docs/format.md for the layout, or convert the data with `scbridge convert`."
         )
         raise FormatError(msg)

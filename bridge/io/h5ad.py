@@ -74,7 +74,8 @@ def _select(adata: anndata.AnnData, layer: str | None, where: str) -> tuple[Any,
         return adata.X, adata.var_names, "X"
     if layer == "raw":
         if adata.raw is None:
-            msg = f"{where} has no .raw; available: X, {', '.join(adata.layers.keys()) or 'no layers'}."
+            available = ", ".join(adata.layers.keys()) or "no layers"
+            msg = f"{where} has no .raw; available: X, {available}."
             raise NotFoundError(msg)
         return adata.raw.X, adata.raw.var_names, "raw"
     if layer not in adata.layers:

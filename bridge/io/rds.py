@@ -18,6 +18,7 @@ split v5 layers               each layer viewed, then joined in the object's cel
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,7 +72,25 @@ def load(source: str | Path | Any) -> Any:
     """The R object behind ``source`` (an ``.rds`` / ``.RData`` path or a live rpy2 object)."""
     if _r.is_r_object(source):
         return source
+    package_object = parse_package_object(source)
+    if package_object is not None:
+        return _r.call("scb_package_object", *package_object)
     return _r.call("scb_load", str(source))
+
+
+_PACKAGE_OBJECT = re.compile(r"^([A-Za-z][A-Za-z0-9.]*)::([A-Za-z.][A-Za-z0-9._]*)$")
+
+
+def parse_package_object(source: Any) -> tuple[str, str] | None:
+    """``("SeuratObject", "pbmc_small")`` for ``"SeuratObject::pbmc_small"``, else ``None``.
+
+    Data sets that ship with installed R packages are addressed as R users write them.
+    A file of that name, if one exists, wins.
+    """
+    if not isinstance(source, str) or Path(source).exists():
+        return None
+    match = _PACKAGE_OBJECT.match(source)
+    return (match.group(1), match.group(2)) if match else None
 
 
 def read_r(
@@ -257,7 +276,8 @@ def _join_layers(
     blocks, block_cells = [], []
     for part in parts:
         X = _to_csr(part, where)
-        remap = np.fromiter((gene_pos[g] for g in part.genes), dtype=np.int32, count=len(part.genes))
+        remap = np.fromiter((gene_pos[g] for g in part.genes), dtype=np.int32,
+                            count=len(part.genes))
         block = sp.csr_matrix(
             (X.data, remap[X.indices], X.indptr), shape=(X.shape[0], len(all_genes))
         )
@@ -305,13 +325,15 @@ def _find_sce(
     check_shape(n_cells, n_genes, where=f"{where} (assay {name})")
     if len(cells) == 0 or len(genes) == 0:
         msg = (
-            f"{where}: the SingleCellExperiment has no {'colnames' if len(cells) == 0 else 'rownames'}; "
+            f"{where}: the SingleCellExperiment has no "
+            f"{'colnames' if len(cells) == 0 else 'rownames'}; "
             "set cell barcodes with colnames(sce) <- ... and gene ids with rownames(sce) <- ...."
         )
         raise InputError(msg)
     obs = r_frame_to_arrow(_r.call("scb_sce_coldata", obj))
     obs = obs.append_column("__cell__", pa.array(cells.tolist(), pa.string()))
-    return _Matrix(part.rx2("matrix"), cells, genes, f"SingleCellExperiment assay {name}", name), obs
+    label = f"SingleCellExperiment assay {name}"
+    return _Matrix(part.rx2("matrix"), cells, genes, label, name), obs
 
 
 def _find_bare(obj: Any, where: str) -> _Matrix:
@@ -321,7 +343,8 @@ def _find_bare(obj: Any, where: str) -> _Matrix:
     cells = _r.r_strings(ro.r["colnames"](obj))
     if len(genes) == 0 or len(cells) == 0:
         msg = (
-            f"{where}: the matrix has no {'rownames (gene ids)' if len(genes) == 0 else 'colnames (cell ids)'}. "
+            f"{where}: the matrix has no "
+            f"{'rownames (gene ids)' if len(genes) == 0 else 'colnames (cell ids)'}. "
             "Set dimnames(m) <- list(genes, cells) in R; scbridge expects genes x cells."
         )
         raise InputError(msg)

@@ -42,7 +42,8 @@ def to_r(matrix: CellMatrix, *, container: Container = "dgCMatrix") -> object:
     if matrix.obs.num_columns:
         from .write_back import _r_specs
 
-        meta = _r.call("scb_frame", _r_specs(matrix.obs), ro.StrVector([str(c) for c in matrix.cells]))
+        cells = ro.StrVector([str(c) for c in matrix.cells])
+        meta = _r.call("scb_frame", _r_specs(matrix.obs), cells)
     return _r.call("scb_make_container", m, container, meta)
 
 

@@ -101,7 +101,8 @@ def _finish(
     available = sorted(set(types))
     keep = np.array([t == feature_type for t in types])
     if not keep.any():
-        msg = f"{where} has no features of type {feature_type!r}; available: {', '.join(available)}."
+        msg = (f"{where} has no features of type {feature_type!r}; "
+               f"available: {', '.join(available)}.")
         raise NotFoundError(msg)
     if not keep.all():
         X = X[:, np.flatnonzero(keep)]
@@ -196,7 +197,8 @@ def read_10x(
 ) -> CellMatrix:
     """Read a 10x folder or ``.h5``; ``assay`` picks the feature type (default Gene Expression)."""
     if layer is not None:
-        msg = "10x outputs have no layers; use assay= to pick a feature type (e.g. 'Antibody Capture')."
+        msg = ("10x outputs have no layers; use assay= to pick a feature type "
+               "(e.g. 'Antibody Capture').")
         raise InputError(msg)
     p = Path(path)
     if p.suffix == ".h5":

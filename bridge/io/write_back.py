@@ -114,7 +114,8 @@ def _column_spec(array: pa.ChunkedArray) -> dict[str, Any]:
         levels = [str(v) for v in array.dictionary.to_pylist()]
         return {"kind": "factor", "values": codes, "levels": levels, "ordered": t.ordered, "na": na}
     if pa.types.is_boolean(t):
-        return {"kind": "logical", "values": pc.fill_null(array, False).to_numpy(zero_copy_only=False), "na": na}
+        values = pc.fill_null(array, False).to_numpy(zero_copy_only=False)
+        return {"kind": "logical", "values": values, "na": na}
     if pa.types.is_integer(t):
         values = pc.fill_null(array, 0).to_numpy()
         if values.size and np.abs(values).max() < 2**31 - 1:
@@ -151,14 +152,17 @@ def _r_specs(table: pa.Table) -> Any:
     return ro.ListVector(specs)
 
 
-def _write_back_rds(source: Path, table: pa.Table, cells: list[str], out: Path, overwrite: bool) -> None:
+def _write_back_rds(
+    source: Path, table: pa.Table, cells: list[str], out: Path, overwrite: bool
+) -> None:
     import rpy2.robjects as ro
 
     where = str(source)
     obj = _r.call("scb_load", where)
     kind = str(_r.call("scb_kind", obj)[0])
     if kind not in ("seurat", "sce"):
-        msg = f"{where} holds a {_r.r_class(obj)[0]}; write-back needs a Seurat or SingleCellExperiment."
+        msg = (f"{where} holds a {_r.r_class(obj)[0]}; "
+               "write-back needs a Seurat or SingleCellExperiment.")
         raise UnsupportedError(msg)
     object_cells = list(_r.r_strings(_r.call("scb_object_cells", obj)))
     _check_cells(cells, object_cells, where)
@@ -169,7 +173,9 @@ def _write_back_rds(source: Path, table: pa.Table, cells: list[str], out: Path, 
     ro.r["saveRDS"](updated, file=str(out))
 
 
-def _write_back_h5ad(source: Path, table: pa.Table, cells: list[str], out: Path, overwrite: bool) -> None:
+def _write_back_h5ad(
+    source: Path, table: pa.Table, cells: list[str], out: Path, overwrite: bool
+) -> None:
     import h5py
     import pandas as pd
 

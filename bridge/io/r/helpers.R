@@ -4,6 +4,23 @@
 # that Seurat v5 objects (Assay5, layers, LogMap) can be read where only SeuratObject 4 is
 # installed, and so that nothing here copies a matrix unless the layout forces it.
 
+# A data set or object exported by an installed package, e.g. SeuratObject::pbmc_small.
+scb_package_object <- function(package, name) {
+  if (!requireNamespace(package, quietly = TRUE)) {
+    stop("scbridge: R package '", package, "' is not installed; install it or pass a file path")
+  }
+  ns <- asNamespace(package)
+  lazy <- ns[[".__NAMESPACE__."]][["lazydata"]]
+  if (!is.null(lazy) && exists(name, envir = lazy, inherits = FALSE)) {
+    return(get(name, envir = lazy))
+  }
+  if (exists(name, envir = ns, inherits = FALSE)) return(get(name, envir = ns))
+  env <- new.env()
+  found <- suppressWarnings(utils::data(list = name, package = package, envir = env))
+  if (exists(name, envir = env, inherits = FALSE)) return(get(name, envir = env))
+  stop("scbridge: package '", package, "' has no data set or object called '", name, "'")
+}
+
 scb_load <- function(path) {
   ext <- tolower(tools::file_ext(path))
   if (ext %in% c("rdata", "rda")) {
