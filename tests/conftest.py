@@ -51,6 +51,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    # In CI an R test that skips (for any reason, from inside the test too) is a failure.
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and item.get_closest_marker("needs_r")
+            and os.environ.get("SCBRIDGE_REQUIRE_R") == "1"):
+        report.outcome = "failed"
+        report.longrepr = f"SCBRIDGE_REQUIRE_R=1 but this R test skipped: {report.longrepr}"
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (sorted PBMC), or skip where it is absent."""

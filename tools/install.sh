@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install everything scbridge needs on a fresh Debian / Ubuntu machine:
+#   R and the R packages from the distribution (CRAN is not needed),
+#   a Python virtual environment in .venv with scbridge and its extras (editable).
+# Re-running it is cheap: apt and pip skip what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+
+# R 4.2+ with Seurat, SeuratObject, SingleCellExperiment and what the R package and tests use.
+R_PACKAGES=(
+  r-base-core r-base-dev
+  r-cran-matrix r-cran-seuratobject r-cran-seurat
+  r-bioc-singlecellexperiment r-bioc-delayedarray r-bioc-hdf5array r-bioc-singler
+  r-cran-testthat r-cran-reticulate r-cran-httr2 r-cran-jsonlite r-cran-roxygen2
+  r-cran-processx r-cran-callr r-cran-cli r-cran-withr
+)
+echo "scbridge install: apt packages (R ${#R_PACKAGES[@]} packages)"
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q "${R_PACKAGES[@]}" >/dev/null
+
+PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  # Debian / Ubuntu split venv and ensurepip into their own package.
+  $SUDO apt-get install -y -q python3 python3-venv python3-dev >/dev/null
+  PYTHON=python3
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+echo "scbridge install: Python packages into .venv"
+.venv/bin/python -m pip install -q --upgrade pip
+# numpy < 2 and pyarrow < 22 are pinned in pyproject.toml: Debian's reticulate 1.28 needs numpy < 2.
+.venv/bin/python -m pip install -q -e ".[all,peers]"
+.venv/bin/python - <<'PY'
+import numpy, pyarrow, rpy2, bridge
+print(f"scbridge install: scbridge {bridge.__version__}, numpy {numpy.__version__}, "
+      f"pyarrow {pyarrow.__version__}, rpy2 {rpy2.__version__}")
+PY
