@@ -32,6 +32,8 @@ __version__ = "0.1.0"
 # Public name -> module that defines it; resolved on first attribute access.
 _LAZY = {
     "describe": "bridge.io",
+    "embed": "bridge.embed",
+    "markers": "bridge.markers_export",
     "read": "bridge.io",
     "read_chunks": "bridge.io",
     "write": "bridge.io",

@@ -240,8 +240,10 @@ def _check_reference_schema(schema: pa.Schema, where: str) -> tuple[list[str], A
         raise FormatError(msg)
     labels = _meta_json(meta, "labels", where)
     if (not isinstance(labels, list) or not 2 <= len(labels) <= _MAX_LABELS
-            or not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels)):
-        msg = f"{where}: scbridge.labels must be a list of 2 to {_MAX_LABELS} unique, non-empty names."
+            or not all(isinstance(x, str) and x for x in labels)
+            or len(set(labels)) != len(labels)):
+        msg = (f"{where}: scbridge.labels must be a list of 2 to {_MAX_LABELS} unique, "
+               "non-empty names.")
         raise FormatError(msg)
     intercepts = _meta_json(meta, "intercepts", where)
     ontology = _meta_json(meta, "ontology_ids", where)

@@ -1,0 +1,203 @@
+"""Per-cell low-dimensional embeddings as Arrow tables, and a 2-D layout for pictures.
+
+``embed``: log1p(CP10k) per cell, the most variable genes (Seurat-style binned dispersion),
+unit-variance scaling, then PCA by a truncated SVD of the implicitly centred sparse matrix
+(ARPACK with a fixed start vector), so the cells x genes matrix is never densified and the
+result is the same on every run.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+from importlib.util import find_spec
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+from scipy.sparse.linalg import LinearOperator, svds
+
+from ._errors import InputError
+from .engines.reference import log_normalize
+
+__all__ = ["embed", "embedding_array", "highly_variable_genes", "layout_2d"]
+
+logger = logging.getLogger(__name__)
+
+
+def highly_variable_genes(Xn: sp.csr_matrix, n_top: int = 2000, n_bins: int = 20) -> np.ndarray:
+    """Column indices of the ``n_top`` genes with the highest binned, z-scored dispersion."""
+    n_cells = Xn.shape[0]
+    mean = np.asarray(Xn.mean(axis=0)).ravel().astype(np.float64)
+    sq = np.asarray(Xn.multiply(Xn).mean(axis=0)).ravel()
+    var = np.maximum(sq - mean**2, 0.0) * n_cells / max(n_cells - 1, 1)
+    expressed = mean > 0
+    if expressed.sum() <= n_top:
+        return np.flatnonzero(expressed)
+    dispersion = np.log(np.where(expressed, var / np.maximum(mean, 1e-12), 1.0) + 1e-12)
+    edges = np.quantile(mean[expressed], np.linspace(0, 1, n_bins + 1))
+    bins = np.clip(np.searchsorted(edges, mean, side="right") - 1, 0, n_bins - 1)
+    z = np.full(len(mean), -np.inf)
+    for b in range(n_bins):
+        members = expressed & (bins == b)
+        if members.sum() == 0:
+            continue
+        d = dispersion[members]
+        sd = d.std()
+        z[members] = (d - d.mean()) / sd if sd > 0 else 0.0
+    return np.sort(np.argsort(-z, kind="stable")[:n_top])
+
+
+def _pca(X: sp.csr_matrix, n_components: int, seed: int) -> np.ndarray:
+    """Scores of the first components of the column-centred ``X`` (never densified)."""
+    n_cells, n_genes = X.shape
+    mu = np.asarray(X.mean(axis=0)).ravel()
+    Xt = X.T.tocsr()
+    ones = np.ones(n_cells)
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        v = np.ravel(v)
+        return X @ v - mu @ v
+
+    def matmat(V: np.ndarray) -> np.ndarray:
+        return X @ V - np.outer(ones, mu @ V)
+
+    def rmatvec(u: np.ndarray) -> np.ndarray:
+        u = np.ravel(u)
+        return Xt @ u - mu * u.sum()
+
+    def rmatmat(U: np.ndarray) -> np.ndarray:
+        return Xt @ U - np.outer(mu, U.sum(axis=0))
+
+    operator = LinearOperator((n_cells, n_genes), matvec=matvec, rmatvec=rmatvec,
+                              matmat=matmat, rmatmat=rmatmat, dtype=np.float64)
+    v0 = np.random.default_rng(seed).uniform(-1, 1, min(n_cells, n_genes))
+    u, s, vt = svds(operator, k=n_components, v0=v0, solver="arpack")
+    order = np.argsort(-s)
+    u, s, vt = u[:, order], s[order], vt[order]
+    # Fix the sign of each component (largest loading positive) so runs agree exactly.
+    signs = np.sign(vt[np.arange(len(s)), np.argmax(np.abs(vt), axis=1)])
+    signs[signs == 0] = 1
+    return (u * s * signs).astype(np.float32)
+
+
+def embed(
+    source: Any,
+    *,
+    n_components: int = 30,
+    n_top_genes: int = 2000,
+    assay: str | None = None,
+    layer: str | None = None,
+    seed: int = 0,
+) -> pa.Table:
+    """A PCA embedding of every cell, as an Arrow table.
+
+    Parameters
+    ----------
+    source
+        Anything :func:`bridge.read` accepts, or a ``CellMatrix``.
+    n_components
+        Dimensions of the embedding.
+    n_top_genes
+        Highly variable genes used.
+    assay, layer
+        Passed to :func:`bridge.read`.
+    seed
+        Seed of the solver's start vector; the same seed gives the same embedding.
+
+    Returns
+    -------
+    pyarrow.Table
+        ``cell`` (utf8) and ``embedding`` (``fixed_size_list<float32>[n_components]``), in
+        input cell order; provenance in the schema metadata.
+    """
+    from .io import read
+    from .matrix import CellMatrix
+
+    matrix = source if isinstance(source, CellMatrix) else read(source, assay=assay, layer=layer)
+    n_cells = matrix.n_cells
+    if n_components < 1:
+        msg = f"n_components must be at least 1, got {n_components}"
+        raise InputError(msg)
+    Xn = log_normalize(matrix)
+    genes = highly_variable_genes(Xn, n_top_genes)
+    limit = min(n_cells, len(genes)) - 1
+    if n_components > limit:
+        msg = (f"{n_components} components need more than {n_components} cells and variable "
+               f"genes; this input has {n_cells} cells and {len(genes)} expressed genes. Ask for "
+               f"at most {max(limit, 0)}.")
+        raise InputError(msg)
+    Xg = Xn[:, genes].astype(np.float64)
+    mean = np.asarray(Xg.mean(axis=0)).ravel()
+    sd = np.sqrt(np.maximum(np.asarray(Xg.multiply(Xg).mean(axis=0)).ravel() - mean**2, 0.0))
+    sd[sd < 1e-8] = 1.0
+    scores = _pca((Xg @ sp.diags(1.0 / sd)).tocsr(), n_components, seed)
+    flat = pa.array(scores.ravel(), pa.float32())
+    table = pa.table({
+        "cell": pa.array(matrix.cells.astype(str).tolist(), pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, n_components),
+    })
+    meta = {b"scbridge.embedding": b"pca", b"scbridge.n_top_genes": str(len(genes)).encode(),
+            b"scbridge.seed": str(seed).encode(), b"scbridge.source": matrix.source.encode()}
+    return table.replace_schema_metadata(meta)
+
+
+def embedding_array(table: pa.Table) -> np.ndarray:
+    """The ``embedding`` column of an embedding table as a cells x components float32 array."""
+    column = table.column("embedding").combine_chunks()
+    width = column.type.list_size
+    return column.values.to_numpy(zero_copy_only=False).reshape(-1, width)
+
+
+def layout_2d(
+    embedding: pa.Table | np.ndarray,
+    *,
+    method: Literal["auto", "umap", "tsne", "pca"] = "auto",
+    seed: int = 0,
+    max_cells: int = 200_000,
+) -> tuple[np.ndarray, str]:
+    """Two coordinates per cell for plotting, and the method that made them.
+
+    ``"auto"`` uses UMAP when umap-learn is installed and there are at most ``max_cells``
+    cells, else the first two components.  ``"tsne"`` uses scikit-learn's t-SNE.
+    """
+    X = embedding_array(embedding) if isinstance(embedding, pa.Table) else np.asarray(embedding)
+    n_cells = X.shape[0]
+    if method == "auto":
+        has_umap = find_spec("umap") is not None
+        method = "umap" if has_umap and 15 < n_cells <= max_cells else "pca"
+    if method == "umap":
+        import umap
+
+        n_neighbors = min(15, n_cells - 1)
+        reducer = umap.UMAP(n_neighbors=n_neighbors, random_state=seed, n_jobs=1)
+        return np.asarray(reducer.fit_transform(X), dtype=np.float32), "UMAP"
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = min(30.0, max(2.0, (n_cells - 1) / 3))
+        coords = TSNE(2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(X)
+        return coords.astype(np.float32), "t-SNE"
+    if method != "pca":
+        msg = f"layout method must be auto, umap, tsne or pca, got {method!r}"
+        raise InputError(msg)
+    if X.shape[1] < 2:
+        X = np.column_stack([X[:, 0], np.zeros(n_cells)])
+    return X[:, :2].astype(np.float32), "PC 1 / PC 2"
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``bridge.embed(...)`` work even after ``import bridge.embed``.
+
+    Importing this submodule makes Python bind the module object to ``bridge.embed``,
+    shadowing the lazily exported function of the same name; calling the module calls the
+    function, so both spellings keep working whatever was imported first.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> pa.Table:
+        return embed(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
