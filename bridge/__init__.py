@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 
 # Public name -> module that defines it; resolved on first attribute access.
 _LAZY = {
+    "RemoteClient": "bridge.engines.remote",
     "describe": "bridge.io",
     "embed": "bridge.embed",
     "markers": "bridge.markers_export",

@@ -21,6 +21,7 @@ __all__ = ["main"]
 _COMMANDS = [
     "bridge.cli._inspect",
     "bridge.cli._convert",
+    "bridge.cli._serve",
 ]
 
 

@@ -1,0 +1,108 @@
+"""``scbridge serve``: run the annotation service (see :mod:`bridge.server`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..server._settings import Settings
+
+NAME = "serve"
+HELP = "run the annotation service (Cell Atlas HTTP contract, JSON and Arrow)"
+logger = logging.getLogger(__name__)
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--api-keys", metavar="FILE",
+                        help="file with one API key per line (also: $SCBRIDGE_API_KEYS, "
+                             "comma-separated)")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="serve without API keys (only for a trusted loopback setup)")
+    parser.add_argument("--max-cells", type=int, default=100_000,
+                        help="cells per request; more gets 413 (default 100000)")
+    parser.add_argument("--max-body-mb", type=float, default=1024,
+                        help="request body limit in MiB (default 1024)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes (default 1)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="requests computed at once per process (default 2)")
+    parser.add_argument("--reference", action="append", metavar="NAME=PATH",
+                        help="offer a reference (scbridge build-reference) as atlas NAME of "
+                             "model 'reference'; repeatable")
+    parser.add_argument("--atlas", action="append", metavar="MODEL:NAME=VALUE",
+                        help="offer atlas NAME for MODEL, handed to the engine as VALUE; "
+                             "repeatable")
+    parser.add_argument("--models", help="comma-separated models to offer (default: all)")
+    parser.add_argument("--default-model", default="markers",
+                        help="model used when a request names none (default markers)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    from ..server._settings import Settings, parse_atlases, parse_references
+
+    atlases = parse_atlases(args.atlas)
+    references = parse_references(args.reference)
+    if references:
+        atlases.setdefault("reference", {}).update(references)
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
+    return Settings(
+        api_keys_file=os.path.abspath(args.api_keys) if args.api_keys else None,
+        allow_anonymous=args.no_auth,
+        max_cells=args.max_cells,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        compute_threads=args.threads,
+        atlases=atlases,
+        models=models,
+        default_model=args.default_model,
+    )
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn / logging dictConfig: one format with the request id, no uvicorn access log."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": "bridge.server._context.RequestIdFilter"}},
+        "formatters": {"default": {"format": _LOG_FORMAT}},
+        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "default",
+                                 "filters": ["request_id"], "stream": "ext://sys.stderr"}},
+        "root": {"handlers": ["default"], "level": level.upper()},
+        "loggers": {
+            "uvicorn": {"handlers": [], "propagate": True},
+            "uvicorn.error": {"handlers": [], "propagate": True},
+            "uvicorn.access": {"handlers": [], "propagate": False},
+        },
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..server._app import create_app
+    from ..server._settings import ENV_SETTINGS
+
+    settings = settings_from_args(args)
+    # Build once here so a bad key file or reference fails before any port is bound.
+    app = create_app(settings)
+    config = log_config(args.log_level)
+    logger.info("serving on http://%s:%d", args.host, args.port)
+    if args.workers > 1:
+        os.environ[ENV_SETTINGS] = settings.to_env()
+        uvicorn.run("bridge.server._app:app_from_env", factory=True, host=args.host,
+                    port=args.port, workers=args.workers, log_config=config,
+                    access_log=False, log_level=args.log_level)
+    else:
+        uvicorn.run(app, host=args.host, port=args.port, log_config=config, access_log=False,
+                    log_level=args.log_level)
+    return 0
+

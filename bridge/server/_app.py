@@ -1,0 +1,306 @@
+"""The FastAPI application: routes, auth, limits and error replies.
+
+Every request passes, in order: the request-id middleware; the API key check (401 before the
+body is read); the content type (415); the body size (413 while streaming it in); then, in a
+worker thread bounded by ``Settings.compute_threads``, decoding, validation (400 / 413 / 422),
+the model / atlas lookup (422) and the computation.  Replies are built as bytes in the worker
+too, so the event loop only moves bytes and stays responsive.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+import anyio
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from .._errors import BridgeError, InputError
+from . import _compute, _openapi
+from ._context import RequestContext, current_request_id
+from ._payload import Parsed, parse_arrow, parse_json
+from ._problems import ApiError, error_body, from_bridge_error
+from ._settings import Settings, load_api_keys
+from ._wire import (
+    ARROW_MEDIA_TYPE,
+    JSON_MEDIA_TYPE,
+    arrow_bytes,
+    calls_json_body,
+    json_reply,
+    metadata_to_json,
+    wants_arrow,
+)
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("bridge.server")
+_DRAIN_LIMIT = 256 * 1024 * 1024  # past a refused body, read at most this much before replying
+_BEARER = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+# Module level: FastAPI resolves these (string) annotations in the module's namespace.
+_Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+
+
+def _error_response(exc: ApiError) -> Response:
+    headers = dict(exc.headers)
+    if exc.status == 401:
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="scbridge"')
+    return Response(error_body(exc.code, exc.message, exc.hint, current_request_id()),
+                    status_code=exc.status, media_type=JSON_MEDIA_TYPE, headers=headers)
+
+
+def _content_kind(request: Request) -> Literal["json", "arrow"]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == JSON_MEDIA_TYPE:
+        return "json"
+    if content_type == ARROW_MEDIA_TYPE:
+        return "arrow"
+    raise ApiError(415, "unsupported_media_type",
+                   f"Content-Type {content_type or '(none)'!r} is not accepted.",
+                   f"send {JSON_MEDIA_TYPE} (the tutorial payload) or {ARROW_MEDIA_TYPE} "
+                   "(an Arrow CSR stream)")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) as soon as it exceeds ``limit`` bytes."""
+    too_large = ApiError(413, "body_too_large",
+                         f"the request body exceeds this server's limit of {limit:,} bytes.",
+                         "send fewer cells per request (bridge.annotate(..., chunk_size=N)), "
+                         "or use the Arrow transport, which is about 4x smaller than JSON")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + _DRAIN_LIMIT:
+        raise too_large
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            parts.clear()
+            # Read on a little (not keeping it) so the client sees the 413, not a reset socket.
+            if size > limit + _DRAIN_LIMIT:
+                break
+            continue
+        parts.append(chunk)
+    if size > limit:
+        raise too_large
+    return b"".join(parts)
+
+
+def _int_field(fields: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = fields.get(name, default)
+    if value is None:
+        value = default
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ApiError(422, "invalid_parameter", f"{name} must be an integer in [{low}, {high}], "
+                       f"got {json.dumps(value)[:40]}.", f"set {name} within the range")
+    return value
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The scbridge annotation service as an ASGI app.
+
+    Parameters
+    ----------
+    settings
+        Keys, limits and the models / atlases offered (see :class:`Settings`).
+
+    Raises
+    ------
+    InputError
+        No API keys were given and ``allow_anonymous`` is off.
+    """
+    settings = settings or Settings()
+    keys = load_api_keys(settings)
+    if not keys and not settings.allow_anonymous:
+        msg = ("no API keys: give --api-keys FILE (one key per line) or set SCBRIDGE_API_KEYS "
+               "(comma-separated); --no-auth serves without keys (loopback only, please).")
+        raise InputError(msg)
+    catalog = _compute.Catalog(settings)
+    limiter: list[anyio.CapacityLimiter] = []
+
+    app = FastAPI(
+        title="scbridge annotation service",
+        version=__version__,
+        description="Cell-type calls, embeddings and marker genes for single-cell matrices, "
+                    "in the Cell Atlas JSON contract or as Arrow streams.",
+    )
+    def require_key(credentials: _Credentials) -> None:
+        if settings.allow_anonymous and not keys:
+            return
+        if credentials is None:
+            raise ApiError(401, "missing_api_key", "this endpoint needs an API key.",
+                           "send the header 'Authorization: Bearer <key>' (the Python client "
+                           "reads SCBRIDGE_API_KEY)")
+        given = credentials.credentials.encode()
+        # Compare with every key, always, so timing says nothing about which key was close.
+        matched = False
+        for key in keys:
+            matched |= hmac.compare_digest(given, key)
+        if not matched:
+            raise ApiError(401, "invalid_api_key", "the API key is not valid for this server.",
+                           "check the key (SCBRIDGE_API_KEY) with the server's administrator")
+
+    async def run_cpu(work: Callable[[], bytes]) -> bytes:
+        if not limiter:
+            limiter.append(anyio.CapacityLimiter(max(1, settings.compute_threads)))
+
+        def guarded() -> bytes:
+            try:
+                return work()
+            except ApiError:
+                raise
+            except BridgeError as exc:
+                raise from_bridge_error(exc) from None
+            except MemoryError:
+                logger.exception("out of memory")
+                raise ApiError(503, "out_of_memory", "the server ran out of memory for this "
+                               "request.", "send fewer cells per request",
+                               {"Retry-After": "10"}) from None
+
+        return await anyio.to_thread.run_sync(guarded, limiter=limiter[0])
+
+    def parse(kind: str, body: bytes, label_column: str | None = None) -> Parsed:
+        if kind == "json":
+            return parse_json(body, max_cells=settings.max_cells)
+        return parse_arrow(body, max_cells=settings.max_cells, label_column=label_column)
+
+    def reply(content: bytes, arrow: bool) -> Response:
+        return Response(content, media_type=ARROW_MEDIA_TYPE if arrow else JSON_MEDIA_TYPE)
+
+    # -- errors ---------------------------------------------------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_parameter(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error_response(ApiError(422, "invalid_parameter",
+                                        f"{where}: {first.get('msg', 'invalid value')}.",
+                                        "see /openapi.json for the accepted values"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return _error_response(ApiError(exc.status_code, codes.get(exc.status_code, "http_error"),
+                                        str(exc.detail), "see /openapi.json for the endpoints",
+                                        dict(exc.headers or {})))
+
+    # -- endpoints ------------------------------------------------------------------------
+    @app.get("/healthz", tags=["service"], summary="Liveness and readiness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/v1/models", tags=["service"], summary="Models, atlases and limits",
+             dependencies=[Depends(require_key)], responses=_openapi.error_responses(("401",)))
+    async def models() -> dict[str, Any]:
+        return {"default_model": catalog.default_model, "models": catalog.describe(),
+                "limits": {"max_cells": settings.max_cells,
+                           "max_body_bytes": settings.max_body_bytes},
+                "transports": [JSON_MEDIA_TYPE, ARROW_MEDIA_TYPE], "version": __version__}
+
+    @app.post("/v1/singlecell/annotate", tags=["single-cell"], summary="Cell-type calls",
+              dependencies=[Depends(require_key)], openapi_extra=_openapi.ANNOTATE_BODY,
+              responses={**_openapi.ANNOTATE_OK, **_openapi.error_responses()},
+              response_class=Response)
+    async def annotate(
+        request: Request,
+        model: str | None = Query(None, max_length=200, description="Arrow bodies: the model"),
+        reference_atlas: str | None = Query(None, max_length=200,
+                                            description="Arrow bodies: the atlas name"),
+    ) -> Response:
+        kind = _content_kind(request)
+        body = await _read_body(request, settings.max_body_bytes)
+        arrow = wants_arrow(request.headers.get("accept"), request.headers.get("content-type"))
+
+        def work() -> bytes:
+            parsed = parse(kind, body)
+            chosen = catalog.resolve(parsed.fields.get("model", model),
+                                     parsed.fields.get("reference_atlas", reference_atlas))
+            table = _compute.annotate(parsed.matrix, *chosen)
+            logger.info("annotated %d cells with model %s", parsed.matrix.n_cells, chosen[0])
+            return arrow_bytes(table) if arrow else calls_json_body(table)
+
+        return reply(await run_cpu(work), arrow)
+
+    @app.post("/v1/singlecell/embed", tags=["single-cell"], summary="Per-cell embeddings (PCA)",
+              dependencies=[Depends(require_key)], openapi_extra=_openapi.EMBED_BODY,
+              responses={**_openapi.EMBED_OK, **_openapi.error_responses()},
+              response_class=Response)
+    async def embed(
+        request: Request,
+        n_components: int = Query(30, ge=1, le=200),
+        n_top_genes: int = Query(2000, ge=10, le=50000),
+        seed: int = Query(0, ge=0, le=2**31 - 1),
+    ) -> Response:
+        kind = _content_kind(request)
+        body = await _read_body(request, settings.max_body_bytes)
+        arrow = wants_arrow(request.headers.get("accept"), request.headers.get("content-type"))
+        query = {"n_components": n_components, "n_top_genes": n_top_genes, "seed": seed}
+
+        def work() -> bytes:
+            parsed = parse(kind, body)
+            fields = {**query, **parsed.fields}
+            table = _compute.embed(
+                parsed.matrix,
+                n_components=_int_field(fields, "n_components", 30, 1, 200),
+                n_top_genes=_int_field(fields, "n_top_genes", 2000, 10, 50000),
+                seed=_int_field(fields, "seed", 0, 0, 2**31 - 1))
+            if arrow:
+                return arrow_bytes(table)
+            vectors = table.column("embedding").to_pylist()
+            return json_reply({"embeddings": vectors, "metadata": metadata_to_json(table.schema)})
+
+        return reply(await run_cpu(work), arrow)
+
+    @app.post("/v1/singlecell/markers", tags=["single-cell"], summary="Marker genes per label",
+              dependencies=[Depends(require_key)], openapi_extra=_openapi.MARKERS_BODY,
+              responses={**_openapi.MARKERS_OK, **_openapi.error_responses()},
+              response_class=Response)
+    async def markers(
+        request: Request,
+        top_n: int = Query(50, ge=1, le=1000),
+        method: Literal["t-test", "wilcoxon"] = Query("t-test"),
+    ) -> Response:
+        kind = _content_kind(request)
+        body = await _read_body(request, settings.max_body_bytes)
+        arrow = wants_arrow(request.headers.get("accept"), request.headers.get("content-type"))
+
+        def work() -> bytes:
+            parsed = parse(kind, body, label_column="label")
+            fields = {"top_n": top_n, "method": method, **parsed.fields}
+            labels = fields.get("labels")
+            n = parsed.matrix.n_cells
+            if (not isinstance(labels, list) or len(labels) != n
+                    or not all(v is None or isinstance(v, str) for v in labels)):
+                raise ApiError(422, "invalid_labels", f"'labels' must be a list of {n} strings "
+                               "(one per cell, null for unlabelled cells).",
+                               "send the label of every cell, in matrix row order")
+            if fields["method"] not in ("t-test", "wilcoxon"):
+                raise ApiError(422, "invalid_parameter", "method must be 't-test' or "
+                               "'wilcoxon'.", "pick one of the two")
+            table = _compute.markers(parsed.matrix, labels,
+                                     top_n=_int_field(fields, "top_n", 50, 1, 1000),
+                                     method=fields["method"])
+            if arrow:
+                return arrow_bytes(table)
+            return json_reply({"markers": table.to_pylist(),
+                               "metadata": metadata_to_json(table.schema)})
+
+        return reply(await run_cpu(work), arrow)
+
+    app.add_middleware(RequestContext)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """App factory for ``uvicorn --factory`` worker processes (settings from the environment)."""
+    return create_app(Settings.from_env())

@@ -1,0 +1,123 @@
+"""Server settings and API keys."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .._errors import InputError, NotFoundError
+
+__all__ = [
+    "ENV_KEYS",
+    "ENV_SETTINGS",
+    "Settings",
+    "load_api_keys",
+    "parse_atlases",
+    "parse_references",
+]
+
+ENV_KEYS = "SCBRIDGE_API_KEYS"
+# How `scbridge serve --workers N` hands its settings to the worker processes (never keys).
+ENV_SETTINGS = "SCBRIDGE_SERVER_SETTINGS"
+
+
+@dataclass
+class Settings:
+    """What one server offers and enforces.
+
+    Parameters
+    ----------
+    api_keys_file
+        File with one API key per line (blank lines and ``#`` comments ignored).
+    api_keys
+        Keys given directly (tests, embedding); joined with the file's and ``$SCBRIDGE_API_KEYS``.
+    allow_anonymous
+        Serve without any key.  Off by default: a server with no keys refuses to start.
+    max_cells
+        Cells per request; larger requests get 413 with a hint to chunk.
+    max_body_bytes
+        Request body size limit (413 beyond it).
+    compute_threads
+        Requests computed at once (decode + annotate); the rest wait their turn.
+    atlases
+        Model -> {atlas name -> value handed to the engine} (for ``model="reference"`` the
+        value is a reference file path).  Clients name atlases; they never send paths.
+    models
+        Models offered (``None``: every registered engine).
+    default_model
+        Model used when a request names none.
+    """
+
+    api_keys_file: str | None = None
+    api_keys: tuple[str, ...] = ()
+    allow_anonymous: bool = False
+    max_cells: int = 100_000
+    max_body_bytes: int = 1024 * 1024 * 1024
+    compute_threads: int = 2
+    atlases: dict[str, dict[str, str]] = field(default_factory=dict)
+    models: tuple[str, ...] | None = None
+    default_model: str = "markers"
+
+    def to_env(self) -> str:
+        """JSON for worker processes; keys given directly are left out (they come from env)."""
+        data = asdict(self)
+        data["api_keys"] = []
+        return json.dumps(data)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        data = json.loads(os.environ.get(ENV_SETTINGS, "{}"))
+        data["api_keys"] = tuple(data.get("api_keys") or ())
+        if data.get("models") is not None:
+            data["models"] = tuple(data["models"])
+        return cls(**data)
+
+
+def load_api_keys(settings: Settings) -> frozenset[bytes]:
+    """Keys from ``settings.api_keys``, the keys file and ``$SCBRIDGE_API_KEYS``."""
+    keys = [k.strip() for k in settings.api_keys]
+    if settings.api_keys_file:
+        path = Path(settings.api_keys_file)
+        if not path.is_file():
+            msg = f"API keys file {path} does not exist (one key per line)."
+            raise NotFoundError(msg)
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                keys.append(line)
+    keys += [k.strip() for k in os.environ.get(ENV_KEYS, "").split(",")]
+    keys = [k for k in keys if k]
+    if any(len(k) < 8 for k in keys):
+        msg = "API keys must be at least 8 characters long; use long random strings."
+        raise InputError(msg)
+    return frozenset(k.encode() for k in keys)
+
+
+def parse_references(items: list[str] | None) -> dict[str, str]:
+    """``["NAME=PATH", ...]`` -> ``{NAME: PATH}``, checking that each file exists."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            msg = f"--reference expects NAME=PATH, got {item!r}."
+            raise InputError(msg)
+        if not Path(path).is_file():
+            msg = f"--reference {name}: {path} does not exist."
+            raise NotFoundError(msg)
+        out[name] = str(Path(path).resolve())
+    return out
+
+
+def parse_atlases(items: list[str] | None) -> dict[str, dict[str, str]]:
+    """``["MODEL:NAME=VALUE", ...]`` -> ``{MODEL: {NAME: VALUE}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items or []:
+        head, sep, value = item.partition("=")
+        model, colon, name = head.partition(":")
+        if not sep or not colon or not model or not name or not value:
+            msg = f"--atlas expects MODEL:NAME=VALUE, got {item!r}."
+            raise InputError(msg)
+        out.setdefault(model, {})[name] = value
+    return out
