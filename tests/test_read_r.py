@@ -31,6 +31,7 @@ CASES = [
     ("sce_delayed.rds", {}, "seurat_v4_counts", "counts", "SingleCellExperiment assay counts"),
     ("sce_logcounts.rds", {}, "seurat_v4_data", "lognorm", "SingleCellExperiment assay logcounts"),
     ("sce_both.rds", {"assay": "logcounts"}, "seurat_v4_data", "lognorm", "SingleCellExperiment assay logcounts"),
+    ("sce_no_coldata.rds", {}, "seurat_v4_counts", "counts", "SingleCellExperiment assay counts"),
     ("bare_dgc.rds", {}, "seurat_v4_counts", "counts", "R dgCMatrix"),
     ("bare_dgt.rds", {}, "seurat_v4_counts", "counts", "R dgTMatrix"),
     ("bare_dgr.rds", {}, "seurat_v4_counts", "counts", "R dgRMatrix"),

@@ -183,7 +183,7 @@ def _find_seurat(
     the_assay = assays.rx2(assay)
     obs = r_frame_to_arrow(obj.do_slot("meta.data"))
     obs_cells = _r.r_strings(_r.call("scb_seurat_cells", obj))
-    obs = obs.append_column("__cell__", pa.array(obs_cells.tolist(), pa.string()))
+    obs = _with_cell_ids(obs, obs_cells)
     if bool(_r.call("scb_assay_is_v5", the_assay)[0]):
         return _find_seurat_v5(the_assay, assay, layer, where), obs
     available = _names(_r.call("scb_assay_layers", the_assay).names)
@@ -331,7 +331,7 @@ def _find_sce(
         )
         raise InputError(msg)
     obs = r_frame_to_arrow(_r.call("scb_sce_coldata", obj))
-    obs = obs.append_column("__cell__", pa.array(cells.tolist(), pa.string()))
+    obs = _with_cell_ids(obs, cells)
     label = f"SingleCellExperiment assay {name}"
     return _Matrix(part.rx2("matrix"), cells, genes, label, name), obs
 
@@ -471,6 +471,14 @@ def r_frame_to_arrow(frame: Any) -> pa.Table:
         else:
             columns[name] = pa.array(np.asarray(values, dtype=np.float64), pa.float64(), mask=na)
     return pa.table(columns) if columns else pa.table({})
+
+
+def _with_cell_ids(obs: pa.Table, cells: np.ndarray) -> pa.Table:
+    """``obs`` plus the cell ids it is keyed by (an empty colData has no rows to append to)."""
+    ids = pa.array(cells.tolist(), pa.string())
+    if obs.num_columns == 0:
+        return pa.table({"__cell__": ids})
+    return obs.append_column("__cell__", ids)
 
 
 def _align_obs(obs: pa.Table | None, cells: np.ndarray) -> pa.Table | None:

@@ -48,10 +48,14 @@ def to_r(matrix: CellMatrix, *, container: Container = "dgCMatrix") -> object:
 
 
 def write_rds(
-    matrix: CellMatrix, path: str | os.PathLike[str], *, container: Container = "dgCMatrix"
+    matrix: CellMatrix, path: str | os.PathLike[str], *, container: Container = "dgCMatrix",
+    compress: bool = True,
 ) -> Path:
-    """Save ``matrix`` as an ``.rds`` holding a genes x cells ``container``."""
+    """Save ``matrix`` as an ``.rds`` holding a genes x cells ``container``.
+
+    ``compress=False`` writes faster and lets ``readRDS`` skip decompression.
+    """
     import rpy2.robjects as ro
 
-    ro.r["saveRDS"](to_r(matrix, container=container), file=os.fspath(path))
+    ro.r["saveRDS"](to_r(matrix, container=container), file=os.fspath(path), compress=compress)
     return Path(path)

@@ -124,6 +124,8 @@ save_fixture(make_sce(lognorm, "logcounts"), "sce_logcounts")
 sce_both <- make_sce(counts)
 SummarizedExperiment::assay(sce_both, "logcounts") <- lognorm
 save_fixture(sce_both, "sce_both")
+sce_no_coldata <- SingleCellExperiment(assays = list(counts = counts))  # colData with 0 columns
+save_fixture(sce_no_coldata, "sce_no_coldata")
 
 # -- bare matrices --------------------------------------------------------------------------
 save_fixture(counts, "bare_dgc")
