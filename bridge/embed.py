@@ -178,7 +178,8 @@ def layout_2d(
         from sklearn.manifold import TSNE
 
         perplexity = min(30.0, max(2.0, (n_cells - 1) / 3))
-        coords = TSNE(2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(X)
+        coords = TSNE(2, perplexity=perplexity, random_state=seed, init="pca",
+                      n_jobs=1).fit_transform(X)
         return coords.astype(np.float32), "t-SNE"
     if method != "pca":
         msg = f"layout method must be auto, umap, tsne or pca, got {method!r}"
