@@ -142,3 +142,46 @@ class ThreadServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class Scripted:
+    """ASGI wrapper for a server that fails on purpose and records what clients send.
+
+    The first POSTs are answered from ``script`` (``(status, headers)`` pairs, e.g. 503 with
+    ``Retry-After``) after reading their body; later ones reach ``app``.  Every POST body and
+    its headers are kept in ``posts``.
+    """
+
+    def __init__(self, app: Any, script: list[tuple[int, dict[str, str]]] | None = None) -> None:
+        self.app = app
+        self.script = list(script or [])
+        self.posts: list[tuple[dict[str, str], bytes]] = []
+        self.lock = threading.Lock()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        messages, more = [], True
+        while more:
+            message = await receive()
+            messages.append(message)
+            more = message.get("more_body", False)
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        with self.lock:
+            self.posts.append((headers, b"".join(m.get("body", b"") for m in messages)))
+            step = self.script.pop(0) if self.script else None
+        if step is not None:
+            status, extra = step
+            body = b'{"error": {"code": "scripted", "message": "failing on purpose", "hint": ""}}'
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/json"),
+                                    *[(k.encode(), v.encode()) for k, v in extra.items()]]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        replay = iter(messages)
+
+        async def receive_again() -> dict[str, Any]:
+            return next(replay, {"type": "http.disconnect"})
+
+        await self.app(scope, receive_again, send)
