@@ -119,17 +119,17 @@ def r_strings(rvector: Any) -> np.ndarray:
 
     if rvector is ri.NULL or rvector is None:
         return np.empty(0, dtype=object)
-    if len(rvector) > 256 and not ri.baseenv["anyNA"](rvector)[0]:
-        # One pasted string crosses the boundary instead of one rpy2 object per element:
-        # ~8x faster for the 20,000 barcodes of a typical object.
-        joined = str(ri.baseenv["paste"](rvector, collapse=_SEP)[0])
-        parts = joined.split(_SEP)
-        if len(parts) == len(rvector):  # else an id contained the separator: slow path
+    if len(rvector) > 64 and not ri.baseenv["anyNA"](rvector)[0]:
+        # One raw vector of NUL-terminated UTF-8 strings crosses the boundary instead of one
+        # rpy2 object per element: ~15x faster for the 20,000 barcodes of a typical object.
+        utf8 = ri.baseenv["enc2utf8"](rvector)
+        raw = ri.baseenv["writeBin"](utf8, ri.baseenv["raw"]())
+        text = np.asarray(RVectorMemory(raw, np.dtype(np.uint8))).tobytes().decode("utf-8")
+        parts = text.split("\0")
+        parts.pop()  # after the last terminator
+        if len(parts) == len(rvector):
             return np.array(parts, dtype=object)
     return np.array([None if v is ri.NA_Character else str(v) for v in rvector], dtype=object)
-
-
-_SEP = "\x1f"  # ASCII unit separator: never part of a cell or gene id in practice
 
 
 def r_class(obj: Any) -> list[str]:

@@ -105,7 +105,7 @@ def read_r(
     obj = load(source)
     where = "the R object" if _r.is_r_object(source) else str(source)
     kind = str(_r.call("scb_kind", obj)[0])
-    obs: pa.Table | None
+    obs: _Obs | None
     if kind == "seurat":
         found, obs = _find_seurat(obj, assay, layer, where)
     elif kind == "sce":
@@ -173,7 +173,7 @@ def _names(values: Any) -> list[str]:
 
 def _find_seurat(
     obj: Any, assay: str | None, layer: str | None, where: str
-) -> tuple[_Matrix, pa.Table]:
+) -> tuple[_Matrix, _Obs]:
     assays = _r.call("scb_seurat_assays", obj)
     names = _names(assays.names)
     assay = assay or str(_r.call("scb_seurat_active_assay", obj)[0])
@@ -181,18 +181,21 @@ def _find_seurat(
         msg = f"{where} has no assay {assay!r}; available assays: {', '.join(names)}."
         raise NotFoundError(msg)
     the_assay = assays.rx2(assay)
-    obs = r_frame_to_arrow(obj.do_slot("meta.data"))
-    obs_cells = _r.r_strings(_r.call("scb_seurat_cells", obj))
-    obs = _with_cell_ids(obs, obs_cells)
+    object_cells = _r.call("scb_seurat_cells", obj)
+    obs_cells = _r.r_strings(object_cells)
+    obs = _Obs(r_frame_to_arrow(obj.do_slot("meta.data")), obs_cells)
     if bool(_r.call("scb_assay_is_v5", the_assay)[0]):
         return _find_seurat_v5(the_assay, assay, layer, where), obs
     available = _names(_r.call("scb_assay_layers", the_assay).names)
     chosen = _choose_layer(layer, available, assay, where)
     part = _r.call("scb_assay_matrix_v3", the_assay, chosen)
+    # The assay's cells are the object's cells (in the same order) unless the object is
+    # inconsistent: convert the ids once, not twice.
+    same = bool(_r.call("scb_identical", part.rx2("cells"), object_cells)[0])
     return (
         _Matrix(
             part.rx2("matrix"),
-            _r.r_strings(part.rx2("cells")),
+            obs_cells if same else _r.r_strings(part.rx2("cells")),
             _r.r_strings(part.rx2("genes")),
             f"Seurat assay {assay} {chosen}",
             chosen,
@@ -296,7 +299,7 @@ def _join_layers(
 
 def _find_sce(
     obj: Any, assay: str | None, layer: str | None, where: str
-) -> tuple[_Matrix, pa.Table]:
+) -> tuple[_Matrix, _Obs]:
     if assay and layer and assay != layer:
         msg = f"{where}: for a SingleCellExperiment give the assay name once (assay={assay!r})."
         raise InputError(msg)
@@ -330,8 +333,7 @@ def _find_sce(
             "set cell barcodes with colnames(sce) <- ... and gene ids with rownames(sce) <- ...."
         )
         raise InputError(msg)
-    obs = r_frame_to_arrow(_r.call("scb_sce_coldata", obj))
-    obs = _with_cell_ids(obs, cells)
+    obs = _Obs(r_frame_to_arrow(_r.call("scb_sce_coldata", obj)), cells)
     label = f"SingleCellExperiment assay {name}"
     return _Matrix(part.rx2("matrix"), cells, genes, label, name), obs
 
@@ -473,27 +475,23 @@ def r_frame_to_arrow(frame: Any) -> pa.Table:
     return pa.table(columns) if columns else pa.table({})
 
 
-def _with_cell_ids(obs: pa.Table, cells: np.ndarray) -> pa.Table:
-    """``obs`` plus the cell ids it is keyed by (an empty colData has no rows to append to)."""
-    ids = pa.array(cells.tolist(), pa.string())
-    if obs.num_columns == 0:
-        return pa.table({"__cell__": ids})
-    return obs.append_column("__cell__", ids)
+@dataclass
+class _Obs:
+    """Per-cell metadata as read from R, and the cell ids its rows belong to."""
+
+    table: pa.Table
+    cells: np.ndarray
 
 
-def _align_obs(obs: pa.Table | None, cells: np.ndarray) -> pa.Table | None:
+def _align_obs(obs: _Obs | None, cells: np.ndarray) -> pa.Table | None:
     """Metadata rows in the matrix's cell order (matched by cell id)."""
-    if obs is None or "__cell__" not in obs.column_names:
-        return obs
-    obs_cells = obs.column("__cell__").to_pylist()
-    obs = obs.drop_columns(["__cell__"])
-    if not obs.num_columns:
+    if obs is None or obs.table.num_columns == 0:
         return None
-    if len(obs_cells) == len(cells) and all(a == b for a, b in zip(obs_cells, cells, strict=True)):
-        return obs
-    row = {c: i for i, c in enumerate(obs_cells)}
+    if obs.cells is cells or (len(obs.cells) == len(cells) and np.array_equal(obs.cells, cells)):
+        return obs.table
+    row = {c: i for i, c in enumerate(obs.cells)}
     take = pa.array([row.get(c) for c in cells], pa.int64())
-    return obs.take(take)
+    return obs.table.take(take)
 
 
 def _layer_table_one(m: Any) -> dict[str, Any]:

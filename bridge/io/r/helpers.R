@@ -151,6 +151,8 @@ scb_as_dgc <- function(x) {
 
 # -- metadata columns -----------------------------------------------------------------------
 # Each column of a data.frame as list(kind, values, levels, na) for the Python side.
+scb_identical <- function(a, b) identical(a, b)
+
 scb_columns <- function(df) {
   lapply(df, function(col) {
     if (is.factor(col)) {
