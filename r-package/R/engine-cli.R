@@ -1,0 +1,148 @@
+# The cli engine: `scbridge annotate IN --out calls.json` in a subprocess.
+#
+# IN is an Arrow CSR file (docs/format.md) when the R package arrow is installed, otherwise an
+# uncompressed .rds of the dgCMatrix (with its cell and gene names) that the core reads
+# through rpy2. The .json result is the Calls contract, which jsonlite reads natively.
+
+cli_path <- function() {
+  path <- getOption("scbridge.cli") %||% Sys.getenv("SCBRIDGE_CLI")
+  if (!nzchar(path)) path <- unname(Sys.which("scbridge"))
+  path
+}
+
+cli_status <- function() {
+  if (!requireNamespace("jsonlite", quietly = TRUE)) {
+    return("the R package jsonlite is not installed")
+  }
+  path <- cli_path()
+  if (!nzchar(path)) return("no `scbridge` command on the PATH, and neither options(scbridge.cli) nor SCBRIDGE_CLI is set")
+  if (!file.exists(path)) return(sprintf("the scbridge command '%s' does not exist", path))
+  NULL
+}
+
+cli_check <- function() {
+  why <- cli_status()
+  if (!is.null(why)) {
+    abort(c(sprintf("The 'cli' engine is not available: %s.", why),
+            paste("To set it up:", engine_setup[["cli"]])), kind = "engine_unavailable")
+  }
+  cli_path()
+}
+
+# Which file format carries the matrix to the subprocess.
+cli_transport <- function() {
+  wanted <- getOption("scbridge.cli_transport", "auto")
+  if (identical(wanted, "auto")) {
+    return(if (requireNamespace("arrow", quietly = TRUE)) "arrow" else "rds")
+  }
+  match.arg(wanted, c("arrow", "rds"))
+}
+
+write_cli_input <- function(m, source, dir) {
+  if (cli_transport() == "arrow") {
+    path <- file.path(dir, "matrix.arrow")
+    write_arrow_csr(m, source, path)
+  } else {
+    path <- file.path(dir, "matrix.rds")
+    # Uncompressed: the core's readRDS of it is then a plain read.
+    saveRDS(m, path, compress = FALSE)
+  }
+  path
+}
+
+run_cli <- function(args, what) {
+  exe <- cli_check()
+  inform("running ", exe, " ", paste(args, collapse = " "))
+  if (requireNamespace("processx", quietly = TRUE)) {
+    res <- processx::run(exe, args, error_on_status = FALSE, stderr_to_stdout = FALSE)
+    status <- res$status
+    stderr <- res$stderr
+  } else {
+    errfile <- tempfile()
+    on.exit(unlink(errfile), add = TRUE)
+    status <- system2(exe, shQuote(args), stdout = FALSE, stderr = errfile)
+    stderr <- paste(readLines(errfile, warn = FALSE), collapse = "\n")
+  }
+  if (status != 0L) {
+    text <- trimws(stderr)
+    lines <- strsplit(text, "\n", fixed = TRUE)[[1L]]
+    said <- grep("error:", lines, value = TRUE)
+    message <- if (length(said)) said[[length(said)]] else utils::tail(lines, 5L)
+    abort(c(sprintf("`scbridge %s` failed (exit status %d):", what, status), message),
+          kind = cli_error_kind(text), stderr = text)
+  }
+  invisible(TRUE)
+}
+
+# The command line prints one line per user error; its wording says which kind it was.
+cli_error_kind <- function(text) {
+  if (grepl("gene id|gene symbol|genes matched|Ensembl", text, ignore.case = TRUE)) {
+    return(c("gene_ids", "input"))
+  }
+  if (grepl("non-zeros|too large|capacity", text, ignore.case = TRUE)) return(c("capacity", "input"))
+  if (grepl("unknown model|no model|not found|no assay|no layer", text, ignore.case = TRUE)) {
+    return("not_found")
+  }
+  "engine"
+}
+
+cli_annotate <- function(m, source, model, atlas, chunk_size, params) {
+  cli_check()
+  dir <- tempfile("scbridge")
+  dir.create(dir)
+  on.exit(unlink(dir, recursive = TRUE), add = TRUE)
+  input <- write_cli_input(m, source, dir)
+  out <- file.path(dir, "calls.json")
+  args <- c("annotate", input, "--out", out, "--model", model, "--no-qc",
+            "--chunk-size", format(as.integer(chunk_size), scientific = FALSE), "--quiet")
+  if (!is.null(atlas)) args <- c(args, "--atlas", atlas)
+  if (length(params)) {
+    abort("Engine parameters (...) are passed by the python and http engines only; the cli engine takes model and atlas.",
+          kind = "unsupported")
+  }
+  run_cli(args, "annotate")
+  body <- jsonlite::fromJSON(out, simplifyVector = TRUE)
+  calls <- calls_from_json(body$calls, cells = NULL)
+  if (!identical(calls$cell, colnames(m))) {
+    abort("`scbridge annotate` returned calls for other cells than it was given.", kind = "engine")
+  }
+  calls
+}
+
+# A calls data.frame from the JSON contract's `calls` array as jsonlite simplifies it.
+# `cells`: the ids of the cells sent, for replies that carry no `cell` field (the HTTP reply).
+calls_from_json <- function(records, cells = NULL) {
+  if (is.null(records) || (is.list(records) && !is.data.frame(records) && !length(records))) {
+    records <- data.frame()
+  }
+  n <- NROW(records)
+  column <- function(name, empty) {
+    v <- records[[name]]
+    if (is.null(v)) return(rep(empty, n))
+    if (is.list(v)) v <- vapply(v, function(e) if (is.null(e) || !length(e)) empty else e, empty)
+    v
+  }
+  cell <- if (is.null(cells)) column("cell", NA_character_) else cells
+  if (length(cell) != n) {
+    abort(sprintf("The engine returned %d calls for %d cells.", n, length(cell)), kind = "engine")
+  }
+  alternates <- records[["alternates"]] %||% rep(list(NULL), n)
+  markers <- records[["markers"]] %||% rep(list(NULL), n)
+  alt_label <- lapply(alternates, function(a) if (length(a)) as.character(a[["label"]]) else character(0))
+  alt_score <- lapply(alternates, function(a) if (length(a)) as.double(a[["score"]]) else numeric(0))
+  marker_gene <- lapply(markers, function(g) as.character(unlist(g)))
+  extra_names <- setdiff(names(records), core_columns)
+  extra <- lapply(stats::setNames(extra_names, extra_names), function(name) {
+    v <- records[[name]]
+    if (is.list(v)) v <- unlist(lapply(v, function(e) if (is.null(e)) NA else e))
+    v
+  })
+  new_calls(
+    cell = cell, label = column("label", NA_character_),
+    ontology_id = as.character(column("ontology_id", NA_character_)),
+    confidence = as.double(column("confidence", NA_real_)),
+    alt_n = lengths(alt_label), alt_label = unlist(alt_label) %||% character(0),
+    alt_score = unlist(alt_score) %||% numeric(0),
+    marker_n = lengths(marker_gene), marker_gene = unlist(marker_gene) %||% character(0),
+    extra = extra)
+}

@@ -1,0 +1,208 @@
+# The http engine: POST /v1/singlecell/annotate of `scbridge serve`, or of any endpoint of the
+# same contract, with the public tutorial's JSON body (genes, matrix {indptr, indices, data,
+# shape} of the cells x genes CSR, model, reference_atlas) and a Bearer key. The CSR arrays are
+# the dgCMatrix slots. Cells go in chunks of `chunk_size`, in order; 429 and 5xx replies are
+# retried with exponential backoff. With the R package arrow installed, the body and reply are
+# Arrow streams instead (about 4x smaller, no number formatting).
+
+http_status <- function(endpoint) {
+  for (package in c("httr2", "jsonlite")) {
+    if (!requireNamespace(package, quietly = TRUE)) {
+      return(sprintf("the R package %s is not installed", package))
+    }
+  }
+  if (is.null(endpoint) || !nzchar(endpoint)) {
+    return("no endpoint given (endpoint = , options(scbridge.endpoint) or SCBRIDGE_ENDPOINT)")
+  }
+  NULL
+}
+
+http_transport <- function() {
+  wanted <- getOption("scbridge.http_transport", "auto")
+  if (identical(wanted, "auto")) {
+    return(if (requireNamespace("arrow", quietly = TRUE)) "arrow" else "json")
+  }
+  match.arg(wanted, c("arrow", "json"))
+}
+
+# Numbers exactly as the server must see them: counts as "3.0" (floats, like a Python client
+# sending a float64 CSR), other values with 17 significant digits (jsonlite stops at 15).
+json_numbers <- function(x) {
+  if (!length(x)) return("[]")
+  if (all(x == round(x)) && max(abs(x)) < 1e15) {
+    return(as.character(jsonlite::toJSON(x, digits = NA, always_decimal = TRUE)))
+  }
+  paste0("[", paste(sprintf("%.17g", x), collapse = ","), "]")
+}
+
+json_ints <- function(x) {
+  if (!length(x)) return("[]")
+  as.character(jsonlite::toJSON(as.integer(x)))
+}
+
+json_body <- function(block, genes_json, model, atlas, extra = list()) {
+  fields <- c(list(model = model, reference_atlas = atlas), extra)
+  tail <- vapply(names(fields), function(k) {
+    paste0("\"", k, "\":", jsonlite::toJSON(fields[[k]], auto_unbox = TRUE, null = "null", na = "null",
+                                              digits = NA))
+  }, character(1))
+  paste0("{\"genes\":", genes_json,
+         ",\"matrix\":{\"indptr\":", json_ints(block$indptr),
+         ",\"indices\":", json_ints(block$indices),
+         ",\"data\":", json_numbers(block$data),
+         ",\"shape\":[", length(block$cells), ",", block$n_genes, "]},",
+         paste(tail, collapse = ","), "}")
+}
+
+max_request_bytes <- function() getOption("scbridge.max_request_bytes", .Machine$integer.max)
+
+# Refuse, before building it, a body that R (one string < 2^31 bytes) or the configured limit
+# cannot hold, and say which chunk_size would fit.
+check_body_size <- function(nnz, n_cells, n_genes_bytes, chunk_size) {
+  estimate <- 30 * nnz + 12 * n_cells + n_genes_bytes + 200
+  limit <- max_request_bytes()
+  if (estimate > limit) {
+    fit <- floor(chunk_size * limit / estimate)
+    advice <- if (fit >= 1) {
+      sprintf("use chunk_size = %d or less", as.integer(fit))
+    } else {
+      "a single cell exceeds it; raise options(scbridge.max_request_bytes) or use the python or cli engine"
+    }
+    abort(sprintf(
+      "A request of %s cells with %s non-zeros would need about %s bytes, more than the http engine can carry (%s bytes); %s.",
+      format(n_cells, big.mark = ","), format(nnz, big.mark = ","),
+      format(estimate, big.mark = ",", scientific = FALSE),
+      format(limit, big.mark = ",", scientific = FALSE), advice), kind = c("capacity", "input"))
+  }
+}
+
+http_request <- function(endpoint, path, api_key, timeout, retries) {
+  req <- httr2::request(sub("/+$", "", endpoint))
+  req <- httr2::req_url_path_append(req, path)
+  if (!is.null(api_key) && nzchar(api_key)) req <- httr2::req_auth_bearer_token(req, api_key)
+  req <- httr2::req_user_agent(req, "scbridge-r")
+  req <- httr2::req_timeout(req, timeout)
+  req <- httr2::req_retry(req, max_tries = retries,
+                          is_transient = function(resp) httr2::resp_status(resp) %in% c(429, 500, 502, 503, 504),
+                          backoff = function(i) min(30, 0.25 * 2^(i - 1)))
+  # Status codes are turned into classed errors here, with the server's message and hint.
+  httr2::req_error(req, is_error = function(resp) FALSE)
+}
+
+http_perform <- function(req, endpoint) {
+  resp <- tryCatch(httr2::req_perform(req), error = function(e) {
+    abort(c(sprintf("Could not reach the annotation endpoint %s.", endpoint),
+            "Check the URL and that the server is running (scbridge serve --host ... --port ...)."),
+          kind = "unreachable", parent = e)
+  })
+  status <- httr2::resp_status(resp)
+  if (status >= 400) http_fail(resp, status, endpoint)
+  resp
+}
+
+http_fail <- function(resp, status, endpoint) {
+  body <- tryCatch(jsonlite::fromJSON(httr2::resp_body_string(resp)), error = function(e) NULL)
+  err <- if (is.list(body)) body$error else NULL
+  code <- if (is.list(err)) err$code %||% "" else ""
+  said <- if (is.list(err)) paste(c(err$message, err$hint), collapse = " Hint: ") else ""
+  if (!nzchar(said)) said <- httr2::resp_status_desc(resp) %||% ""
+  kind <- if (status == 401 || status == 403) {
+    "auth"
+  } else if (status == 413 || code == "too_large") {
+    c("capacity", "remote")
+  } else if (code == "gene_ids") {
+    c("gene_ids", "remote")
+  } else if (code %in% c("not_found", "unknown_model", "unknown_atlas")) {
+    c("not_found", "remote")
+  } else {
+    "remote"
+  }
+  advice <- if (status == 401 || status == 403) {
+    "Check the API key (api_key = , or Sys.setenv(SCBRIDGE_API_KEY = ...))."
+  } else {
+    character(0)
+  }
+  abort(c(sprintf("The annotation endpoint %s answered HTTP %d (%s): %s", endpoint, status, code, said),
+          advice), kind = kind, status = status, code = code)
+}
+
+http_annotate <- function(m, source, model, atlas, chunk_size, params, endpoint, api_key,
+                          timeout = 300, retries = 5) {
+  transport <- http_transport()
+  n <- ncol(m)
+  genes_json <- as.character(jsonlite::toJSON(rownames(m)))
+  starts <- chunk_starts(n, chunk_size)
+  parts <- vector("list", length(starts))
+  for (k in seq_along(starts)) {
+    from <- starts[[k]]
+    to <- min(from + chunk_size - 1L, n)
+    block <- csr_block(m, from, to)
+    block$n_genes <- nrow(m)
+    req <- http_request(endpoint, "v1/singlecell/annotate", api_key, timeout, retries)
+    if (transport == "arrow") {
+      body <- arrow_csr_stream(m[, from:to, drop = FALSE], source)
+      req <- httr2::req_url_query(req, model = model, reference_atlas = atlas)
+      req <- httr2::req_headers(req, Accept = "application/vnd.apache.arrow.stream")
+      req <- httr2::req_body_raw(req, body, type = "application/vnd.apache.arrow.stream")
+    } else {
+      check_body_size(length(block$data), length(block$cells), nchar(genes_json, "bytes"),
+                      chunk_size)
+      body <- json_body(block, genes_json, model, atlas, params)
+      req <- httr2::req_body_raw(req, body, type = "application/json")
+    }
+    inform(sprintf("http: cells %d-%d of %d", from, to, n))
+    resp <- http_perform(req, endpoint)
+    if (transport == "arrow") {
+      records <- arrow_calls_records(httr2::resp_body_raw(resp))
+      parts[[k]] <- calls_from_json(records, cells = block$cells)
+    } else {
+      reply <- jsonlite::fromJSON(httr2::resp_body_string(resp), simplifyVector = TRUE)
+      if (!is.list(reply) || is.null(reply$calls)) {
+        abort(sprintf("The endpoint %s replied without a 'calls' list; is it an annotate URL of the Cell Atlas contract?",
+                      endpoint), kind = "remote")
+      }
+      records <- reply$calls
+      records$cell <- NULL
+      parts[[k]] <- calls_from_json(records, cells = block$cells)
+    }
+  }
+  if (!length(parts)) return(calls_from_json(NULL, cells = character(0)))
+  out <- do.call(rbind, parts)
+  rownames(out) <- NULL
+  out
+}
+
+http_embed <- function(m, source, n_components, params, endpoint, api_key, timeout = 300,
+                       retries = 5) {
+  block <- csr_block(m, 1L, ncol(m))
+  block$n_genes <- nrow(m)
+  genes_json <- as.character(jsonlite::toJSON(rownames(m)))
+  check_body_size(length(block$data), ncol(m), nchar(genes_json, "bytes"), ncol(m))
+  fields <- c(list(n_components = as.integer(n_components)), params)
+  body <- json_body(block, genes_json, NULL, NULL, fields)
+  req <- http_request(endpoint, "v1/singlecell/embed", api_key, timeout, retries)
+  req <- httr2::req_body_raw(req, body, type = "application/json")
+  reply <- jsonlite::fromJSON(httr2::resp_body_string(http_perform(req, endpoint)))
+  emb <- reply$embeddings
+  if (!is.matrix(emb)) emb <- matrix(unlist(emb), nrow = ncol(m), byrow = TRUE)
+  storage.mode(emb) <- "double"
+  dimnames(emb) <- list(colnames(m), NULL)
+  emb
+}
+
+http_markers <- function(m, source, labels, top_n, method, params, endpoint, api_key,
+                         timeout = 300, retries = 5) {
+  block <- csr_block(m, 1L, ncol(m))
+  block$n_genes <- nrow(m)
+  genes_json <- as.character(jsonlite::toJSON(rownames(m)))
+  check_body_size(length(block$data), ncol(m), nchar(genes_json, "bytes"), ncol(m))
+  fields <- c(list(labels = as.list(as.character(labels)), top_n = as.integer(top_n),
+                   method = method), params)
+  body <- json_body(block, genes_json, NULL, NULL, fields)
+  req <- http_request(endpoint, "v1/singlecell/markers", api_key, timeout, retries)
+  req <- httr2::req_body_raw(req, body, type = "application/json")
+  reply <- jsonlite::fromJSON(httr2::resp_body_string(http_perform(req, endpoint)))
+  out <- as.data.frame(reply$markers, stringsAsFactors = FALSE)
+  rownames(out) <- NULL
+  out
+}

@@ -1,0 +1,221 @@
+# Finding the expression matrix inside an object, as one genes x cells dgCMatrix with dimnames.
+#
+# A genes x cells dgCMatrix's slots p, i, x *are* the cells x genes CSR every engine takes,
+# so nothing here transposes. Copies happen only where the layout differs: split Seurat v5
+# layers (joined in the object's cell order), and non-dgCMatrix classes (coerced).
+#
+# Seurat objects are read from their slots, never through SeuratObject methods, so that v5
+# objects (Assay5: @layers, LogMap @cells / @features) work where SeuratObject 5 is absent.
+
+# A list(matrix, source, layer) for any supported object.
+expression_matrix <- function(object, assay = NULL, layer = "counts") {
+  if (inherits(object, "Seurat")) return(seurat_matrix(object, assay, layer))
+  if (methods::is(object, "SummarizedExperiment")) return(sce_matrix(object, assay, layer))
+  if (is_matrix_like(object)) {
+    m <- as_dgc(object, "the matrix")
+    check_dimnames(m, "the matrix")
+    return(list(matrix = m, source = paste("R", class(object)[[1L]]), layer = "matrix"))
+  }
+  abort(sprintf(
+    "scbridge cannot annotate an object of class %s; give a Seurat object, a SingleCellExperiment, or a genes x cells sparse matrix.",
+    class(object)[[1L]]), kind = "unsupported")
+}
+
+is_matrix_like <- function(x) {
+  is.matrix(x) || methods::is(x, "Matrix") || methods::is(x, "DelayedArray")
+}
+
+as_dgc <- function(m, where) {
+  if (methods::is(m, "dgCMatrix")) return(m)
+  if (is.matrix(m) && !is.numeric(m) && !is.logical(m)) {
+    abort(sprintf("%s is a %s matrix, not numeric expression values.", where, typeof(m)))
+  }
+  out <- tryCatch(methods::as(m, "CsparseMatrix"), error = function(e) {
+    abort(sprintf("%s (class %s) cannot be converted to a sparse matrix.", where, class(m)[[1L]]),
+          parent = e)
+  })
+  if (!methods::is(out, "generalMatrix")) out <- methods::as(out, "generalMatrix")
+  if (!methods::is(out, "dMatrix")) out <- methods::as(out, "dMatrix")
+  out
+}
+
+check_dimnames <- function(m, where) {
+  if (is.null(rownames(m)) || is.null(colnames(m))) {
+    abort(sprintf(
+      "%s has no %s. Set dimnames(m) <- list(genes, cells); scbridge expects genes x cells.",
+      where, if (is.null(rownames(m))) "rownames (gene ids)" else "colnames (cell ids)"))
+  }
+  if (anyDuplicated(colnames(m))) {
+    abort(sprintf("%s has duplicated cell ids (e.g. '%s'); make them unique.", where,
+                  colnames(m)[anyDuplicated(colnames(m))]))
+  }
+  if (anyDuplicated(rownames(m))) {
+    abort(sprintf("%s has duplicated gene ids (e.g. '%s'); make them unique.", where,
+                  rownames(m)[anyDuplicated(rownames(m))]))
+  }
+  invisible(m)
+}
+
+# -- Seurat -------------------------------------------------------------------------------
+seurat_assays <- function(object) attr(object, "assays")
+
+seurat_default_assay <- function(object) as.character(attr(object, "active.assay"))
+
+seurat_cells <- function(object) rownames(attr(object, "meta.data"))
+
+choose_assay <- function(object, assay) {
+  assays <- seurat_assays(object)
+  assay <- assay %||% seurat_default_assay(object)
+  if (!assay %in% names(assays)) {
+    abort(sprintf("The Seurat object has no assay '%s'; available assays: %s.", assay,
+                  paste(names(assays), collapse = ", ")), kind = "not_found")
+  }
+  assay
+}
+
+is_assay5 <- function(a) !is.null(attr(a, "layers"))
+
+# Layer names of an assay (v3/v4: the non-empty of counts, data, scale.data).
+assay_layers <- function(a) {
+  if (is_assay5(a)) return(names(attr(a, "layers")))
+  present <- vapply(c("counts", "data", "scale.data"), function(s) {
+    m <- attr(a, s)
+    !is.null(m) && length(dim(m)) == 2L && prod(dim(m)) > 0
+  }, logical(1))
+  names(present)[present]
+}
+
+check_layer_choice <- function(layer, available, assay) {
+  if (identical(layer, "scale.data")) {
+    abort(sprintf(
+      "Layer 'scale.data' of assay '%s' holds scaled (centred, negative) values that annotation cannot use; choose layer = \"counts\" or \"data\".",
+      assay))
+  }
+  if (!is.character(layer) || length(layer) != 1L) {
+    abort("`layer` must be one layer name, e.g. \"counts\" or \"data\".")
+  }
+}
+
+seurat_matrix <- function(object, assay, layer) {
+  assay <- choose_assay(object, assay)
+  a <- seurat_assays(object)[[assay]]
+  available <- assay_layers(a)
+  check_layer_choice(layer, available, assay)
+  if (is_assay5(a)) return(assay5_matrix(a, assay, layer, available))
+  if (!layer %in% available) {
+    abort(sprintf("Assay '%s' has no layer '%s'; available layers: %s.", assay, layer,
+                  paste(available, collapse = ", ") %||% "none"), kind = "not_found")
+  }
+  m <- as_dgc(attr(a, layer), sprintf("Seurat assay %s layer %s", assay, layer))
+  check_dimnames(m, sprintf("Seurat assay %s layer %s", assay, layer))
+  # meta.data's cell order is the object's; an assay's matrix is normally in it already.
+  cells <- seurat_cells(object)
+  if (!identical(colnames(m), cells) && all(cells %in% colnames(m))) m <- m[, cells, drop = FALSE]
+  list(matrix = m, source = sprintf("Seurat assay %s %s", assay, layer), layer = layer)
+}
+
+# v5: layer `counts`, or the split layers `counts.A`, `counts.B`, ... joined in the assay's
+# cell order. Layers are stored without dimnames; their cells and genes are the rows of the
+# @cells / @features LogMaps whose column for that layer is TRUE.
+assay5_matrix <- function(a, assay, layer, available) {
+  matching <- available[available == layer]
+  if (!length(matching)) matching <- available[startsWith(available, paste0(layer, "."))]
+  if (!length(matching)) {
+    abort(sprintf("Assay '%s' has no layer '%s'; available layers: %s.", assay, layer,
+                  paste(available, collapse = ", ") %||% "none"), kind = "not_found")
+  }
+  cell_map <- unclass(attr(a, "cells"))
+  gene_map <- unclass(attr(a, "features"))
+  all_cells <- rownames(cell_map)
+  all_genes <- rownames(gene_map)
+  parts <- lapply(matching, function(name) {
+    m <- as_dgc(attr(a, "layers")[[name]], sprintf("Seurat v5 assay %s layer %s", assay, name))
+    cells <- if (name %in% colnames(cell_map)) all_cells[cell_map[, name]] else colnames(m)
+    genes <- if (name %in% colnames(gene_map)) all_genes[gene_map[, name]] else rownames(m)
+    if (length(cells) != ncol(m) || length(genes) != nrow(m)) {
+      abort(sprintf(
+        "Seurat v5 assay %s layer %s is %d x %d but its LogMaps name %d genes and %d cells; the object is damaged.",
+        assay, name, nrow(m), ncol(m), length(genes), length(cells)))
+    }
+    dimnames(m) <- list(genes, cells)
+    m
+  })
+  source <- sprintf("Seurat v5 assay %s layer %s", assay, paste(matching, collapse = "+"))
+  if (length(parts) == 1L && identical(rownames(parts[[1L]]), all_genes)) {
+    m <- parts[[1L]]
+  } else {
+    inform("joining split layers ", paste(matching, collapse = ", "), " (a copy)")
+    m <- join_layers(parts, all_genes, all_cells, source)
+    source <- paste(source, "(joined)")
+  }
+  check_dimnames(m, source)
+  list(matrix = m, source = source, layer = layer)
+}
+
+# Stack layers over the union gene space (a gene absent from a layer is zero there), then put
+# the columns in the assay's cell order.
+join_layers <- function(parts, all_genes, all_cells, where) {
+  total <- sum(vapply(parts, function(m) as.double(length(m@x)), double(1)))
+  if (total > max_nnz()) {
+    abort(sprintf(
+      "%s: the joined layers hold %s non-zeros, more than one dgCMatrix (and so the engines, which are given one) can carry (%s). Annotate one layer at a time (layer = \"counts.A\", ...) and combine the calls.",
+      where, format(total, big.mark = ",", scientific = FALSE),
+      format(max_nnz(), big.mark = ",", scientific = FALSE)), kind = c("capacity", "input"))
+  }
+  widened <- lapply(parts, function(m) {
+    if (identical(rownames(m), all_genes)) return(m)
+    rows <- match(rownames(m), all_genes)
+    Matrix::sparseMatrix(i = rows[m@i + 1L], p = m@p, x = m@x,
+                         dims = c(length(all_genes), ncol(m)),
+                         dimnames = list(all_genes, colnames(m)))
+  })
+  joined <- do.call(cbind, widened)
+  cells <- colnames(joined)
+  if (anyDuplicated(cells)) {
+    abort(sprintf("%s: cell '%s' appears in more than one of the split layers.", where,
+                  cells[anyDuplicated(cells)]))
+  }
+  order <- all_cells[all_cells %in% cells]
+  joined[, order, drop = FALSE]
+}
+
+# -- SingleCellExperiment --------------------------------------------------------------------
+sce_matrix <- function(object, assay, layer) {
+  need_package("SummarizedExperiment", "Annotating a SingleCellExperiment")
+  available <- SummarizedExperiment::assayNames(object)
+  # For an SCE the assay *is* the layer: assay = "logcounts" or layer = "logcounts" both work.
+  name <- assay %||% layer
+  if (!is.null(assay) && !identical(layer, "counts") && !identical(assay, layer)) {
+    abort(sprintf("For a SingleCellExperiment give the assay name once (assay = \"%s\").", assay))
+  }
+  if (!name %in% available) {
+    abort(sprintf("The SingleCellExperiment has no assay '%s'; available assays: %s.", name,
+                  paste(available, collapse = ", ") %||% "none"), kind = "not_found")
+  }
+  m <- as_dgc(SummarizedExperiment::assay(object, name, withDimnames = FALSE),
+              sprintf("SingleCellExperiment assay %s", name))
+  dimnames(m) <- list(rownames(object), colnames(object))
+  check_dimnames(m, sprintf("SingleCellExperiment assay %s", name))
+  list(matrix = m, source = sprintf("SingleCellExperiment assay %s", name), layer = name)
+}
+
+# -- pieces of a matrix ----------------------------------------------------------------------
+# Cells [from, to] (1-based) as the CSR arrays of that block, straight from the slots.
+csr_block <- function(m, from, to) {
+  lo <- m@p[[from]]
+  hi <- m@p[[to + 1L]]
+  take <- if (hi > lo) seq.int(lo + 1, hi) else integer(0)
+  list(indptr = m@p[seq.int(from, to + 1L)] - lo, indices = m@i[take], data = m@x[take],
+       cells = colnames(m)[seq.int(from, to)])
+}
+
+chunk_starts <- function(n, chunk_size) {
+  if (n == 0L) return(integer(0))
+  seq.int(1L, n, by = chunk_size)
+}
+
+# Gene ids that look like Ensembl ids (ENSG..., ENSMUSG...): the core maps them to symbols.
+looks_ensembl <- function(genes) {
+  n <- min(length(genes), 1000L)
+  n > 0L && mean(grepl("^ENS[A-Z]*G[0-9]{6,}", genes[seq_len(n)])) > 0.5
+}

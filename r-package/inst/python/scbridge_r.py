@@ -1,0 +1,128 @@
+"""The Python side of the R package's ``python`` engine (loaded by reticulate).
+
+R passes a genes x cells ``dgCMatrix`` as its slots ``p``, ``i``, ``x`` (plain vectors): they
+are the ``indptr``, ``indices`` and ``data`` of the cells x genes CSR, so the matrix is built
+without a transpose.  Results go back as flat columns that reticulate converts to R vectors
+(lists of runner-ups and markers as flat values plus per-cell counts).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _strings(values: Any) -> list[str]:
+    # reticulate turns a length-1 character vector into a plain str.
+    return [values] if isinstance(values, str) else [str(v) for v in values]
+
+
+def _matrix(p: Any, i: Any, x: Any, n_genes: int, n_cells: int, genes: Any, cells: Any,
+            source: str) -> Any:
+    from bridge import CellMatrix
+    from bridge._validate import looks_like_counts
+    from bridge.matrix import csr_view
+
+    indptr = np.atleast_1d(np.asarray(p, dtype=np.int32))
+    indices = np.atleast_1d(np.asarray(i, dtype=np.int32))
+    data = np.atleast_1d(np.asarray(x, dtype=np.float64))
+    X = csr_view(data, indices, indptr, (int(n_cells), int(n_genes)))
+    kind = "counts" if looks_like_counts(data) else "lognorm"
+    return CellMatrix(X, _strings(cells), _strings(genes), value_kind=kind, source=source)
+
+
+def _text_column(array: Any) -> tuple[list[str], np.ndarray]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = pc.cast(array, pa.string())
+    na = np.asarray(text.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    return [v if v is not None else "" for v in text.to_pylist()], na
+
+
+def calls_columns(table: Any) -> dict[str, Any]:
+    """A Calls table as flat columns R rebuilds into its calls data.frame."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = table.combine_chunks()
+    label, label_na = _text_column(table.column("label"))
+    ontology, ontology_na = _text_column(table.column("ontology_id"))
+    alternates = table.column("alternates").chunk(0) if table.num_rows else None
+    markers = table.column("markers").chunk(0) if table.num_rows else None
+    out: dict[str, Any] = {
+        "cell": table.column("cell").to_pylist(),
+        "label": label, "label_na": label_na,
+        "ontology_id": ontology, "ontology_na": ontology_na,
+        "confidence": table.column("confidence").to_numpy().astype(np.float64),
+    }
+    if alternates is None:
+        out.update(alt_n=np.zeros(0, np.int32), alt_label=[], alt_score=np.zeros(0),
+                   marker_n=np.zeros(0, np.int32), marker_gene=[])
+    else:
+        flat = pc.list_flatten(alternates)
+        out["alt_n"] = pc.list_value_length(alternates).fill_null(0).to_numpy().astype(np.int32)
+        out["alt_label"] = flat.field("label").to_pylist()
+        out["alt_score"] = flat.field("score").to_numpy(zero_copy_only=False).astype(np.float64)
+        out["marker_n"] = pc.list_value_length(markers).fill_null(0).to_numpy().astype(np.int32)
+        out["marker_gene"] = pc.list_flatten(markers).to_pylist()
+    extra: dict[str, Any] = {}
+    core = {"cell", "label", "ontology_id", "confidence", "alternates", "markers"}
+    for name in table.column_names:
+        if name in core:
+            continue
+        column = table.column(name)
+        kind = column.type
+        if pa.types.is_dictionary(kind) or pa.types.is_string(kind):
+            values, na = _text_column(column)
+        elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+            na = np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+            values = column.to_numpy(zero_copy_only=False)
+            if pa.types.is_boolean(kind):
+                values = np.asarray([bool(v) if v is not None else False for v in values])
+            else:
+                values = np.nan_to_num(values.astype(np.float64))
+        else:
+            continue  # nested extras are kept by the Python API, not carried into R
+        extra[name] = {"values": values, "na": na}
+    out["extra"] = extra
+    return out
+
+
+def annotate(p: Any, i: Any, x: Any, n_genes: int, n_cells: int, genes: Any, cells: Any,
+             source: str, model: str, atlas: str | None, chunk_size: int,
+             params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Raw calls (no QC, no threshold: R applies ``min_confidence`` for every engine alike)."""
+    from bridge.annotate import call_cells
+
+    matrix = _matrix(p, i, x, n_genes, n_cells, genes, cells, source)
+    table = call_cells(matrix, model=model, atlas=atlas, chunk_size=int(chunk_size),
+                       progress=False, **(params or {}))
+    return calls_columns(table)
+
+
+def embed(p: Any, i: Any, x: Any, n_genes: int, n_cells: int, genes: Any, cells: Any,
+          source: str, n_components: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    from bridge.embed import embed as embed_cells
+    from bridge.embed import embedding_array
+
+    matrix = _matrix(p, i, x, n_genes, n_cells, genes, cells, source)
+    table = embed_cells(matrix, n_components=int(n_components), **(params or {}))
+    return {"cell": table.column("cell").to_pylist(),
+            "embedding": np.asarray(embedding_array(table), dtype=np.float64)}
+
+
+def markers(p: Any, i: Any, x: Any, n_genes: int, n_cells: int, genes: Any, cells: Any,
+            source: str, labels: Any, top_n: int, method: str,
+            params: dict[str, Any] | None = None) -> dict[str, Any]:
+    import pyarrow as pa
+
+    from bridge.markers_export import markers as find_markers
+
+    matrix = _matrix(p, i, x, n_genes, n_cells, genes, cells, source)
+    labelled = pa.table({"cell": pa.array(_strings(cells), pa.string()),
+                         "label": pa.array([None if v is None else str(v) for v in labels],
+                                           pa.string())})
+    table = find_markers(matrix, labelled, top_n=int(top_n), method=method, **(params or {}))
+    return {name: table.column(name).to_pylist() for name in table.column_names}
