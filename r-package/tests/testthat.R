@@ -1,0 +1,4 @@
+library(testthat)
+library(scbridge)
+
+test_check("scbridge")
