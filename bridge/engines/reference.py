@@ -65,9 +65,13 @@ logger = logging.getLogger(__name__)
 FORMAT_NAME = "scbridge-reference"
 FORMAT_VERSION = "1.0"
 TARGET_SUM = 1e4
-# Limits a well-formed reference never reaches; a file beyond them is refused, not loaded.
+# Limits a well-formed reference never reaches; a file beyond them is refused before its
+# data are read, so a stranger's file cannot exhaust memory (a decompression bomb included).
 _MAX_LABELS = 5_000
 _MAX_GENES = 200_000
+_MAX_WEIGHTS = 50_000_000  # genes x labels (200 MB per float32 matrix)
+_MAX_FILE_BYTES = 2 << 30
+_MAX_METADATA_BYTES = 16 << 20
 
 # Common label spellings -> Cell Ontology ids (recorded when a reference label matches).
 _ONTOLOGY_PATTERNS: list[tuple[str, str]] = [
@@ -112,7 +116,9 @@ def log_normalize(matrix: CellMatrix, *, target_sum: float = TARGET_SUM) -> sp.c
     if matrix.value_kind == "lognorm":
         return sp.csr_matrix((X.data.astype(np.float32, copy=False), X.indices, X.indptr),
                              shape=X.shape)
-    totals = np.add.reduceat(X.data, X.indptr[:-1]) if X.nnz else np.zeros(X.shape[0])
+    # float64 totals: the same values whatever the input dtype (float32 / float64 / int).
+    totals = (np.add.reduceat(X.data, X.indptr[:-1], dtype=np.float64) if X.nnz
+              else np.zeros(X.shape[0]))
     totals = np.where(np.diff(X.indptr) > 0, totals, 1.0)  # reduceat misreads empty rows
     scale = (target_sum / np.maximum(totals, 1e-12)).astype(np.float64)
     per_value = np.repeat(scale, np.diff(X.indptr))
@@ -250,8 +256,28 @@ def _check_reference_schema(schema: pa.Schema, where: str) -> tuple[list[str], A
     return labels, intercepts, ontology
 
 
-def load_reference(path: str | Path) -> ReferenceModel:
-    """Read and validate a ``scbridge-reference`` file; malformed files raise FormatError."""
+def load_reference(path: str | Path, *, max_bytes: int = _MAX_FILE_BYTES) -> ReferenceModel:
+    """Read and validate a ``scbridge-reference`` file.
+
+    Loading runs no code from the file (Parquet, never pickle).  The format stamp, version,
+    every dimension and every value are checked before use; sizes are checked before the
+    data are read.
+
+    Parameters
+    ----------
+    path
+        The reference ``.parquet`` file.
+    max_bytes
+        Refuse files larger than this.
+
+    Raises
+    ------
+    NotFoundError
+        The file does not exist.
+    FormatError
+        Anything about the file is wrong: not Parquet, not a reference, an unsupported major
+        version, sizes over the limits, duplicated or missing genes, non-finite values.
+    """
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -259,15 +285,31 @@ def load_reference(path: str | Path) -> ReferenceModel:
     if not path.is_file():
         msg = f"reference {where} does not exist; build one with `scbridge build-reference`."
         raise NotFoundError(msg)
+    size = path.stat().st_size
+    if size > max_bytes:
+        msg = f"{where}: {size:,} bytes exceeds the reference size limit of {max_bytes:,}."
+        raise FormatError(msg)
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
         msg = f"{where} is not a Parquet file, so not an scbridge reference ({exc})."
         raise FormatError(msg) from None
+    metadata_bytes = sum(len(k) + len(v) for k, v in (parquet.schema_arrow.metadata or {}).items())
+    if metadata_bytes > _MAX_METADATA_BYTES:
+        msg = f"{where}: {metadata_bytes:,} bytes of metadata exceeds the limit."
+        raise FormatError(msg)
     labels, intercepts, ontology = _check_reference_schema(parquet.schema_arrow, where)
     n_labels = len(labels)
-    if parquet.metadata.num_rows > _MAX_GENES:
-        msg = f"{where}: {parquet.metadata.num_rows} genes exceeds the limit of {_MAX_GENES}."
+    n_rows = parquet.metadata.num_rows
+    if n_rows > _MAX_GENES or n_rows * n_labels > _MAX_WEIGHTS:
+        msg = (f"{where}: {n_rows:,} genes x {n_labels:,} labels exceeds the limits "
+               f"({_MAX_GENES:,} genes, {_MAX_WEIGHTS:,} weights).")
+        raise FormatError(msg)
+    stored = sum(parquet.metadata.row_group(i).total_byte_size
+                 for i in range(parquet.metadata.num_row_groups))
+    # Two float32 matrices plus gene names, with room for Parquet's own levels and headers.
+    if stored > 2 * (8 * n_rows * n_labels + 1024 * n_rows) + (1 << 20):
+        msg = f"{where}: {stored:,} bytes when decompressed is more than a reference can hold."
         raise FormatError(msg)
     expected = {"gene": pa.string(), "weight": pa.list_(pa.float32(), n_labels),
                 "mean": pa.list_(pa.float32(), n_labels)}
@@ -287,8 +329,13 @@ def load_reference(path: str | Path) -> ReferenceModel:
         msg = f"{where}: gene ids must be non-empty and not null."
         raise FormatError(msg)
     genes = np.asarray(genes_col.to_pylist(), dtype=object)
+    if not all(genes):
+        msg = f"{where}: gene ids must be non-empty and not null."
+        raise FormatError(msg)
     if len(set(genes.tolist())) != len(genes):
-        msg = f"{where}: gene ids are not unique."
+        _, first, counts = np.unique(genes.astype(str), return_index=True, return_counts=True)
+        msg = (f"{where}: gene ids are not unique (e.g. {genes[first[counts > 1][0]]!r} "
+               f"appears {counts[counts > 1][0]} times).")
         raise FormatError(msg)
 
     def matrix(name: str) -> np.ndarray:
@@ -348,6 +395,51 @@ def _select_genes(t: np.ndarray, expressed: np.ndarray, n_per_label: int) -> np.
     return np.array(sorted(chosen), dtype=np.int64)
 
 
+def _fit_logistic(estimator: Any, design: sp.csr_matrix, codes: np.ndarray, n_labels: int,
+                  regularization: float) -> tuple[np.ndarray, np.ndarray]:
+    """Labels x genes coefficients and per-label intercepts of a multinomial logistic model."""
+    clf = estimator(C=regularization, max_iter=1000, tol=1e-4)
+    clf.fit(design, codes)
+    if n_labels > 2:
+        return clf.coef_, clf.intercept_
+    # Binary fits give one row; split it symmetrically into the two labels' log-odds.
+    half_coef, half_b = clf.coef_[0] / 2, clf.intercept_[0] / 2
+    return np.vstack([-half_coef, half_coef]), np.array([-half_b, half_b])
+
+
+def _calibration_temperature(estimator: Any, design: sp.csr_matrix, codes: np.ndarray,
+                             n_labels: int, regularization: float, seed: int) -> float:
+    """The softmax temperature that best fits held-out cells (temperature scaling).
+
+    A regularised model is under-confident: it calls 98% of cells right with a median
+    confidence near 0.7.  Refitting on 80% of the cells and choosing the temperature that
+    minimises the log-loss on the other 20% makes a confidence threshold mean what it says.
+    Dividing all weights by one number never changes which label wins.
+    """
+    from scipy.optimize import minimize_scalar
+    from scipy.special import logsumexp
+
+    rng = np.random.default_rng(seed + 1)
+    held_out = np.zeros(len(codes), dtype=bool)
+    for k in range(n_labels):
+        members = np.flatnonzero(codes == k)
+        n_held = len(members) // 5
+        if n_held == 0:
+            return 1.0  # too few cells to calibrate on
+        held_out[rng.choice(members, n_held, replace=False)] = True
+    coef, intercepts = _fit_logistic(estimator, design[~held_out], codes[~held_out], n_labels,
+                                     regularization)
+    logits = np.asarray(design[held_out] @ coef.T) + intercepts[None, :]
+    truth = codes[held_out]
+
+    def log_loss(log_t: float) -> float:
+        scaled = logits / np.exp(log_t)
+        return float(np.mean(logsumexp(scaled, axis=1) - scaled[np.arange(len(truth)), truth]))
+
+    best = minimize_scalar(log_loss, bounds=(-3.0, 3.0), method="bounded")
+    return float(np.exp(best.x))
+
+
 def build_reference(
     source: Any,
     *,
@@ -360,6 +452,7 @@ def build_reference(
     min_cells_per_label: int = 10,
     max_cells_per_label: int | None = 5_000,
     drop_labels: Sequence[str] = ("", "NA", "nan", "None", "Unknown"),
+    calibrate: bool = True,
     seed: int = 0,
 ) -> ReferenceModel:
     """Build a reference model from labelled cells and optionally write it.
@@ -386,6 +479,9 @@ def build_reference(
         Larger labels are subsampled (fixed ``seed``) to keep building fast and balanced.
     drop_labels
         Label values treated as "no label" and left out.
+    calibrate
+        Scale the model so its confidences match its accuracy on held-out cells
+        (temperature scaling; costs a second fit, never changes the calls).
     seed
         Seed for subsampling.
 
@@ -445,11 +541,11 @@ def build_reference(
     sd = np.sqrt(np.maximum(overall_sq - overall_mean**2, 0.0))
     sd[sd < 1e-6] = 1.0
     design = (Xg @ sp.diags(1.0 / sd)).tocsr()
-    clf = LogisticRegression(C=regularization, max_iter=1000, tol=1e-4)
-    clf.fit(design, codes_all)
-    coef = clf.coef_ if n_labels > 2 else np.vstack([-clf.coef_[0] / 2, clf.coef_[0] / 2])
-    intercepts = clf.intercept_ if n_labels > 2 else np.array([-clf.intercept_[0] / 2,
-                                                               clf.intercept_[0] / 2])
+    coef, intercepts = _fit_logistic(LogisticRegression, design, codes_all, n_labels,
+                                     regularization)
+    temperature = (_calibration_temperature(LogisticRegression, design, codes_all, n_labels,
+                                            regularization, seed) if calibrate else 1.0)
+    coef, intercepts = coef / temperature, intercepts / temperature
     weights = (coef / sd[None, :]).T.astype(np.float32)
     model = ReferenceModel(
         genes=matrix.genes[genes_idx].astype(object),
@@ -463,6 +559,7 @@ def build_reference(
             "cells_per_label": {str(n): int(c) for n, c in zip(names, n_cells_label, strict=True)},
             "genes_per_label": genes_per_label, "regularization": regularization,
             "max_cells_per_label": max_cells_per_label, "seed": seed,
+            "temperature": temperature,
             "input_genes": int(matrix.n_genes), "value_kind": matrix.value_kind,
         },
     )
@@ -503,7 +600,7 @@ class ReferenceEngine:
         self.min_gene_fraction = min_gene_fraction
         self.n_alternates = n_alternates
         self.n_markers = n_markers
-        self._cache_key: tuple[int, int] | None = None
+        self._cache_genes: np.ndarray | None = None
         self._cache: np.ndarray | None = None
         self._eligible = np.zeros((0, 0), dtype=bool)
         self.gene_fraction: float | None = None
@@ -518,8 +615,11 @@ class ReferenceEngine:
 
     def _query_weights(self, genes: np.ndarray) -> np.ndarray:
         """Model weights laid out on the query's gene columns (zeros for other genes)."""
-        key = (id(genes), len(genes))
-        if self._cache_key == key and self._cache is not None:
+        # Chunks of one matrix share its genes array; the array itself (not its id, which
+        # can be reused after garbage collection) is kept to recognise it.
+        cached = self._cache_genes
+        if self._cache is not None and cached is not None and (
+                cached is genes or (len(cached) == len(genes) and np.array_equal(cached, genes))):
             return self._cache
         ref = self.reference
         position = {str(g): i for i, g in enumerate(genes)}
@@ -550,7 +650,7 @@ class ReferenceEngine:
         others = (ref.means.sum(axis=1, keepdims=True) - ref.means) / max(ref.n_labels - 1, 1)
         eligible = np.zeros_like(W, dtype=bool)
         eligible[query_cols] = (ref.means - others)[ref_rows] > 0.5
-        self._cache_key, self._cache = key, W
+        self._cache_genes, self._cache = genes, W
         self._eligible = eligible
         return W
 
