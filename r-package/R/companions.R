@@ -97,10 +97,10 @@ cell_labels <- function(object, labels, prefix, cells) {
     if (inherits(object, "Seurat")) {
       meta <- attr(object, "meta.data")
       labels <- meta[[prefix]]
-      names(labels) <- rownames(meta)
+      if (!is.null(labels)) names(labels) <- rownames(meta)
     } else if (methods::is(object, "SummarizedExperiment")) {
       labels <- SummarizedExperiment::colData(object)[[prefix]]
-      names(labels) <- colnames(object)
+      if (!is.null(labels)) names(labels) <- colnames(object)
     }
     if (is.null(labels)) {
       abort(sprintf(

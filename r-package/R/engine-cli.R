@@ -53,14 +53,16 @@ write_cli_input <- function(m, source, dir) {
 run_cli <- function(args, what) {
   exe <- cli_check()
   inform("running ", exe, " ", paste(args, collapse = " "))
+  env <- subprocess_env()
   if (requireNamespace("processx", quietly = TRUE)) {
-    res <- processx::run(exe, args, error_on_status = FALSE, stderr_to_stdout = FALSE)
+    res <- processx::run(exe, args, error_on_status = FALSE, stderr_to_stdout = FALSE, env = env)
     status <- res$status
     stderr <- res$stderr
   } else {
     errfile <- tempfile()
     on.exit(unlink(errfile), add = TRUE)
-    status <- system2(exe, shQuote(args), stdout = FALSE, stderr = errfile)
+    status <- system2(exe, shQuote(args), stdout = FALSE, stderr = errfile,
+                      env = paste0("LD_LIBRARY_PATH=", shQuote(env[["LD_LIBRARY_PATH"]])))
     stderr <- paste(readLines(errfile, warn = FALSE), collapse = "\n")
   }
   if (status != 0L) {
@@ -145,4 +147,20 @@ calls_from_json <- function(records, cells = NULL) {
     alt_score = unlist(alt_score) %||% numeric(0),
     marker_n = lengths(marker_gene), marker_gene = unlist(marker_gene) %||% character(0),
     extra = extra)
+}
+
+# The environment for a Python subprocess. R prepends its own library directories (R's lib,
+# the system lib directory, Java's) to LD_LIBRARY_PATH; a Python built with a RUNPATH to its
+# own libpython (pyenv, conda) would then load the system's libpython of another patch
+# release and fail in odd places (e.g. "undefined symbol" importing ssl). Those entries are
+# dropped; the system directories are searched by default anyway, after the RUNPATH.
+subprocess_env <- function() {
+  env <- Sys.getenv()
+  paths <- strsplit(env[["LD_LIBRARY_PATH"]] %||% "", ":", fixed = TRUE)[[1L]]
+  r_added <- c(R.home("lib"), "/usr/lib/R/lib", Sys.getenv("R_JAVA_LD_LIBRARY_PATH"))
+  system_dirs <- "^/(usr/)?lib(64)?(/[a-z0-9_]+-linux-gnu)?/?$"
+  keep <- paths[nzchar(paths) & !paths %in% r_added & !grepl(system_dirs, paths) &
+                  !grepl("/jvm/.*/lib(/server)?/?$", paths)]
+  env[["LD_LIBRARY_PATH"]] <- paste(keep, collapse = ":")
+  stats::setNames(as.character(env), names(env))
 }

@@ -58,11 +58,11 @@ max_request_bytes <- function() getOption("scbridge.max_request_bytes", .Machine
 
 # Refuse, before building it, a body that R (one string < 2^31 bytes) or the configured limit
 # cannot hold, and say which chunk_size would fit.
-check_body_size <- function(nnz, n_cells, n_genes_bytes, chunk_size) {
+check_body_size <- function(nnz, n_cells, n_genes_bytes) {
   estimate <- 30 * nnz + 12 * n_cells + n_genes_bytes + 200
   limit <- max_request_bytes()
   if (estimate > limit) {
-    fit <- floor(chunk_size * limit / estimate)
+    fit <- floor(n_cells * (limit - n_genes_bytes - 200) / (estimate - n_genes_bytes - 200))
     advice <- if (fit >= 1) {
       sprintf("use chunk_size = %d or less", as.integer(fit))
     } else {
@@ -145,8 +145,7 @@ http_annotate <- function(m, source, model, atlas, chunk_size, params, endpoint,
       req <- httr2::req_headers(req, Accept = "application/vnd.apache.arrow.stream")
       req <- httr2::req_body_raw(req, body, type = "application/vnd.apache.arrow.stream")
     } else {
-      check_body_size(length(block$data), length(block$cells), nchar(genes_json, "bytes"),
-                      chunk_size)
+      check_body_size(length(block$data), length(block$cells), nchar(genes_json, "bytes"))
       body <- json_body(block, genes_json, model, atlas, params)
       req <- httr2::req_body_raw(req, body, type = "application/json")
     }
@@ -177,7 +176,7 @@ http_embed <- function(m, source, n_components, params, endpoint, api_key, timeo
   block <- csr_block(m, 1L, ncol(m))
   block$n_genes <- nrow(m)
   genes_json <- as.character(jsonlite::toJSON(rownames(m)))
-  check_body_size(length(block$data), ncol(m), nchar(genes_json, "bytes"), ncol(m))
+  check_body_size(length(block$data), ncol(m), nchar(genes_json, "bytes"))
   fields <- c(list(n_components = as.integer(n_components)), params)
   body <- json_body(block, genes_json, NULL, NULL, fields)
   req <- http_request(endpoint, "v1/singlecell/embed", api_key, timeout, retries)
@@ -195,7 +194,7 @@ http_markers <- function(m, source, labels, top_n, method, params, endpoint, api
   block <- csr_block(m, 1L, ncol(m))
   block$n_genes <- nrow(m)
   genes_json <- as.character(jsonlite::toJSON(rownames(m)))
-  check_body_size(length(block$data), ncol(m), nchar(genes_json, "bytes"), ncol(m))
+  check_body_size(length(block$data), ncol(m), nchar(genes_json, "bytes"))
   fields <- c(list(labels = as.list(as.character(labels)), top_n = as.integer(top_n),
                    method = method), params)
   body <- json_body(block, genes_json, NULL, NULL, fields)

@@ -155,7 +155,8 @@ test_server <- function() {
     port <- sample(20000:45000, 1L)
     proc <- processx::process$new(py, c("-m", "bridge", "serve", "--host", "127.0.0.1",
                                         "--port", port, "--api-keys", keyfile),
-                                  stdout = "|", stderr = "|", cleanup = TRUE)
+                                  stdout = "|", stderr = "|", cleanup = TRUE,
+                                  env = scbridge:::subprocess_env())
     endpoint <- sprintf("http://127.0.0.1:%d", port)
     ready <- FALSE
     deadline <- Sys.time() + 60

@@ -1,0 +1,60 @@
+# The http engine against a real `scbridge serve` on loopback (and a flaky stand-in endpoint).
+
+test_that("an unreachable endpoint is a classed error naming the endpoint", {
+  skip_if_not_installed("httr2")
+  m <- plain(sim_counts())
+  expect_error(annotate_cells(m, engine = "http", endpoint = "http://127.0.0.1:9"),
+               class = "scbridge_error_unreachable")
+  expect_error(annotate_cells(m, engine = "http", endpoint = "http://127.0.0.1:9"),
+               "Could not reach the annotation endpoint http://127.0.0.1:9")
+})
+
+test_that("a bad API key is a classed error that says to check the key", {
+  server <- test_server()
+  m <- plain(sim_counts())
+  expect_error(annotate_cells(m, engine = "http", endpoint = server$endpoint, api_key = "wrong"),
+               class = "scbridge_error_auth")
+  expect_error(annotate_cells(m, engine = "http", endpoint = server$endpoint, api_key = "wrong"),
+               "HTTP 401.*Check the API key")
+  expect_error(annotate_cells(m, engine = "http", endpoint = server$endpoint, api_key = ""),
+               class = "scbridge_error_auth")
+})
+
+test_that("a request body beyond what the http engine carries is refused with a chunk_size that fits", {
+  m <- plain(sim_counts())
+  withr::local_options(scbridge.max_request_bytes = 20000)
+  err <- expect_error(annotate_cells(m, engine = "http", endpoint = "http://127.0.0.1:9"),
+                      class = "scbridge_error_capacity")
+  expect_match(conditionMessage(err), "use chunk_size = [0-9]+ or less")
+  withr::local_options(scbridge.max_request_bytes = 100)
+  expect_error(annotate_cells(m, engine = "http", endpoint = "http://127.0.0.1:9"),
+               "a single cell exceeds it")
+})
+
+test_that("429 and 5xx replies are retried with backoff, chunks stay in order", {
+  skip_if_not_installed("processx")
+  py <- test_python_path()
+  if (!nzchar(py)) skip_engine("http retry test: no Python (set SCBRIDGE_PYTHON)")
+  for (status in c(503L, 429L)) {
+    log <- tempfile()
+    port <- sample(45001:55000, 1L)
+    proc <- processx::process$new(py, c(test_path("fixtures", "flaky_server.py"), port, 2L,
+                                        status, log), cleanup = TRUE,
+                                  env = scbridge:::subprocess_env())
+    withr::defer(proc$kill())
+    endpoint <- sprintf("http://127.0.0.1:%d", port)
+    for (i in 1:100) {
+      up <- tryCatch(httr2::resp_status(httr2::req_perform(httr2::request(endpoint))) == 200,
+                     error = function(e) FALSE)
+      if (up) break
+      Sys.sleep(0.1)
+    }
+    m <- plain(sim_counts())
+    out <- annotate_cells(m, engine = "http", endpoint = endpoint, api_key = "k", chunk_size = 50)
+    expect_identical(out$cell, colnames(m))
+    expect_true(all(out$label == "T cell"))
+    expect_identical(out$alternates[[120]], c(`NK cell` = 0.25))
+    expect_identical(readLines(log), c(as.character(c(status, status)), "200", "200", "200"))
+    proc$kill()
+  }
+})
