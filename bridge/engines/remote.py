@@ -190,14 +190,19 @@ class RemoteClient:
         with self._rng_lock:
             return base / 2 + self._rng.uniform(0, base / 2)
 
-    def _post(self, http: httpx.Client, content: bytes, headers: dict[str, str],
+    def _post(self, http: httpx.Client, content: bytes | pa.Buffer, headers: dict[str, str],
               params: dict[str, str], what: str) -> httpx.Response:
         import httpx
 
+        from ..server._wire import body_chunks
+
+        headers = {**headers, "Content-Length": str(len(memoryview(content).cast("B")))}
         for attempt in range(self.retries + 1):
             response: httpx.Response | None = None
             try:
-                response = http.post(self.url, content=content, headers=headers, params=params)
+                # Streamed in slices (a fresh iterator per attempt): see body_chunks.
+                response = http.post(self.url, content=body_chunks(content), headers=headers,
+                                     params=params)
             except httpx.TransportError as exc:
                 if attempt == self.retries:
                     msg = (f"could not reach {self.url} for {what} after {attempt + 1} attempts "
@@ -218,15 +223,21 @@ class RemoteClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- one chunk ----------------------------------------------------------------------------
-    def _request(self, chunk: CellMatrix) -> tuple[bytes, dict[str, str], dict[str, str]]:
-        from ..server._wire import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE, json_body, matrix_arrow_body
+    def _request(self, chunk: CellMatrix
+                 ) -> tuple[bytes | pa.Buffer, dict[str, str], dict[str, str]]:
+        from ..server._wire import (
+            ARROW_MEDIA_TYPE,
+            JSON_MEDIA_TYPE,
+            json_body,
+            matrix_arrow_buffer,
+        )
 
         if self.transport == "arrow":
             params = {"model": self.model}
             if self.atlas is not None:
                 params["reference_atlas"] = self.atlas
             headers = {"Content-Type": ARROW_MEDIA_TYPE, "Accept": ARROW_MEDIA_TYPE}
-            return matrix_arrow_body(chunk), headers, params
+            return matrix_arrow_buffer(chunk), headers, params
         try:
             body = json_body(chunk, model=self.model, atlas=self.atlas)
         except ValueError as exc:
