@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Build the scbridge R package and run `R CMD check --no-manual` on the tarball; fail unless
+# the check ends with 0 errors and 0 warnings (notes are allowed and printed).
+#
+# The engine tests (python / cli / http) run inside the check only when SCBRIDGE_PYTHON names
+# a Python with the scbridge core (tools/test.sh sets it); otherwise they skip, except under
+# SCBRIDGE_REQUIRE_R=1, where a skipped engine test is an error.
+# Suggested packages that Debian does not ship (arrow, nanoarrow) are allowed to be missing.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+version="$(sed -n 's/^Version: *//p' "$here/DESCRIPTION")"
+(cd "$work" && R CMD build --no-build-vignettes "$here" >build.log 2>&1) || {
+  cat "$work/build.log"; echo "check.sh: R CMD build failed" >&2; exit 1; }
+
+export _R_CHECK_FORCE_SUGGESTS_=false
+# No network here: skip the CRAN incoming / URL checks that would need it.
+export _R_CHECK_CRAN_INCOMING_=false
+export _R_CHECK_CRAN_INCOMING_REMOTE_=false
+status=0
+(cd "$work" && R CMD check --no-manual "scbridge_${version}.tar.gz" >check.out 2>&1) || status=$?
+log="$work/scbridge.Rcheck/00check.log"
+summary="$(grep -E '^Status:' "$log" || true)"
+grep -E '(NOTE|WARNING|ERROR)$' -A8 "$log" || true
+if [ -f "$work/scbridge.Rcheck/tests/testthat.Rout.fail" ]; then
+  tail -60 "$work/scbridge.Rcheck/tests/testthat.Rout.fail"
+fi
+echo "R CMD check: ${summary:-no status line}"
+if [ "$status" -ne 0 ] || [ -z "$summary" ] || echo "$summary" | grep -qE 'ERROR|WARNING'; then
+  echo "check.sh: R CMD check must give 0 errors and 0 warnings" >&2
+  exit 1
+fi
