@@ -10,7 +10,9 @@ its own fresh process so its peak memory is its own:
 - server decode: the service's own parsers (``parse_json`` / ``parse_arrow``: decoding plus
   every validation, up to the ``CellMatrix`` handed to the engine).
 
-"End to end" is the sum of the three.  Bytes on the wire are compared with the raw arrays
+"End to end" is the sum of the three.  Each step is timed warm (imports and first calls off the
+clock, as in a running client or server) and as the best of up to 3 runs within 3 s, the same
+rule for both transports (so JSON's slow steps run once).  Bytes on the wire are compared with the raw arrays
 (indptr + indices + data).  Targets (issue 4): Arrow >= 20x faster end to end, and its body
 <= 1.1x the raw arrays.
 
@@ -139,13 +141,26 @@ def decode(kind: str, body: bytes) -> Any:
     return parse_arrow(body, max_cells=10**9).matrix
 
 
+def best_of(run: Any, budget: float = 3.0, max_runs: int = 3) -> tuple[float, Any]:
+    """Fastest of up to ``max_runs`` runs (fewer once ``budget`` seconds are spent); the same
+    rule for every step and transport, so a slow step (JSON) simply runs once."""
+    best, spent, result = float("inf"), 0.0, None
+    for _ in range(max_runs):
+        result = None  # the previous result is freed before the next run
+        started = time.perf_counter()
+        result = run()
+        seconds = time.perf_counter() - started
+        best, spent = min(best, seconds), spent + seconds
+        if spent > budget:
+            break
+    return best, result
+
+
 def step_encode(kind: str, folder: Path) -> dict[str, Any]:
     matrix = load_matrix(folder)
     encode(kind, matrix.slice_cells(0, 10))  # warm: imports and first calls off the clock
     before = _rss_mb()
-    started = time.perf_counter()
-    body = encode(kind, matrix)
-    seconds = time.perf_counter() - started
+    seconds, body = best_of(lambda: encode(kind, matrix))
     with open(folder / f"body.{kind}", "wb") as fh:
         fh.write(body)
     return {"seconds": seconds, "bytes": len(memoryview(body).cast("B")), "peak_mb": _peak_mb(),
@@ -197,9 +212,8 @@ def step_wire(kind: str, folder: Path) -> dict[str, Any]:
         content_type = "application/json" if kind == "json" else ARROW_MEDIA_TYPE
         headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
         with httpx.Client(timeout=600) as client:
-            started = time.perf_counter()
-            response = client.post(url, content=body_chunks(body), headers=headers)
-            seconds = time.perf_counter() - started
+            seconds, response = best_of(
+                lambda: client.post(url, content=body_chunks(body), headers=headers))
     finally:
         sink.terminate()
         sink.wait()
@@ -212,9 +226,7 @@ def step_decode(kind: str, folder: Path) -> dict[str, Any]:
     decode(kind, bytes(encode(kind, load_matrix(folder).slice_cells(0, 10).materialize())))
     body = (folder / f"body.{kind}").read_bytes()
     before = _rss_mb()
-    started = time.perf_counter()
-    matrix = decode(kind, body)
-    seconds = time.perf_counter() - started
+    seconds, matrix = best_of(lambda: decode(kind, body))
     return {"seconds": seconds, "nnz": matrix.nnz, "peak_mb": _peak_mb(), "input_mb": before}
 
 

@@ -236,7 +236,7 @@ def test_non_finite_values(live_server: LiveServer) -> None:
     body = json.dumps(_matrix_payload(data=[1.0, float("nan"), 3.0])).encode()
     assert_error(post_json(live_server, body), 422, "non_finite_values", "NaN or Inf")
     body = json.dumps(_matrix_payload(data=[1.0, 2.0, float("inf")])).encode()
-    assert_error(post_json(live_server, body), 422, "non_finite_values", "row 1")
+    assert_error(post_json(live_server, body), 422, "non_finite_values", "cell '1'")
 
 
 def test_unknown_model_lists_the_available_ones(live_server: LiveServer) -> None:
@@ -334,7 +334,7 @@ def test_arrow_values_out_of_range_and_non_finite(live_server: LiveServer) -> No
     m.X.data[5] = np.nan
     response = httpx.post(live_server.url + ANNOTATE, content=matrix_arrow_body(m),
                           headers={"Content-Type": ARROW_MEDIA_TYPE, **live_server.headers()})
-    assert_error(response, 422, "non_finite_values", "cell0")
+    assert_error(response, 422, "non_finite_values", "'cell0'")
 
 
 def test_invalid_query_parameter_is_422(live_server: LiveServer) -> None:

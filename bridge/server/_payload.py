@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .._errors import BridgeError, FormatError, InputError
-from .._validate import looks_like_counts
+from .._errors import FormatError, InputError
 from ..matrix import CellMatrix, csr_view
 from ._problems import ApiError
 
@@ -178,25 +177,69 @@ def check_structure(indptr: np.ndarray, indices: np.ndarray, n_data: int,
                        "is cells x genes, not genes x cells")
 
 
+def _sorted_within_rows(indptr: np.ndarray, indices: np.ndarray) -> bool:
+    """Whether gene indices increase strictly within every cell.
+
+    Indices are already known to lie in [0, n_genes), so int32 differences cannot overflow
+    (cheaper than the general check, which widens to int64).
+    """
+    n = len(indices)
+    if n < 2:
+        return True
+    row_start = np.zeros(n, dtype=bool)
+    starts = indptr[1:-1]
+    row_start[starts[starts < n]] = True
+    step = 1 << 22
+    for lo in range(1, n, step):
+        hi = min(lo + step, n)
+        if np.any((indices[lo:hi] <= indices[lo - 1:hi - 1]) & ~row_start[lo:hi]):
+            return False
+    return True
+
+
+def _whole_numbers(data: np.ndarray) -> bool:
+    if data.dtype.kind in "iu":
+        return True
+    step = 1 << 22
+    return all(np.array_equal(data[i:i + step], np.rint(data[i:i + step]))
+               for i in range(0, len(data), step))
+
+
 def _build(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, shape: tuple[int, int],
            genes: list[str], cells: np.ndarray, *, value_kind: str | None,
            source: str = _WHERE) -> CellMatrix:
+    """A CellMatrix from checked parts: structure here, ids and values by bridge._validate."""
+    from .. import _validate as check
+
     check_structure(indptr, indices, len(data), shape, len(genes))
-    if data.dtype.kind == "f" and data.size and not np.isfinite(data).all():
-        row = int(np.searchsorted(indptr, int(np.argmin(np.isfinite(data))), side="right")) - 1
-        raise _invalid("non_finite_values",
-                       f"the values include NaN or Inf (first in cell {cells[row]!s}, "
-                       f"row {row}).", "remove or impute non-finite values before annotation")
-    if value_kind is None:
-        value_kind = "counts" if looks_like_counts(data) else "lognorm"
     offset_type = np.int32 if len(data) < np.iinfo(np.int32).max else np.int64
-    X = csr_view(data, indices.astype(np.int32, copy=False),
-                 indptr.astype(offset_type, copy=False), shape)
+    indptr = indptr.astype(offset_type, copy=False)
+    indices = indices.astype(np.int32, copy=False)
+    hint = "fix the data as the message says and resend"
     try:
-        return CellMatrix(X, cells, genes, value_kind=value_kind, source=source)  # type: ignore[arg-type]
-    except BridgeError as exc:
-        code = "invalid_genes" if "gene id" in str(exc) else "invalid_values"
-        raise _invalid(code, str(exc), "fix the data as the message says and resend") from None
+        check.check_ids(cells, what="cell", where=source)
+    except InputError as exc:
+        raise _invalid("invalid_cells", str(exc), hint) from None
+    try:
+        check.check_ids(genes, what="gene", where=source)
+    except InputError as exc:
+        raise _invalid("invalid_genes", str(exc), hint) from None
+    if value_kind is None:  # JSON says nothing: whole numbers are counts
+        value_kind = "counts" if data.dtype.kind == "f" and _whole_numbers(data) else "lognorm"
+        value_kind = "counts" if data.dtype.kind in "iu" else value_kind
+    X = csr_view(data, indices, indptr, shape)
+    if not _sorted_within_rows(indptr, indices):
+        X = check.sorted_csr(X)
+    X.has_sorted_indices = True
+    try:
+        check.check_values(X.data, value_kind=value_kind, where=source, indptr=X.indptr,
+                           cells=cells)
+    except InputError as exc:
+        code = "non_finite_values" if "non-finite" in str(exc) else "invalid_values"
+        raise _invalid(code, str(exc), "send finite, non-negative expression values (counts "
+                       "or log-normalised); remove or impute NaN / Inf") from None
+    return CellMatrix(X, cells, genes, value_kind=value_kind,  # type: ignore[arg-type]
+                      source=source, validate=False)
 
 
 # -- Arrow -------------------------------------------------------------------------------------
