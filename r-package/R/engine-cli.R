@@ -90,6 +90,7 @@ cli_error_kind <- function(text) {
 
 cli_annotate <- function(m, source, model, atlas, chunk_size, params) {
   cli_check()
+  check_nnz(m, "cli")
   dir <- tempfile("scbridge")
   dir.create(dir)
   on.exit(unlink(dir, recursive = TRUE), add = TRUE)

@@ -126,8 +126,13 @@ http_fail <- function(resp, status, endpoint) {
           advice), kind = kind, status = status, code = code)
 }
 
+http_timeout <- function() getOption("scbridge.http_timeout", 300)
+
+# Tries per request: 429 / 5xx replies and failed connections are retried with backoff.
+http_retries <- function() getOption("scbridge.http_retries", 5L)
+
 http_annotate <- function(m, source, model, atlas, chunk_size, params, endpoint, api_key,
-                          timeout = 300, retries = 5) {
+                          timeout = http_timeout(), retries = http_retries()) {
   transport <- http_transport()
   n <- ncol(m)
   genes_json <- as.character(jsonlite::toJSON(rownames(m)))
@@ -171,8 +176,8 @@ http_annotate <- function(m, source, model, atlas, chunk_size, params, endpoint,
   out
 }
 
-http_embed <- function(m, source, n_components, params, endpoint, api_key, timeout = 300,
-                       retries = 5) {
+http_embed <- function(m, source, n_components, params, endpoint, api_key,
+                       timeout = http_timeout(), retries = http_retries()) {
   block <- csr_block(m, 1L, ncol(m))
   block$n_genes <- nrow(m)
   genes_json <- as.character(jsonlite::toJSON(rownames(m)))
@@ -190,7 +195,7 @@ http_embed <- function(m, source, n_components, params, endpoint, api_key, timeo
 }
 
 http_markers <- function(m, source, labels, top_n, method, params, endpoint, api_key,
-                         timeout = 300, retries = 5) {
+                         timeout = http_timeout(), retries = http_retries()) {
   block <- csr_block(m, 1L, ncol(m))
   block$n_genes <- nrow(m)
   genes_json <- as.character(jsonlite::toJSON(rownames(m)))

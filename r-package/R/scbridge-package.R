@@ -16,6 +16,9 @@
 #' * `scbridge.endpoint`: the default endpoint of the `http` engine (else env
 #'   `SCBRIDGE_ENDPOINT`).
 #' * `scbridge.verbose`: `TRUE` for progress messages.
+#' * `scbridge.http_retries` (default 5): tries per HTTP request; replies 429
+#'   and 5xx and failed connections are retried with exponential backoff.
+#' * `scbridge.http_timeout` (default 300): seconds per HTTP request.
 #' * `scbridge.max_request_bytes`: the largest HTTP request body the `http`
 #'   engine builds (default 2^31 - 1, R's limit for one string).
 #'

@@ -47,21 +47,27 @@ marker_sets <- list(
   Mono = c("LYZ", "CD14", "S100A8", "S100A9")
 )
 
-sim_counts <- function(n_cells = 120L, n_filler = 60L, seed = 1L) {
+# Gene symbols the core's built-in marker model knows (bridge/engines/data/markers.tsv), so
+# that the simulated data meets its genes-found check; each simulated type expresses its
+# markers strongly over a sparse background.
+model_genes <- readLines(test_path("fixtures", "model_genes.txt"))
+
+sim_counts <- function(n_cells = 120L, seed = 1L, density = 0.03) {
   set.seed(seed)
   markers <- unlist(marker_sets, use.names = FALSE)
-  genes <- c(markers, sprintf("GENE%03d", seq_len(n_filler)))
+  genes <- unique(c(markers, "PTPRC", model_genes))
   types <- rep(names(marker_sets), length.out = n_cells)
   cells <- sprintf("cell%04d", seq_len(n_cells))
-  m <- Matrix::rsparsematrix(length(genes), n_cells, density = 0.15,
-                             rand.x = function(n) as.double(rpois(n, 2) + 1))
+  m <- Matrix::rsparsematrix(length(genes), n_cells, density = density,
+                             rand.x = function(n) as.double(rpois(n, 1) + 1))
   m <- as(m, "CsparseMatrix")
-  dense_markers <- matrix(0, length(markers), n_cells)
+  strong <- matrix(0, length(markers) + 1L, n_cells)
   for (k in seq_len(n_cells)) {
     rows <- match(marker_sets[[types[[k]]]], markers)
-    dense_markers[rows, k] <- rpois(length(rows), 12) + 3
+    strong[rows, k] <- rpois(length(rows), 12) + 3
+    strong[length(markers) + 1L, k] <- rpois(1L, 8) + 2  # PTPRC: all are blood cells
   }
-  m[seq_along(markers), ] <- Matrix::Matrix(dense_markers, sparse = TRUE)
+  m[seq_len(length(markers) + 1L), ] <- Matrix::Matrix(strong, sparse = TRUE)
   m <- Matrix::drop0(m)
   dimnames(m) <- list(genes, cells)
   attr(m, "types") <- types

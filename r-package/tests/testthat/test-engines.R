@@ -1,0 +1,130 @@
+# annotate_cells() through every engine: results in the objects, and python, cli and http
+# agreeing cell for cell on every class (dgCMatrix, Seurat v4, Seurat v5 split layers, SCE).
+
+engine_cache <- new.env()
+
+# The python engine's calls on the shared simulated matrix, computed once.
+python_calls <- function() {
+  if (is.null(engine_cache$python)) {
+    engine_cache$python <- annotate_cells(plain(sim_counts()), engine = "python")
+  }
+  engine_cache$python
+}
+
+test_that("the python engine returns one call per cell with list columns", {
+  skip_if_no_python()
+  m <- plain(sim_counts())
+  out <- python_calls()
+  expect_s3_class(out, "data.frame")
+  expect_identical(names(out)[1:6],
+                   c("cell", "label", "ontology_id", "confidence", "alternates", "markers"))
+  expect_identical(out$cell, colnames(m))
+  expect_type(out$label, "character")
+  expect_true(all(out$confidence >= 0 & out$confidence <= 1))
+  expect_type(out$alternates, "list")
+  expect_true(all(vapply(out$alternates, is.numeric, logical(1))))
+  expect_type(unlist(out$markers), "character")
+  expect_identical(attr(out, "provenance")$engine, "python")
+  # The simulated B cells (MS4A1, CD79A, ...) are called B cells, mostly.
+  types <- attr(sim_counts(), "types")
+  expect_gt(mean(grepl("B cell", out$label[types == "B"])), 0.8)
+  expect_gt(mean(grepl("T cell", out$label[types == "T"])), 0.8)
+})
+
+test_that("python: Seurat v4, v5 split layers and SCE get columns, calls() and the same calls", {
+  skip_if_no_python()
+  m <- plain(sim_counts())
+  ref <- python_calls()
+
+  seu <- annotate_cells(make_seurat_v4(m), engine = "python")
+  meta <- attr(seu, "meta.data")
+  expect_identical(meta$cell_type, ref$label)
+  expect_identical(meta$cell_type_confidence, ref$confidence)
+  expect_identical(meta$cell_type_ontology, ref$ontology_id)
+  expect_identical(meta$sample, rep(c("A", "B"), length.out = ncol(m)))
+  expect_same_calls(calls(seu), ref)
+  expect_identical(attr(calls(seu), "provenance")$source, "Seurat assay RNA counts")
+
+  v5 <- annotate_cells(make_seurat_v5_split(m), engine = "python", prefix = "scb")
+  expect_identical(attr(v5, "meta.data")$scb, ref$label)
+  expect_same_calls(calls(v5, prefix = "scb"), ref)
+  expect_match(attr(calls(v5, prefix = "scb"), "provenance")$source, "joined")
+
+  sce <- annotate_cells(make_sce(m), engine = "python")
+  cd <- SummarizedExperiment::colData(sce)
+  expect_identical(cd$cell_type, ref$label)
+  expect_identical(cd$cell_type_confidence, ref$confidence)
+  expect_same_calls(calls(sce), ref)
+  expect_identical(S4Vectors::metadata(sce)$scbridge$cell_type$calls$cell, colnames(m))
+
+  # overwrite = TRUE replaces, other columns stay
+  again <- annotate_cells(seu, engine = "python", overwrite = TRUE, min_confidence = 0.99)
+  expect_true(all(attr(again, "meta.data")$cell_type[ref$confidence < 0.99] == "Unknown"))
+  expect_identical(calls(again)$label_raw, ref$label)
+})
+
+test_that("python: chunking does not change the calls", {
+  skip_if_no_python()
+  chunked <- annotate_cells(plain(sim_counts()), engine = "python", chunk_size = 37)
+  expect_same_calls(chunked, python_calls())
+})
+
+test_that("cli engine agrees with python cell for cell on every class", {
+  skip_if_no_python()
+  skip_if_no_cli()
+  m <- plain(sim_counts())
+  ref <- python_calls()
+  out <- annotate_cells(m, engine = "cli")
+  expect_same_calls(out, ref)
+  expect_identical(attr(out, "provenance")$engine, "cli")
+  v5 <- annotate_cells(make_seurat_v5_split(m), engine = "cli")
+  expect_same_calls(calls(v5), ref)
+  sce <- annotate_cells(make_sce(m), engine = "cli")
+  expect_same_calls(calls(sce), ref)
+})
+
+test_that("http engine agrees with python cell for cell on every class, chunked", {
+  skip_if_no_python()
+  server <- test_server()
+  m <- plain(sim_counts())
+  ref <- python_calls()
+  http <- function(object, ...) {
+    annotate_cells(object, engine = "http", endpoint = server$endpoint, api_key = server$key, ...)
+  }
+  out <- http(m, chunk_size = 37)
+  expect_same_calls(out, ref)
+  expect_identical(attr(out, "provenance")$engine, "http")
+  expect_same_calls(calls(http(make_seurat_v4(m))), ref)
+  expect_same_calls(calls(http(make_seurat_v5_split(m))), ref)
+  expect_same_calls(calls(http(make_sce(m))), ref)
+  # lognormalised input too (data layer): the numbers travel exactly
+  expect_same_calls(calls(http(make_seurat_v4(m), layer = "data")),
+                    calls(annotate_cells(make_seurat_v4(m), layer = "data", engine = "python")))
+})
+
+test_that("gene ids that are not symbols fail with a gene-id error on every engine", {
+  skip_if_no_python()
+  m <- plain(sim_counts())
+  rownames(m) <- sprintf("XQ%05d", seq_len(nrow(m)))
+  expect_error(annotate_cells(m, engine = "python"), class = "scbridge_error_gene_ids")
+  skip_if_no_cli()
+  expect_error(annotate_cells(m, engine = "cli"), class = "scbridge_error_gene_ids")
+  server <- test_server()
+  expect_error(annotate_cells(m, engine = "http", endpoint = server$endpoint,
+                              api_key = server$key), class = "scbridge_error_gene_ids")
+})
+
+test_that("more non-zeros than an engine carries is a capacity error", {
+  m <- plain(sim_counts())
+  withr::local_options(scbridge.max_nnz = 100)
+  skip_if_no_python()
+  expect_error(annotate_cells(m, engine = "python"), class = "scbridge_error_capacity")
+  skip_if_no_cli()
+  expect_error(annotate_cells(m, engine = "cli"), class = "scbridge_error_capacity")
+})
+
+test_that("auto picks the python engine when it is available", {
+  skip_if_no_python()
+  out <- annotate_cells(plain(sim_counts()))
+  expect_identical(attr(out, "provenance")$engine, "python")
+})
