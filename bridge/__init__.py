@@ -32,6 +32,8 @@ __version__ = "0.1.0"
 # Public name -> module that defines it; resolved on first attribute access.
 _LAZY = {
     "RemoteClient": "bridge.engines.remote",
+    "annotate": "bridge.annotate",
+    "call_cells": "bridge.annotate",
     "describe": "bridge.io",
     "embed": "bridge.embed",
     "markers": "bridge.markers_export",

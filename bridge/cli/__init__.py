@@ -21,6 +21,7 @@ __all__ = ["main"]
 _COMMANDS = [
     "bridge.cli._inspect",
     "bridge.cli._convert",
+    "bridge.cli._annotate",
     "bridge.cli._build_reference",
     "bridge.cli._markers",
     "bridge.cli._embed",

@@ -1,0 +1,187 @@
+"""``scbridge annotate IN --out OUT``: cell-type calls to Parquet, Arrow, CSV or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .._errors import InputError, MissingDependencyError
+
+NAME = "annotate"
+HELP = "cell-type calls for every cell (embedded marker engine by default)"
+SUFFIXES = (".parquet", ".arrow", ".csv", ".json")
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help=".rds, .RData, .h5ad, .arrow/.arrows, 10x folder or .h5")
+    parser.add_argument("--out", required=True,
+                        help="calls file: .parquet, .arrow (IPC file), .csv or .json")
+    parser.add_argument("--model", default="markers", help="engine (default: markers)")
+    parser.add_argument("--atlas", help="marker database / reference file of the engine")
+    parser.add_argument("--assay", help="Seurat / SCE assay (default: active assay / counts)")
+    parser.add_argument("--layer", help="layer: counts, data, an AnnData layer, raw")
+    parser.add_argument("--min-confidence", type=float, default=None,
+                        help="label cells below this confidence 'Unknown' (raw call kept)")
+    parser.add_argument("--groups", help="cell metadata column to smooth labels over "
+                                         "(e.g. seurat_clusters)")
+    parser.add_argument("--no-qc", action="store_true", help="skip the QC columns")
+    parser.add_argument("--chunk-size", type=int, default=None, help="cells per chunk")
+    parser.add_argument("--endpoint", help="annotate through this service URL instead")
+    parser.add_argument("--api-key-env", default="SCBRIDGE_API_KEY",
+                        help="environment variable holding the service's API key")
+    parser.add_argument("--transport", choices=("arrow", "json"), default="arrow")
+    parser.add_argument("--write-back", metavar="OUT_OBJECT",
+                        help="also write the input with cell_type, cell_type_confidence and "
+                             "cell_type_ontology added (.rds or .h5ad)")
+    parser.add_argument("--report", metavar="HTML", help="write an HTML report")
+    parser.add_argument("--quiet", action="store_true", help="no summary, no progress bar")
+
+
+def _flatten_for_csv(table: pa.Table) -> pa.Table:
+    """Lists become strings: alternates ``label:score;...``, markers ``GENE;GENE``."""
+    out = table
+    for i, field in enumerate(table.schema):
+        if pa.types.is_dictionary(field.type):
+            out = out.set_column(i, field.name, pc.cast(table.column(i), field.type.value_type))
+    if "alternates" in out.column_names:
+        alternates = [";".join(f"{a['label']}:{a['score']:.4g}" for a in row or [])
+                      for row in out.column("alternates").to_pylist()]
+        out = out.set_column(out.column_names.index("alternates"), "alternates",
+                             pa.array(alternates, pa.string()))
+    if "markers" in out.column_names:
+        markers = [";".join(row or []) for row in out.column("markers").to_pylist()]
+        out = out.set_column(out.column_names.index("markers"), "markers",
+                             pa.array(markers, pa.string()))
+    return out
+
+
+def metadata_dict(table: pa.Table) -> dict[str, Any]:
+    """The ``scbridge.*`` provenance keys as a plain dict (JSON values decoded)."""
+    out: dict[str, Any] = {}
+    for key, value in (table.schema.metadata or {}).items():
+        name = key.decode()
+        if not name.startswith("scbridge."):
+            continue
+        text = value.decode()
+        try:
+            out[name.removeprefix("scbridge.")] = json.loads(text)
+        except ValueError:
+            out[name.removeprefix("scbridge.")] = text
+    return out
+
+
+def write_calls(table: pa.Table, out: str | Path) -> Path:
+    """Write a Calls table by the suffix of ``out``."""
+    path = Path(out)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        msg = f"{path}: unsupported output suffix {suffix!r}; use one of {', '.join(SUFFIXES)}."
+        raise InputError(msg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, path)
+    elif suffix == ".arrow":
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    elif suffix == ".csv":
+        import pyarrow.csv as pcsv
+
+        pcsv.write_csv(_flatten_for_csv(table), path)
+    else:
+        from ..calls import calls_to_records
+
+        records = calls_to_records(table)
+        cells = table.column("cell").to_pylist()
+        payload = {"calls": [{"cell": c, **r} for c, r in zip(cells, records, strict=True)],
+                   "metadata": metadata_dict(table)}
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, default=_json_default)
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def summary(table: pa.Table) -> str:
+    """Counts per label, mean confidence, genes matched."""
+    labels = pc.cast(table.column("label"), pa.string())
+    counts = pc.value_counts(labels).to_pylist()
+    counts.sort(key=lambda d: -d["counts"])
+    meta = metadata_dict(table)
+    n = table.num_rows
+    confidence = pc.mean(table.column("confidence")).as_py() if n else float("nan")
+    lines = [f"{n:,} cells, mean confidence {confidence:.3f}, engine {meta.get('model', '?')}"]
+    matched = meta.get("genes_matched")
+    if matched is not None:
+        mapped = meta.get("genes_mapped", 0)
+        kind = meta.get("gene_id_kind", "?")
+        extra = f", {mapped:,} ids mapped to symbols" if mapped else ""
+        lines.append(f"genes matched: {float(matched):.1%} of the engine's genes "
+                     f"(ids: {kind}{extra})")
+    width = max((len(str(c["values"])) for c in counts), default=5)
+    for c in counts:
+        share = c["counts"] / n if n else 0
+        lines.append(f"  {c['values']!s:<{width}}  {c['counts']:>8,}  {share:6.1%}")
+    if "qc_pass" in table.column_names and n:
+        failed = n - int(pc.sum(table.column("qc_pass")).as_py() or 0)
+        lines.append(f"QC: {failed:,} cells flagged (column qc_reason); none removed")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..annotate import annotate
+    from ..io import read
+
+    out = Path(args.out)
+    if out.suffix.lower() not in SUFFIXES:
+        msg = f"--out {out}: unsupported suffix {out.suffix!r}; use one of {', '.join(SUFFIXES)}."
+        raise InputError(msg)
+    report = None
+    if args.report:
+        import importlib.util
+
+        if importlib.util.find_spec("bridge.report") is None:
+            msg = ("--report needs the bridge.report module, which this installation lacks; "
+                   "run without --report or install the full scbridge package.")
+            raise MissingDependencyError(msg)
+    matrix = read(args.input, assay=args.assay, layer=args.layer)
+    api_key = os.environ.get(args.api_key_env) if args.endpoint else None
+    table = annotate(matrix, model=args.model, atlas=args.atlas,
+                     min_confidence=args.min_confidence, groups=args.groups,
+                     qc=not args.no_qc, endpoint=args.endpoint, api_key=api_key,
+                     transport=args.transport, chunk_size=args.chunk_size,
+                     progress=not args.quiet)
+    write_calls(table, out)
+    if args.write_back:
+        from ..io.write_back import write_back
+
+        columns = pa.table({
+            "cell": table.column("cell"),
+            "cell_type": pc.cast(table.column("label"), pa.string()),
+            "cell_type_confidence": table.column("confidence"),
+            "cell_type_ontology": table.column("ontology_id"),
+        })
+        write_back(args.input, columns, args.write_back, overwrite=True)
+    if args.report:
+        from ..report import write_report
+
+        report = write_report(args.report, matrix, table)
+    if not args.quiet:
+        print(summary(table))
+        print(f"wrote {out}" + (f", {args.write_back}" if args.write_back else "")
+              + (f", {report}" if report else ""), file=sys.stderr)
+    return 0

@@ -1,0 +1,368 @@
+"""The embedded marker engine (model ``"markers"``): curated markers, no reference, no network.
+
+How a cell is called
+--------------------
+1. Counts are normalised per cell to ``log1p(counts / total * 10,000)`` (log-normalised input
+   is used as given).  Only the marker panel's columns are ever touched after the per-cell
+   totals, so memory stays a small dense block of cells x panel genes.
+2. Each marker's expression becomes soft evidence ``s = min(x / saturation, 1)``: one UMI of
+   a marker in a shallow cell counts about as much as many UMIs, because drop-out, not
+   expression level, is what separates cell types in sparse data.
+3. Each cell type's *own* score is the weighted evidence of its positive markers minus its
+   negative markers, divided by ``(sum of positive weights) ** 0.5`` (types with many markers
+   are not favoured over types with a few specific ones), plus a small prior.  Genes absent
+   from the matrix are left out of the type entirely, so a filtered gene panel does not count
+   against a type.
+4. Types form a tree (compartment -> lineage -> type -> subtype).  A node's *subtree* score
+   adds the best child's subtree score, so a T cell's evidence also votes for "hematopoietic
+   cell" even where PTPRC dropped out.  Calls go top-down: at each level a softmax over the
+   siblings' subtree scores gives the probability of each branch; the cell's label is the
+   deepest node on the winning path whose cumulative probability stays at or above
+   ``min_level_confidence``, so an uncertain subtype keeps its type and an uncertain type keeps
+   its lineage.  ``confidence`` is that cumulative probability.
+5. ``markers`` are the genes that contributed most to the winning path in this cell;
+   ``alternates`` are the losing siblings along the path with their cumulative probability.
+
+Every step is per cell: calls never depend on which other cells share a chunk.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._errors import FormatError, InputError
+from ..calls import UNKNOWN, ChunkCalls
+from . import register_engine
+
+if TYPE_CHECKING:
+    from ..matrix import CellMatrix
+
+__all__ = ["MarkerDatabase", "MarkerEngine", "load_marker_database", "normalized_block"]
+
+logger = logging.getLogger(__name__)
+
+PRIOR = "__prior__"
+TARGET_SUM = 1e4
+_COLUMNS = ("cell_type", "ontology_id", "parent", "level", "tissue", "gene", "direction",
+            "weight", "source")
+
+
+@dataclass(frozen=True)
+class MarkerDatabase:
+    """Cell types (a tree) and their weighted positive / negative marker genes."""
+
+    types: list[str]  # node names; index = node id
+    ontology_ids: list[str | None]
+    parents: np.ndarray  # node -> parent node id (-1 for a compartment)
+    levels: np.ndarray
+    tissues: list[str]
+    sources: list[str]
+    genes: list[str]  # panel genes (all genes named anywhere in the database)
+    positive: np.ndarray  # types x panel genes, weights >= 0
+    negative: np.ndarray  # types x panel genes, weights >= 0
+    prior: np.ndarray  # types
+    path: str
+
+    @property
+    def n_types(self) -> int:
+        return len(self.types)
+
+    def children(self, node: int) -> np.ndarray:
+        return np.flatnonzero(self.parents == node)
+
+    def lineage(self, node: int) -> list[int]:
+        """``node`` and its ancestors, root first."""
+        out = []
+        while node >= 0:
+            out.append(node)
+            node = int(self.parents[node])
+        return out[::-1]
+
+
+def _default_path() -> Path:
+    return Path(str(resources.files("bridge.engines") / "data" / "markers.tsv"))
+
+
+@cache
+def load_marker_database(path: str | None = None) -> MarkerDatabase:
+    """Read a marker database TSV (the shipped one by default) and check it."""
+    where = path or str(_default_path())
+    with open(where, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    if not rows or any(c not in rows[0] for c in _COLUMNS):
+        msg = f"{where}: a marker database needs the tab-separated columns {', '.join(_COLUMNS)}."
+        raise FormatError(msg)
+    types: list[str] = []
+    info: dict[str, dict[str, Any]] = {}
+    for line, row in enumerate(rows, start=2):
+        name = row["cell_type"].strip()
+        if row["direction"] not in ("+", "-"):
+            msg = f"{where}:{line}: direction must be '+' or '-', got {row['direction']!r}."
+            raise FormatError(msg)
+        try:
+            weight = float(row["weight"])
+        except ValueError:
+            msg = f"{where}:{line}: weight {row['weight']!r} is not a number."
+            raise FormatError(msg) from None
+        if name not in info:
+            types.append(name)
+            info[name] = {"ontology": row["ontology_id"] or None, "parent": row["parent"].strip(),
+                          "level": int(row["level"]), "tissue": row["tissue"],
+                          "source": row["source"], "markers": []}
+        info[name]["markers"].append((row["gene"].strip(), row["direction"], weight))
+    index = {name: i for i, name in enumerate(types)}
+    for name, d in info.items():
+        if d["parent"] and d["parent"] not in index:
+            msg = f"{where}: {name!r} names parent {d['parent']!r}, which has no markers."
+            raise FormatError(msg)
+    genes = sorted({g for d in info.values() for g, _, _ in d["markers"] if g != PRIOR})
+    gene_index = {g: j for j, g in enumerate(genes)}
+    positive = np.zeros((len(types), len(genes)))
+    negative = np.zeros((len(types), len(genes)))
+    prior = np.zeros(len(types))
+    for name, d in info.items():
+        i = index[name]
+        for gene, direction, weight in d["markers"]:
+            sign = 1.0 if direction == "+" else -1.0
+            if gene == PRIOR:
+                prior[i] += sign * weight
+            elif direction == "+":
+                positive[i, gene_index[gene]] = weight
+            else:
+                negative[i, gene_index[gene]] = weight
+    return MarkerDatabase(
+        types=types,
+        ontology_ids=[info[n]["ontology"] for n in types],
+        parents=np.array([index.get(info[n]["parent"], -1) for n in types]),
+        levels=np.array([info[n]["level"] for n in types]),
+        tissues=[info[n]["tissue"] for n in types],
+        sources=[info[n]["source"] for n in types],
+        genes=genes, positive=positive, negative=negative, prior=prior, path=where,
+    )
+
+
+def normalized_block(matrix: CellMatrix, columns: np.ndarray) -> np.ndarray:
+    """Dense cells x ``columns`` block of log1p(CP10k) values (counts) or the values as given.
+
+    Totals use every gene of the cell; only the requested columns are densified.
+    """
+    X = matrix.X
+    block = X[:, columns] if len(columns) else sp.csr_matrix((X.shape[0], 0))
+    block = np.asarray(block.toarray(), dtype=np.float32)
+    if matrix.value_kind == "counts":
+        totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+        scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
+        block *= scale[:, None].astype(np.float32)
+        np.log1p(block, out=block)
+    return block
+
+
+class MarkerEngine:
+    """Hierarchical scoring against the curated marker database.
+
+    Parameters
+    ----------
+    atlas
+        Path of a marker database TSV (columns as the shipped ``markers.tsv``); ``None`` or
+        ``"default"`` uses the shipped one.
+    tissue
+        Only consider cell types annotated for this tissue (or ``any``); e.g. ``"blood"``.
+    saturation
+        Normalised expression at which a marker counts as fully present.
+    temperature
+        Softmax temperature over sibling scores (smaller is more decisive).
+    min_level_confidence
+        Descend to a finer level only while the cumulative probability stays at or above this.
+    n_markers, n_alternates
+        Genes and runner-up labels reported per cell.
+    """
+
+    name = "markers"
+    model = "markers"
+
+    def __init__(self, atlas: str | None = None, *, tissue: str | None = None,
+                 saturation: float = 2.0, temperature: float = 0.15,
+                 min_level_confidence: float = 0.5, child_weight: float = 1.0,
+                 n_markers: int = 5, n_alternates: int = 3) -> None:
+        if saturation <= 0 or temperature <= 0:
+            msg = "saturation and temperature must be positive."
+            raise InputError(msg)
+        if not 0.0 <= min_level_confidence <= 1.0:
+            msg = f"min_level_confidence must lie in [0, 1], got {min_level_confidence}."
+            raise InputError(msg)
+        path = None if atlas in (None, "", "default", "markers") else str(atlas)
+        self.db = load_marker_database(path)
+        self.atlas = "default" if path is None else path
+        self.tissue = tissue
+        self.saturation = saturation
+        self.temperature = temperature
+        self.min_level_confidence = min_level_confidence
+        self.child_weight = child_weight
+        self.n_markers = n_markers
+        self.n_alternates = n_alternates
+        self.allowed = self._allowed_types(tissue)
+        self._layout_genes: np.ndarray | None = None
+        self._layout: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    # -- the public engine surface --------------------------------------------------------
+    @property
+    def genes(self) -> list[str]:
+        """Every gene the database names (what the genes-found check counts)."""
+        return self.db.genes
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "tissue": self.tissue, "saturation": self.saturation,
+            "temperature": self.temperature, "min_level_confidence": self.min_level_confidence,
+            "child_weight": self.child_weight, "n_markers": self.n_markers,
+            "n_alternates": self.n_alternates, "n_types": self.db.n_types,
+            "n_marker_genes": len(self.db.genes),
+        }
+
+    def annotate_chunk(self, matrix: CellMatrix) -> ChunkCalls:
+        columns, panel, pos, neg = self._panel_layout(matrix.genes)
+        block = normalized_block(matrix, columns)
+        evidence = np.minimum(block / np.float32(self.saturation), np.float32(1.0))
+        available = pos.sum(axis=1) > 0
+        available &= self.allowed
+        norm = np.sqrt(np.where(available, pos.sum(axis=1), 1.0))
+        own = (evidence @ pos.T.astype(np.float32) - evidence @ neg.T.astype(np.float32))
+        own = own / norm[None, :].astype(np.float32) + self.db.prior[None, :].astype(np.float32)
+        subtree = self._subtree_scores(own, available)
+        path_nodes, path_probs, alternates = self._descend(subtree, available)
+        labels, ontology, confidence, final = self._choose_level(path_nodes, path_probs)
+        # A cell with no marker evidence at all is not called.
+        empty = ~(evidence > 0).any(axis=1)
+        markers = self._cell_markers(evidence, pos, final, panel)
+        for i in np.flatnonzero(empty):
+            labels[i], ontology[i], confidence[i] = UNKNOWN, None, 0.0
+            markers[i], alternates[i] = [], []
+        return ChunkCalls(labels=labels, confidence=confidence, ontology_ids=ontology,
+                          alternates=alternates, markers=markers)
+
+    # -- steps ----------------------------------------------------------------------------
+    def _allowed_types(self, tissue: str | None) -> np.ndarray:
+        if tissue is None:
+            return np.ones(self.db.n_types, dtype=bool)
+        wanted = tissue.lower()
+        ok = np.array([wanted in t.lower().split(";") or "any" in t.lower().split(";")
+                       for t in self.db.tissues])
+        # Keep every ancestor of an allowed type, so the tree stays connected.
+        for node in np.flatnonzero(ok):
+            ok[self.db.lineage(int(node))] = True
+        return ok
+
+    def _panel_layout(self, genes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                         np.ndarray]:
+        """Matrix columns of the panel genes present, and the weights restricted to them."""
+        cached = self._layout_genes
+        if self._layout is not None and cached is not None and (
+                cached is genes or (len(cached) == len(genes) and np.array_equal(cached, genes))):
+            return self._layout
+        position = {str(g): j for j, g in enumerate(genes)}
+        present = [k for k, g in enumerate(self.db.genes) if g in position]
+        columns = np.array([position[self.db.genes[k]] for k in present], dtype=np.int64)
+        panel = np.array([self.db.genes[k] for k in present], dtype=object)
+        layout = (columns, panel, self.db.positive[:, present], self.db.negative[:, present])
+        self._layout_genes, self._layout = genes, layout
+        return layout
+
+    def _subtree_scores(self, own: np.ndarray, available: np.ndarray) -> np.ndarray:
+        """Own score plus the best available child's subtree score, deepest level first."""
+        subtree = own.copy()
+        for level in sorted(set(self.db.levels.tolist()), reverse=True):
+            for node in np.flatnonzero((self.db.levels == level) & available):
+                kids = self.db.children(int(node))
+                kids = kids[available[kids]]
+                if len(kids):
+                    subtree[:, node] += self.child_weight * subtree[:, kids].max(axis=1)
+        return subtree
+
+    def _descend(self, subtree: np.ndarray, available: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, list[list[tuple[str, float]]]]:
+        """Top-down winning path per cell: node ids and cumulative probabilities per depth."""
+        n = subtree.shape[0]
+        depth = int(self.db.levels.max())
+        nodes = np.full((n, depth), -1, dtype=np.int64)
+        probs = np.zeros((n, depth), dtype=np.float64)
+        losers: list[list[tuple[str, float]]] = [[] for _ in range(n)]
+        current = np.full(n, -1, dtype=np.int64)
+        cumulative = np.ones(n)
+        names = self.db.types
+        for d in range(depth):
+            next_current, next_cumulative = current.copy(), cumulative.copy()
+            for parent in np.unique(current):
+                if d > 0 and parent < 0:
+                    continue  # no compartment had any marker in the panel
+                kids = np.flatnonzero((self.db.parents == parent) & available)
+                if not len(kids):
+                    continue  # a leaf: this cell's path ends here
+                rows = np.flatnonzero(current == parent)
+                logits = subtree[np.ix_(rows, kids)] / self.temperature
+                logits -= logits.max(axis=1, keepdims=True)
+                p = np.exp(logits)
+                p /= p.sum(axis=1, keepdims=True)
+                best = p.argmax(axis=1)
+                cum = cumulative[rows] * p[np.arange(len(rows)), best]
+                nodes[rows, d] = kids[best]
+                probs[rows, d] = cum
+                if len(kids) > 1 and self.n_alternates > 0:
+                    # Runners-up: the best losing siblings, with their cumulative probability.
+                    k = min(self.n_alternates, len(kids) - 1)
+                    order = np.argsort(-p, axis=1, kind="stable")[:, 1 : k + 1]
+                    scores = np.take_along_axis(p, order, axis=1) * cumulative[rows, None]
+                    for r, o, sc in zip(rows, kids[order], scores, strict=True):
+                        losers[r].extend(zip((names[j] for j in o), sc.tolist(), strict=True))
+                next_current[rows] = kids[best]
+                next_cumulative[rows] = cum
+            current, cumulative = next_current, next_cumulative
+        alternates = [sorted(row, key=lambda t: -t[1])[: self.n_alternates] for row in losers]
+        return nodes, probs, alternates
+
+    def _choose_level(self, nodes: np.ndarray, probs: np.ndarray
+                      ) -> tuple[list[str], list[str | None], np.ndarray, np.ndarray]:
+        """The deepest node on each path whose cumulative probability clears the bar."""
+        n = nodes.shape[0]
+        ok = (nodes >= 0) & (probs >= self.min_level_confidence)
+        ok[:, 0] |= nodes[:, 0] >= 0  # a cell always gets at least its compartment
+        # deepest depth index with ok, contiguous from the top
+        contiguous = np.cumprod(ok, axis=1).astype(bool)
+        depth = contiguous.sum(axis=1) - 1
+        depth = np.maximum(depth, 0)
+        final = nodes[np.arange(n), depth]
+        confidence = probs[np.arange(n), depth].astype(np.float32)
+        labels = [self.db.types[k] if k >= 0 else UNKNOWN for k in final]
+        ontology = [self.db.ontology_ids[k] if k >= 0 else None for k in final]
+        return labels, ontology, confidence, final
+
+    def _cell_markers(self, evidence: np.ndarray, pos: np.ndarray, final: np.ndarray,
+                      panel: np.ndarray) -> list[list[str]]:
+        """Per cell, the positive markers of its path that carried the most evidence."""
+        if not len(panel) or self.n_markers <= 0:
+            return [[] for _ in range(len(final))]
+        path_weight = np.zeros((self.db.n_types + 1, len(panel)), dtype=np.float32)
+        for node in range(self.db.n_types):
+            path_weight[node] = pos[self.db.lineage(node)].max(axis=0)
+        contribution = evidence * path_weight[final]  # final == -1 -> the all-zero last row
+        k = min(self.n_markers, len(panel))
+        top = np.argsort(-contribution, axis=1, kind="stable")[:, :k]
+        values = np.take_along_axis(contribution, top, axis=1)
+        return [panel[t[v > 0]].tolist() for t, v in zip(top, values, strict=True)]
+
+
+def _factory(atlas: str | None = None, **params: Any) -> MarkerEngine:
+    return MarkerEngine(atlas, **params)
+
+
+register_engine("markers", _factory,
+                "embedded curated marker engine: blood, bone marrow and major tissue "
+                "compartments; no reference, no network")

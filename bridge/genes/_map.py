@@ -1,0 +1,141 @@
+"""Mapping gene ids to current human symbols, and the genes-found check."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .._errors import GeneIdError
+from .._gene_ids import GeneIdKind, detect_gene_id_kind
+
+__all__ = ["GeneMapping", "check_genes_found", "detect_gene_id_kind", "load_table",
+           "map_to_human_symbols"]
+
+logger = logging.getLogger(__name__)
+
+
+@cache
+def load_table(name: str) -> dict[str, str]:
+    """A shipped two-column gzip TSV (``from<TAB>to``) as a dict; empty if not shipped."""
+    path = Path(str(resources.files("bridge.genes") / "data" / f"{name}.tsv.gz"))
+    if not path.exists():
+        logger.debug("gene table %s is not shipped", path)
+        return {}
+    out: dict[str, str] = {}
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("#"):
+                continue
+            key, _, value = line.rstrip("\n").partition("\t")
+            if key and value:
+                out.setdefault(key, value)
+    return out
+
+
+@dataclass(frozen=True)
+class GeneMapping:
+    """The result of mapping a matrix's gene ids to human symbols.
+
+    ``genes`` has one unique id per input column (unmapped or duplicated targets keep their
+    original id, so columns are never merged or lost).
+    """
+
+    genes: np.ndarray
+    kind: GeneIdKind
+    n_mapped: int  # columns whose id changed
+
+    @property
+    def changed(self) -> bool:
+        return self.n_mapped > 0
+
+
+def _strip_version(gene: str) -> str:
+    return gene.split(".", 1)[0] if gene.startswith("ENS") else gene
+
+
+def _apply(genes: Sequence[str], lookup) -> tuple[np.ndarray, int]:
+    out = np.empty(len(genes), dtype=object)
+    seen: set[str] = set()
+    targets = [lookup(str(g)) for g in genes]
+    # Originals that already are targets keep priority over mapped duplicates.
+    originals = {str(g) for g, t in zip(genes, targets, strict=True) if t is None}
+    n = 0
+    for j, (g, t) in enumerate(zip(genes, targets, strict=True)):
+        g = str(g)
+        if t is not None and t != g and t not in seen and t not in originals:
+            out[j] = t
+            seen.add(t)
+            n += 1
+        else:
+            out[j] = g
+            seen.add(g)
+    return out, n
+
+
+def map_to_human_symbols(genes: Sequence[str] | np.ndarray) -> GeneMapping:
+    """Map Ensembl ids (human or mouse), mouse symbols and outdated human symbols to current
+    human symbols where the shipped tables know them."""
+    genes = np.asarray(genes, dtype=object)
+    kind = detect_gene_id_kind(list(genes))
+    if kind == "ensembl_human":
+        table = load_table("ensembl_human")
+        aliases = load_table("aliases_human")
+
+        def lookup(g: str) -> str | None:
+            s = table.get(_strip_version(g))
+            return aliases.get(s, s) if s else None
+    elif kind == "ensembl_mouse":
+        ens = load_table("ensembl_mouse")
+        orth = load_table("mouse_human")
+
+        def lookup(g: str) -> str | None:
+            s = ens.get(_strip_version(g))
+            return (orth.get(s) or s.upper()) if s else None
+    elif kind == "symbols_mouse":
+        orth = load_table("mouse_human")
+
+        def lookup(g: str) -> str | None:
+            return orth.get(g) or g.upper()
+    else:
+        aliases = load_table("aliases_human")
+
+        def lookup(g: str) -> str | None:
+            return aliases.get(g)
+    mapped, n = _apply(list(genes), lookup)
+    return GeneMapping(mapped, kind, n)
+
+
+def check_genes_found(needed: Sequence[str], genes: Sequence[str] | np.ndarray, *,
+                      kind: str, min_fraction: float, where: str = "the matrix",
+                      what: str = "the engine") -> float:
+    """Fraction of ``needed`` present in ``genes``; refuse below ``min_fraction``.
+
+    The refusal prevents the classic failure where every cell gets the same label because
+    the engine saw none of its genes.
+    """
+    needed = list(dict.fromkeys(needed))
+    if not needed:
+        return 1.0
+    present = set(map(str, genes))
+    found = sum(1 for g in needed if g in present)
+    fraction = found / len(needed)
+    if fraction < min_fraction:
+        example = ", ".join(list(map(str, genes[:3])))
+        msg = (f"only {found} of the {len(needed)} genes {what} uses ({fraction:.0%}) were "
+               f"found in {where} (need {min_fraction:.0%}). Its gene ids look like {kind} "
+               f"(e.g. {example}). Use human gene symbols, human or mouse Ensembl ids or mouse "
+               "symbols as row/column names, check that the gene names were not replaced by "
+               "numbers or shuffled, or lower the bar with min_gene_fraction=.")
+        raise GeneIdError(msg)
+    if fraction < 0.5:
+        warnings.warn(f"only {fraction:.0%} of the {len(needed)} genes {what} uses were found "
+                      f"in {where}; calls may be less reliable.", stacklevel=3)
+    return fraction
