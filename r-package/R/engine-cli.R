@@ -33,15 +33,18 @@ cli_check <- function() {
 cli_transport <- function() {
   wanted <- getOption("scbridge.cli_transport", "auto")
   if (identical(wanted, "auto")) {
-    return(if (requireNamespace("arrow", quietly = TRUE)) "arrow" else "rds")
+    return(if (is.null(arrow_backend())) "rds" else "arrow")
   }
-  match.arg(wanted, c("arrow", "rds"))
+  wanted <- match.arg(wanted, c("arrow", "rds"))
+  if (wanted == "arrow" && is.null(arrow_backend())) {
+    need_package("nanoarrow", "The Arrow transport (options(scbridge.cli_transport = \"arrow\"))")
+  }
+  wanted
 }
 
 write_cli_input <- function(m, source, dir) {
   if (cli_transport() == "arrow") {
-    path <- file.path(dir, "matrix.arrow")
-    write_arrow_csr(m, source, path)
+    path <- write_arrow_csr(m, source, file.path(dir, "matrix.arrow"))
   } else {
     path <- file.path(dir, "matrix.rds")
     # Uncompressed: the core's readRDS of it is then a plain read.

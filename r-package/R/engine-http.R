@@ -20,9 +20,13 @@ http_status <- function(endpoint) {
 http_transport <- function() {
   wanted <- getOption("scbridge.http_transport", "auto")
   if (identical(wanted, "auto")) {
-    return(if (requireNamespace("arrow", quietly = TRUE)) "arrow" else "json")
+    return(if (is.null(arrow_backend())) "json" else "arrow")
   }
-  match.arg(wanted, c("arrow", "json"))
+  wanted <- match.arg(wanted, c("arrow", "json"))
+  if (wanted == "arrow" && is.null(arrow_backend())) {
+    need_package("nanoarrow", "The Arrow transport (options(scbridge.http_transport = \"arrow\"))")
+  }
+  wanted
 }
 
 # Numbers exactly as the server must see them: counts as "3.0" (floats, like a Python client

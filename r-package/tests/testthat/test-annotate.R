@@ -118,3 +118,17 @@ test_that("scbridge_engines() reports each engine", {
   expect_false(out$available[[2]])
   expect_false(out$available[[3]])
 })
+
+test_that("the Arrow transport is used when arrow / nanoarrow is installed, else says what to install", {
+  withr::local_options(scbridge.cli_transport = "arrow", scbridge.http_transport = "arrow")
+  if (is.null(scbridge:::arrow_backend())) {
+    expect_error(scbridge:::cli_transport(), class = "scbridge_error_dependency")
+    expect_error(scbridge:::http_transport(), "install.packages")
+    withr::local_options(scbridge.cli_transport = "auto", scbridge.http_transport = "auto")
+    expect_identical(scbridge:::cli_transport(), "rds")
+    expect_identical(scbridge:::http_transport(), "json")
+  } else {
+    expect_identical(scbridge:::cli_transport(), "arrow")
+    expect_identical(scbridge:::http_transport(), "arrow")
+  }
+})
