@@ -185,3 +185,26 @@ class Scripted:
             return next(replay, {"type": "http.disconnect"})
 
         await self.app(scope, receive_again, send)
+
+
+def marker_gene_cells(n_cells: int = 400, *, seed: int = 0) -> CellMatrix:
+    """Counts on the embedded marker database's own gene symbols (for model="markers")."""
+    import csv
+    from importlib.resources import files
+
+    with (files("bridge.engines") / "data" / "markers.tsv").open() as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    by_type: dict[str, list[str]] = {}
+    for row in rows:
+        if row["direction"] == "+":
+            by_type.setdefault(row["cell_type"], []).append(row["gene"])
+    genes = sorted({g for gs in by_type.values() for g in gs} | {"ACTB", "B2M", "MALAT1"})
+    column = {g: j for j, g in enumerate(genes)}
+    rng = np.random.default_rng(seed)
+    dense = rng.poisson(0.2, size=(n_cells, len(genes))).astype(np.float32)
+    types = sorted(by_type)
+    for i in range(n_cells):
+        for g in by_type[types[rng.integers(len(types))]]:
+            dense[i, column[g]] += rng.poisson(6)
+    return CellMatrix(sp.csr_matrix(dense), [f"m{i}" for i in range(n_cells)], genes,
+                      source="marker genes")

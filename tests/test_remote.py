@@ -36,6 +36,7 @@ from tests._server import (  # noqa: E402
     Scripted,
     ThreadServer,
     free_port,
+    marker_gene_cells,
     synthetic_cells,
 )
 
@@ -91,6 +92,20 @@ def test_remote_equals_local_across_chunks(live_server: LiveServer, query: CellM
         assert meta(remote, key) == meta(local, key)
     assert meta(remote, "atlas") == "synthetic"
     assert meta(remote, "transport") == transport
+
+
+@pytest.mark.parametrize("transport", ["arrow", "json"])
+def test_default_markers_model_equals_local(live_server: LiveServer, transport: str) -> None:
+    from bridge.annotate import call_cells
+
+    cells = marker_gene_cells(450, seed=3)
+    client = RemoteClient(live_server.url, api_key=API_KEY, transport=transport,
+                          chunk_size=100, max_concurrency=2)
+    remote = client.call_cells(cells, progress=False)
+    local = call_cells(cells, progress=False)
+    assert remote.equals(local)
+    assert meta(remote, "atlas") == meta(local, "atlas") == "default"
+    assert meta(remote, "model") == "markers"
 
 
 @pytest.mark.parametrize("transport", ["arrow", "json"])

@@ -38,10 +38,13 @@ class Catalog:
             msg = (f"unknown model(s) {', '.join(unknown)}; registered models: "
                    f"{', '.join(registered)}.")
             raise NotFoundError(msg)
-        self.atlases: dict[str, dict[str, str]] = {m: {} for m in wanted}
+        self.atlases: dict[str, dict[str, str | None]] = {m: {} for m in wanted}
         for model, named in settings.atlases.items():
             if model in self.atlases:
                 self.atlases[model].update(named)
+        # Built-in databases, named as the engines name them (never a path from a client).
+        if "markers" in self.atlases:
+            self.atlases["markers"].setdefault("default", None)
         # The reference engine has nothing to apply without a reference file.
         if "reference" in self.atlases and not self.atlases["reference"]:
             del self.atlases["reference"]
@@ -105,8 +108,10 @@ def annotate(matrix: CellMatrix, model: str, atlas: str | None, atlas_name: str 
     from ..calls import with_metadata
 
     table = _call_cells(matrix, model, atlas)
+    if atlas_name is None:
+        return table
     # Provenance names the atlas as clients know it, never the server's file path.
-    return with_metadata(table, atlas=atlas_name or "")
+    return with_metadata(table, atlas=atlas_name)
 
 
 def embed(matrix: CellMatrix, *, n_components: int, n_top_genes: int, seed: int) -> pa.Table:
