@@ -6,8 +6,10 @@ ids in headers and logs, concurrent requests that must not mix, and the companio
 
 from __future__ import annotations
 
+import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -429,3 +431,59 @@ def test_worker_settings_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_compressed_arrow_is_refused(live_server: LiveServer, codec: str) -> None:
+    from bridge.io.arrow import arrow_schema, batches_from_matrix
+
+    m = synthetic_cells(20, seed=4)
+    schema = arrow_schema(m)
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(compression=codec)
+    with pa.ipc.new_stream(sink, schema, options=options) as writer:
+        for batch in batches_from_matrix(m, schema=schema):
+            writer.write_batch(batch)
+    response = httpx.post(live_server.url + ANNOTATE, content=sink.getvalue().to_pybytes(),
+                          headers={"Content-Type": ARROW_MEDIA_TYPE, **live_server.headers()})
+    assert_error(response, 400, "compressed_arrow", "without compression")
+
+
+def test_unsorted_indices_give_the_same_calls(live_server: LiveServer) -> None:
+    m = synthetic_cells(30, seed=12)
+    payload = sparse_to_payload(m.X, m.genes.tolist())
+    payload.update(model="reference")
+    first = post_json(live_server, payload).json()["calls"]
+    # Reverse the gene order inside every cell (same matrix, unsorted indices).
+    indptr, indices, data = (payload["matrix"][k] for k in ("indptr", "indices", "data"))
+    for a, b in itertools.pairwise(indptr):
+        indices[a:b], data[a:b] = indices[a:b][::-1], data[a:b][::-1]
+    assert post_json(live_server, payload).json()["calls"] == first
+
+
+def test_several_server_processes(tmp_path: Path, reference_file: Path) -> None:
+    """``--workers 2``: settings reach the worker processes, keys are re-read from the file."""
+    import subprocess
+    import sys
+
+    from tests._server import free_port, wait_healthy
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text(API_KEY + "\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "serve", "--port", str(port), "--api-keys", str(keys),
+         "--workers", "2", "--max-cells", "77", "--reference", f"synthetic={reference_file}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        body = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
+        assert body.json()["limits"]["max_cells"] == 77
+        payload = tutorial_payload(10)
+        response = httpx.post(url + ANNOTATE, json=payload,
+                              headers={"Authorization": f"Bearer {API_KEY}"})
+        assert response.status_code == 200 and len(response.json()["calls"]) == 10
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -9,6 +9,7 @@ Arrow bodies are fully validated by Arrow (offsets inside buffers) before any ar
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -243,11 +244,59 @@ def _build(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, shape: tup
 
 
 # -- Arrow -------------------------------------------------------------------------------------
+def _flatbuffer_field(buf: bytes, table: int, index: int) -> int:
+    """Offset of field ``index`` within a flatbuffer table (0 when absent)."""
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    size = struct.unpack_from("<H", buf, vtable)[0]
+    at = vtable + 4 + 2 * index
+    return struct.unpack_from("<H", buf, at)[0] if at + 2 <= vtable + size else 0
+
+
+def _is_compressed(metadata: pa.Buffer) -> bool:
+    """Whether an IPC record batch / dictionary message declares body compression.
+
+    Reads the Message flatbuffer (Arrow format/Message.fbs): Message.header_type (field 1),
+    Message.header (2) -> RecordBatch.compression (3), or DictionaryBatch.data (1) -> the
+    RecordBatch.  Compressed bodies are refused: a few MB of zstd can claim many GB, and Arrow
+    would allocate them before any limit here could look.
+    """
+    buf = metadata.to_pybytes()
+    root = struct.unpack_from("<I", buf, 0)[0]
+    kind_at = _flatbuffer_field(buf, root, 1)
+    kind = buf[root + kind_at] if kind_at else 0
+    header_at = _flatbuffer_field(buf, root, 2)
+    if not header_at or kind not in (2, 3):  # 2 DictionaryBatch, 3 RecordBatch
+        return False
+    header = root + header_at + struct.unpack_from("<I", buf, root + header_at)[0]
+    if kind == 2:
+        data_at = _flatbuffer_field(buf, header, 1)
+        if not data_at:
+            return False
+        header = header + data_at + struct.unpack_from("<I", buf, header + data_at)[0]
+    return _flatbuffer_field(buf, header, 3) != 0
+
+
+def _refuse_compressed(body: bytes) -> None:
+    try:
+        for message in pa.ipc.MessageReader.open_stream(pa.BufferReader(body)):
+            if message.type in ("record batch", "dictionary") and _is_compressed(
+                    message.metadata):
+                raise ApiError(400, "compressed_arrow",
+                               "compressed Arrow IPC bodies (LZ4 / ZSTD) are not accepted.",
+                               "write the stream without compression (the default of "
+                               "bridge.write / pyarrow.ipc.new_stream)")
+    except (pa.ArrowInvalid, OSError, struct.error, IndexError) as exc:
+        raise ApiError(400, "invalid_arrow", f"the body is not an Arrow IPC stream ({exc}).",
+                       "send an Arrow CSR IPC stream as written by bridge.write(matrix, "
+                       "'x.arrows')") from None
+
+
 def parse_arrow(body: bytes, *, max_cells: int, label_column: str | None = None) -> Parsed:
     """Decode and validate an Arrow CSR stream (or file) body."""
     from ..io.arrow import _check_schema, _list_parts
 
     hint = "send an Arrow CSR IPC stream as written by bridge.write(matrix, 'x.arrows')"
+    _refuse_compressed(body)
     try:
         reader = pa.ipc.open_stream(pa.BufferReader(body))
     except (pa.ArrowInvalid, OSError) as exc:
