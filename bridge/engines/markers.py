@@ -234,7 +234,9 @@ class MarkerEngine:
         evidence = np.minimum(block / np.float32(self.saturation), np.float32(1.0))
         available = pos.sum(axis=1) > 0
         available &= self.allowed
-        norm = np.sqrt(np.where(available, pos.sum(axis=1), 1.0))
+        # Normalise by the database's weights, not only the genes present: a type whose
+        # markers were mostly filtered out must not be inflated by the one that remains.
+        norm = np.sqrt(np.maximum(self.db.positive.sum(axis=1), 1e-9))
         own = (evidence @ pos.T.astype(np.float32) - evidence @ neg.T.astype(np.float32))
         own = own / norm[None, :].astype(np.float32) + self.db.prior[None, :].astype(np.float32)
         subtree = self._subtree_scores(own, available)
@@ -276,6 +278,12 @@ class MarkerEngine:
         self._layout_genes, self._layout = genes, layout
         return layout
 
+    def _child_weight(self, level: int) -> float:
+        weights = self.child_weight
+        if isinstance(weights, int | float):
+            return float(weights)
+        return float(weights[min(level, len(weights)) - 1])
+
     def _subtree_scores(self, own: np.ndarray, available: np.ndarray) -> np.ndarray:
         """Own score plus the best available child's subtree score, deepest level first."""
         subtree = own.copy()
@@ -284,7 +292,9 @@ class MarkerEngine:
                 kids = self.db.children(int(node))
                 kids = kids[available[kids]]
                 if len(kids):
-                    subtree[:, node] += self.child_weight * subtree[:, kids].max(axis=1)
+                    weight = self._child_weight(int(self.db.levels[kids[0]]))
+                    if weight:
+                        subtree[:, node] += weight * subtree[:, kids].max(axis=1)
         return subtree
 
     def _descend(self, subtree: np.ndarray, available: np.ndarray
