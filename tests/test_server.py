@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,12 @@ def test_request_id_is_echoed_and_logged(live_server: LiveServer) -> None:
     assert response.status_code == 200
     assert response.headers["x-request-id"] == rid
     # Access log and the computation's own log line (in a worker thread) both carry it.
-    lines = [ln for ln in live_server.log.read_text().splitlines() if f"[{rid}]" in ln]
+    # The access line is written once the reply is sent, so it may trail the reply a little.
+    for _ in range(100):
+        lines = [ln for ln in live_server.log.read_text().splitlines() if f"[{rid}]" in ln]
+        if any(ANNOTATE in ln and "-> 200" in ln for ln in lines):
+            break
+        time.sleep(0.05)
     assert any("annotated 10 cells" in ln for ln in lines)
     assert any(ANNOTATE in ln and "-> 200" in ln for ln in lines)
 
