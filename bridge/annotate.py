@@ -29,7 +29,7 @@ __all__ = ["annotate", "call_cells"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 50_000
-_DEFAULT_MIN_GENE_FRACTION = 0.2
+_DEFAULT_MIN_GENE_FRACTION = 0.1
 # Genes detected in nearly every cell of any scRNA-seq data set; used to notice shuffled names.
 _HOUSEKEEPING = ("ACTB", "B2M", "MALAT1", "TMSB4X", "EEF1A1", "RPL13", "RPS27", "RPLP1",
                  "RPS12", "TPT1", "FTL", "GAPDH", "MT-CO1", "RPL41", "RPS18")

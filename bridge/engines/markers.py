@@ -190,8 +190,9 @@ class MarkerEngine:
     model = "markers"
 
     def __init__(self, atlas: str | None = None, *, tissue: str | None = None,
-                 saturation: float = 2.0, temperature: float = 0.15,
-                 min_level_confidence: float = 0.5, child_weight: float = 1.0,
+                 saturation: float = 2.0, temperature: float = 0.1,
+                 min_level_confidence: float = 0.5,
+                 child_weight: float | tuple[float, ...] = (1.0, 1.0, 0.5, 0.25),
                  n_markers: int = 5, n_alternates: int = 3) -> None:
         if saturation <= 0 or temperature <= 0:
             msg = "saturation and temperature must be positive."
@@ -232,8 +233,7 @@ class MarkerEngine:
         columns, panel, pos, neg = self._panel_layout(matrix.genes)
         block = normalized_block(matrix, columns)
         evidence = np.minimum(block / np.float32(self.saturation), np.float32(1.0))
-        available = pos.sum(axis=1) > 0
-        available &= self.allowed
+        available = self._available(pos)
         # Normalise by the database's weights, not only the genes present: a type whose
         # markers were mostly filtered out must not be inflated by the one that remains.
         norm = np.sqrt(np.maximum(self.db.positive.sum(axis=1), 1e-9))
@@ -277,6 +277,16 @@ class MarkerEngine:
         layout = (columns, panel, self.db.positive[:, present], self.db.negative[:, present])
         self._layout_genes, self._layout = genes, layout
         return layout
+
+    def _available(self, pos: np.ndarray) -> np.ndarray:
+        """Types with a positive marker in the panel, or with such a descendant (allowed only)."""
+        available = (pos.sum(axis=1) > 0) & self.allowed
+        for level in sorted(set(self.db.levels.tolist()), reverse=True):
+            for node in np.flatnonzero(self.db.levels == level):
+                parent = self.db.parents[node]
+                if available[node] and parent >= 0 and self.allowed[parent]:
+                    available[parent] = True
+        return available
 
     def _child_weight(self, level: int) -> float:
         weights = self.child_weight

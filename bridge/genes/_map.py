@@ -114,7 +114,7 @@ def map_to_human_symbols(genes: Sequence[str] | np.ndarray) -> GeneMapping:
 
 
 def check_genes_found(needed: Sequence[str], genes: Sequence[str] | np.ndarray, *,
-                      kind: str, min_fraction: float, where: str = "the matrix",
+                      kind: str, min_fraction: float = 0.1, where: str = "the matrix",
                       what: str = "the engine") -> float:
     """Fraction of ``needed`` present in ``genes``; refuse below ``min_fraction``.
 
@@ -135,7 +135,7 @@ def check_genes_found(needed: Sequence[str], genes: Sequence[str] | np.ndarray, 
                "symbols as row/column names, check that the gene names were not replaced by "
                "numbers or shuffled, or lower the bar with min_gene_fraction=.")
         raise GeneIdError(msg)
-    if fraction < 0.5:
+    if fraction < 0.3:
         warnings.warn(f"only {fraction:.0%} of the {len(needed)} genes {what} uses were found "
                       f"in {where}; calls may be less reliable.", stacklevel=3)
     return fraction
