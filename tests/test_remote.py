@@ -330,3 +330,33 @@ def test_bad_client_arguments() -> None:
 def test_models_of_the_service(live_server: LiveServer) -> None:
     models = RemoteClient(live_server.url, api_key=API_KEY).models()
     assert "reference" in {m["name"] for m in models["models"]}
+
+
+@pytest.mark.parametrize("transport", ["arrow", "json"])
+def test_cli_annotate_through_the_endpoint(live_server: LiveServer, query: CellMatrix,
+                                           tmp_path: Path, transport: str) -> None:
+    """``scbridge annotate IN --endpoint URL`` gives the local command's table."""
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from bridge import write
+
+    source = write(query.slice_cells(0, 400), tmp_path / "query.arrow")
+    env = {**os.environ, "MY_SERVICE_KEY": API_KEY}
+    common = [sys.executable, "-m", "bridge", "annotate", str(source), "--model", "reference",
+              "--chunk-size", "150", "--quiet"]
+    remote_cmd = [*common, "--out", str(tmp_path / "remote.parquet"), "--atlas", "synthetic",
+                  "--endpoint", live_server.url, "--api-key-env", "MY_SERVICE_KEY",
+                  "--transport", transport]
+    local_cmd = [*common, "--out", str(tmp_path / "local.parquet"), "--atlas",
+                 str(live_server.reference)]
+    for cmd in (remote_cmd, local_cmd):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+    remote = pq.read_table(tmp_path / "remote.parquet")
+    local = pq.read_table(tmp_path / "local.parquet")
+    assert remote.num_rows == 400
+    assert remote.equals(local)
