@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -493,3 +494,34 @@ def test_several_server_processes(tmp_path: Path, reference_file: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_busy_server_answers_503_with_retry_after(reference_file: Path) -> None:
+    """A request beyond max_pending is refused at once (503 + Retry-After), not queued."""
+    from bridge.server import Settings, create_app
+
+    settings = Settings(api_keys=(API_KEY,), max_pending=1,
+                        atlases={"reference": {"synthetic": str(reference_file)}})
+    body = json.dumps(tutorial_payload(20)).encode()
+    release = threading.Event()
+
+    def slow_body():
+        yield body[:100]
+        release.wait(timeout=30)  # holds the only slot while the second request arrives
+        yield body[100:]
+
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
+    with ThreadServer(create_app(settings)) as server:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(httpx.post, server.url + ANNOTATE, content=slow_body(),
+                                headers=headers, timeout=60)
+            for _ in range(200):  # until the first request holds the slot
+                busy = httpx.post(server.url + ANNOTATE, content=body, headers=headers)
+                if busy.status_code == 503:
+                    break
+                time.sleep(0.02)
+            release.set()
+            assert first.result().status_code == 200
+        assert_error(busy, 503, "server_busy", "Retry-After")
+        assert busy.headers["retry-after"] == "1"
+        assert httpx.post(server.url + ANNOTATE, content=body, headers=headers).status_code == 200

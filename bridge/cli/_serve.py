@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="server processes (default 1)")
     parser.add_argument("--threads", type=int, default=2,
                         help="requests computed at once per process (default 2)")
+    parser.add_argument("--max-pending", type=int, default=16,
+                        help="requests admitted at once per process; more get 503 + "
+                             "Retry-After (default 16)")
     parser.add_argument("--reference", action="append", metavar="NAME=PATH",
                         help="offer a reference (scbridge build-reference) as atlas NAME of "
                              "model 'reference'; repeatable")
@@ -61,6 +64,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_cells=args.max_cells,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         compute_threads=args.threads,
+        max_pending=args.max_pending,
         atlases=atlases,
         models=models,
         default_model=args.default_model,

@@ -9,10 +9,11 @@ too, so the event loop only moves bytes and stays responsive.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -93,6 +94,29 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
+class _Admission:
+    """At most ``limit`` requests being received or computed; beyond that 503 + Retry-After,
+    which clients (ours included) retry.  Bounds memory: each admitted request may hold a body
+    of up to ``max_body_bytes``.  Counted on the event loop thread, so no lock is needed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.pending = 0
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        if self.pending >= self.limit:
+            raise ApiError(503, "server_busy",
+                           f"the server is working on {self.pending} requests already.",
+                           "retry after the delay in Retry-After (the scbridge client does)",
+                           {"Retry-After": "1"})
+        self.pending += 1
+        try:
+            yield
+        finally:
+            self.pending -= 1
+
+
 def _int_field(fields: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
     value = fields.get(name, default)
     if value is None:
@@ -124,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         raise InputError(msg)
     catalog = _compute.Catalog(settings)
     limiter: list[anyio.CapacityLimiter] = []
+    admission = _Admission(settings.max_pending)
 
     app = FastAPI(
         title="scbridge annotation service",
@@ -218,18 +243,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                             description="Arrow bodies: the atlas name"),
     ) -> Response:
         kind = _content_kind(request)
-        body = await _read_body(request, settings.max_body_bytes)
-        arrow = wants_arrow(request.headers.get("accept"), request.headers.get("content-type"))
+        with admission.slot():
+            body = await _read_body(request, settings.max_body_bytes)
+            arrow = wants_arrow(request.headers.get("accept"), request.headers.get("content-type"))
 
-        def work() -> bytes:
-            parsed = parse(kind, body)
-            chosen = catalog.resolve(parsed.fields.get("model", model),
-                                     parsed.fields.get("reference_atlas", reference_atlas))
-            table = _compute.annotate(parsed.matrix, *chosen)
-            logger.info("annotated %d cells with model %s", parsed.matrix.n_cells, chosen[0])
-            return arrow_bytes(table) if arrow else calls_json_body(table)
+            def work() -> bytes:
+                parsed = parse(kind, body)
+                chosen = catalog.resolve(parsed.fields.get("model", model),
+                                         parsed.fields.get("reference_atlas", reference_atlas))
+                table = _compute.annotate(parsed.matrix, *chosen)
+                logger.info("annotated %d cells with model %s", parsed.matrix.n_cells, chosen[0])
+                return arrow_bytes(table) if arrow else calls_json_body(table)
 
-        return reply(await run_cpu(work), arrow)
+            return reply(await run_cpu(work), arrow)
 
     @app.post("/v1/singlecell/embed", tags=["single-cell"], summary="Per-cell embeddings (PCA)",
               dependencies=[Depends(require_key)], openapi_extra=_openapi.EMBED_BODY,
@@ -242,24 +268,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         seed: int = Query(0, ge=0, le=2**31 - 1),
     ) -> Response:
         kind = _content_kind(request)
-        body = await _read_body(request, settings.max_body_bytes)
-        arrow = wants_arrow(request.headers.get("accept"), request.headers.get("content-type"))
-        query = {"n_components": n_components, "n_top_genes": n_top_genes, "seed": seed}
+        with admission.slot():
+            body = await _read_body(request, settings.max_body_bytes)
+            arrow = wants_arrow(request.headers.get("accept"), request.headers.get("content-type"))
+            query = {"n_components": n_components, "n_top_genes": n_top_genes, "seed": seed}
 
-        def work() -> bytes:
-            parsed = parse(kind, body)
-            fields = {**query, **parsed.fields}
-            table = _compute.embed(
-                parsed.matrix,
-                n_components=_int_field(fields, "n_components", 30, 1, 200),
-                n_top_genes=_int_field(fields, "n_top_genes", 2000, 10, 50000),
-                seed=_int_field(fields, "seed", 0, 0, 2**31 - 1))
-            if arrow:
-                return arrow_bytes(table)
-            vectors = table.column("embedding").to_pylist()
-            return json_reply({"embeddings": vectors, "metadata": metadata_to_json(table.schema)})
+            def work() -> bytes:
+                parsed = parse(kind, body)
+                fields = {**query, **parsed.fields}
+                table = _compute.embed(
+                    parsed.matrix,
+                    n_components=_int_field(fields, "n_components", 30, 1, 200),
+                    n_top_genes=_int_field(fields, "n_top_genes", 2000, 10, 50000),
+                    seed=_int_field(fields, "seed", 0, 0, 2**31 - 1))
+                if arrow:
+                    return arrow_bytes(table)
+                vectors = table.column("embedding").to_pylist()
+                return json_reply({"embeddings": vectors,
+                                   "metadata": metadata_to_json(table.schema)})
 
-        return reply(await run_cpu(work), arrow)
+            return reply(await run_cpu(work), arrow)
 
     @app.post("/v1/singlecell/markers", tags=["single-cell"], summary="Marker genes per label",
               dependencies=[Depends(require_key)], openapi_extra=_openapi.MARKERS_BODY,
@@ -271,31 +299,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         method: Literal["t-test", "wilcoxon"] = Query("t-test"),
     ) -> Response:
         kind = _content_kind(request)
-        body = await _read_body(request, settings.max_body_bytes)
-        arrow = wants_arrow(request.headers.get("accept"), request.headers.get("content-type"))
+        with admission.slot():
+            body = await _read_body(request, settings.max_body_bytes)
+            arrow = wants_arrow(request.headers.get("accept"), request.headers.get("content-type"))
 
-        def work() -> bytes:
-            parsed = parse(kind, body, label_column="label")
-            fields = {"top_n": top_n, "method": method, **parsed.fields}
-            labels = fields.get("labels")
-            n = parsed.matrix.n_cells
-            if (not isinstance(labels, list) or len(labels) != n
-                    or not all(v is None or isinstance(v, str) for v in labels)):
-                raise ApiError(422, "invalid_labels", f"'labels' must be a list of {n} strings "
-                               "(one per cell, null for unlabelled cells).",
-                               "send the label of every cell, in matrix row order")
-            if fields["method"] not in ("t-test", "wilcoxon"):
-                raise ApiError(422, "invalid_parameter", "method must be 't-test' or "
-                               "'wilcoxon'.", "pick one of the two")
-            table = _compute.markers(parsed.matrix, labels,
-                                     top_n=_int_field(fields, "top_n", 50, 1, 1000),
-                                     method=fields["method"])
-            if arrow:
-                return arrow_bytes(table)
-            return json_reply({"markers": table.to_pylist(),
-                               "metadata": metadata_to_json(table.schema)})
+            def work() -> bytes:
+                parsed = parse(kind, body, label_column="label")
+                fields = {"top_n": top_n, "method": method, **parsed.fields}
+                labels = fields.get("labels")
+                n = parsed.matrix.n_cells
+                if (not isinstance(labels, list) or len(labels) != n
+                        or not all(v is None or isinstance(v, str) for v in labels)):
+                    raise ApiError(422, "invalid_labels", f"'labels' must be a list of {n} strings "
+                                   "(one per cell, null for unlabelled cells).",
+                                   "send the label of every cell, in matrix row order")
+                if fields["method"] not in ("t-test", "wilcoxon"):
+                    raise ApiError(422, "invalid_parameter", "method must be 't-test' or "
+                                   "'wilcoxon'.", "pick one of the two")
+                table = _compute.markers(parsed.matrix, labels,
+                                         top_n=_int_field(fields, "top_n", 50, 1, 1000),
+                                         method=fields["method"])
+                if arrow:
+                    return arrow_bytes(table)
+                return json_reply({"markers": table.to_pylist(),
+                                   "metadata": metadata_to_json(table.schema)})
 
-        return reply(await run_cpu(work), arrow)
+            return reply(await run_cpu(work), arrow)
 
     app.add_middleware(RequestContext)
     return app

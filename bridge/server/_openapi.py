@@ -76,6 +76,7 @@ _ERRORS = {
     "415": "unsupported Content-Type",
     "422": "the payload or a parameter is invalid (message and hint say what to change)",
     "500": "server error (report the request id)",
+    "503": "busy: retry after the Retry-After delay",
 }
 
 

@@ -41,6 +41,9 @@ class Settings:
         Request body size limit (413 beyond it).
     compute_threads
         Requests computed at once (decode + annotate); the rest wait their turn.
+    max_pending
+        Requests admitted at once (being received, waiting or computed); more get 503 with
+        ``Retry-After``.  Bounds memory to about ``max_pending`` bodies.
     atlases
         Model -> {atlas name -> value handed to the engine} (for ``model="reference"`` the
         value is a reference file path).  Clients name atlases; they never send paths.
@@ -56,6 +59,7 @@ class Settings:
     max_cells: int = 100_000
     max_body_bytes: int = 1024 * 1024 * 1024
     compute_threads: int = 2
+    max_pending: int = 16
     atlases: dict[str, dict[str, str]] = field(default_factory=dict)
     models: tuple[str, ...] | None = None
     default_model: str = "markers"
