@@ -1,9 +1,11 @@
 """The Python side of the R package's ``python`` engine (loaded by reticulate).
 
-R passes a genes x cells ``dgCMatrix`` as its slots ``p``, ``i``, ``x`` (plain vectors): they
-are the ``indptr``, ``indices`` and ``data`` of the cells x genes CSR, so the matrix is built
-without a transpose.  Results go back as flat columns that reticulate converts to R vectors
-(lists of runner-ups and markers as flat values plus per-cell counts).
+R passes a genes x cells ``dgCMatrix`` as its slots ``p``, ``i``, ``x``: they are the
+``indptr``, ``indices`` and ``data`` of the cells x genes CSR, so the matrix is built without a
+transpose.  R sends them as 1-d arrays, which reticulate hands over as read-only NumPy views on
+R's memory (a plain R vector would become a Python list, element by element).  Results go
+back as flat columns that reticulate converts to R vectors (strings as dictionary codes, lists
+of runner-ups and markers as flat values plus per-cell counts).
 """
 
 from __future__ import annotations
@@ -32,41 +34,50 @@ def _matrix(p: Any, i: Any, x: Any, n_genes: int, n_cells: int, genes: Any, cell
     return CellMatrix(X, _strings(cells), _strings(genes), value_kind=kind, source=source)
 
 
-def _text_column(array: Any) -> tuple[list[str], np.ndarray]:
+def _codes(array: Any) -> tuple[np.ndarray, list[str]]:
+    """Strings as dictionary codes (int32, -1 for null) plus levels: cheap to carry into R."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    text = pc.cast(array, pa.string())
-    na = np.asarray(text.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    return [v if v is not None else "" for v in text.to_pylist()], na
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if not pa.types.is_dictionary(array.type):
+        array = pc.cast(array, pa.string()).dictionary_encode()
+    codes = array.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+    return codes, [str(v) for v in array.dictionary.to_pylist()]
 
 
 def calls_columns(table: Any) -> dict[str, Any]:
-    """A Calls table as flat columns R rebuilds into its calls data.frame."""
+    """A Calls table as flat columns R rebuilds into its calls data.frame.
+
+    Strings travel as dictionary codes + levels (a few hundred distinct labels and genes for
+    many cells), list columns as flat values plus per-cell lengths.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
     table = table.combine_chunks()
-    label, label_na = _text_column(table.column("label"))
-    ontology, ontology_na = _text_column(table.column("ontology_id"))
-    alternates = table.column("alternates").chunk(0) if table.num_rows else None
-    markers = table.column("markers").chunk(0) if table.num_rows else None
+    n = table.num_rows
+    empty_list = pa.array([[]] * 0, pa.list_(pa.string()))
+    alternates = table.column("alternates").chunk(0) if n else None
+    markers = table.column("markers").chunk(0) if n else None
     out: dict[str, Any] = {
-        "cell": table.column("cell").to_pylist(),
-        "label": label, "label_na": label_na,
-        "ontology_id": ontology, "ontology_na": ontology_na,
+        "n": n,
+        "label": _codes(table.column("label")),
+        "ontology_id": _codes(table.column("ontology_id")),
         "confidence": table.column("confidence").to_numpy().astype(np.float64),
     }
     if alternates is None:
-        out.update(alt_n=np.zeros(0, np.int32), alt_label=[], alt_score=np.zeros(0),
-                   marker_n=np.zeros(0, np.int32), marker_gene=[])
+        zeros = np.zeros(0, np.int32)
+        out.update(alt_n=zeros, alt_label=_codes(empty_list.flatten()), alt_score=np.zeros(0),
+                   marker_n=zeros, marker_gene=_codes(empty_list.flatten()))
     else:
         flat = pc.list_flatten(alternates)
         out["alt_n"] = pc.list_value_length(alternates).fill_null(0).to_numpy().astype(np.int32)
-        out["alt_label"] = flat.field("label").to_pylist()
+        out["alt_label"] = _codes(flat.field("label"))
         out["alt_score"] = flat.field("score").to_numpy(zero_copy_only=False).astype(np.float64)
         out["marker_n"] = pc.list_value_length(markers).fill_null(0).to_numpy().astype(np.int32)
-        out["marker_gene"] = pc.list_flatten(markers).to_pylist()
+        out["marker_gene"] = _codes(pc.list_flatten(markers))
     extra: dict[str, Any] = {}
     core = {"cell", "label", "ontology_id", "confidence", "alternates", "markers"}
     for name in table.column_names:
@@ -74,20 +85,24 @@ def calls_columns(table: Any) -> dict[str, Any]:
             continue
         column = table.column(name)
         kind = column.type
+        na = np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         if pa.types.is_dictionary(kind) or pa.types.is_string(kind):
-            values, na = _text_column(column)
-        elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-            na = np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-            values = column.to_numpy(zero_copy_only=False)
-            if pa.types.is_boolean(kind):
-                values = np.asarray([bool(v) if v is not None else False for v in values])
-            else:
-                values = np.nan_to_num(values.astype(np.float64))
-        else:
-            continue  # nested extras are kept by the Python API, not carried into R
-        extra[name] = {"values": values, "na": na}
+            extra[name] = {"codes": _codes(column), "na": na}
+        elif pa.types.is_integer(kind) or pa.types.is_floating(kind):
+            values = np.nan_to_num(column.to_numpy(zero_copy_only=False).astype(np.float64))
+            extra[name] = {"values": values, "na": na}
+        elif pa.types.is_boolean(kind):
+            values = np.asarray(column.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+            extra[name] = {"values": values, "na": na}
+        # nested extras stay with the Python API; they are not carried into R
     out["extra"] = extra
     return out
+
+
+def _check_cells(table: Any, cells: list[str]) -> None:
+    if table.column("cell").to_pylist() != cells:
+        msg = "the core returned calls for other cells, or in another order, than it was given"
+        raise RuntimeError(msg)
 
 
 def annotate(p: Any, i: Any, x: Any, n_genes: int, n_cells: int, genes: Any, cells: Any,
@@ -99,6 +114,7 @@ def annotate(p: Any, i: Any, x: Any, n_genes: int, n_cells: int, genes: Any, cel
     matrix = _matrix(p, i, x, n_genes, n_cells, genes, cells, source)
     table = call_cells(matrix, model=model, atlas=atlas, chunk_size=int(chunk_size),
                        progress=False, **(params or {}))
+    _check_cells(table, _strings(cells))
     return calls_columns(table)
 
 

@@ -1,0 +1,119 @@
+# A 50,000-cell Seurat object annotated from R through each engine of the scbridge R package,
+# printed beside the Python core alone (bridge.annotate.call_cells on the same matrix, already
+# in Python memory, timed in the same process). Target: the python engine adds <= 1.5x.
+#
+# Usage (from the repository root; the R package must be installed, e.g.
+#   R CMD INSTALL -l /tmp/scb_lib r-package):
+#   SCBRIDGE_PYTHON=.venv/bin/python Rscript benchmarks/r_annotate.R [--cells 50000]
+#     [--genes 2000] [--repeats 3] [--lib /tmp/scb_lib] [--small]
+suppressPackageStartupMessages({
+  args <- commandArgs(trailingOnly = TRUE)
+  opt <- function(name, default) {
+    at <- match(paste0("--", name), args)
+    if (is.na(at)) default else args[[at + 1L]]
+  }
+  lib <- opt("lib", "")
+  if (nzchar(lib)) .libPaths(c(lib, .libPaths()))
+  library(Matrix)
+  library(scbridge)
+})
+small <- "--small" %in% args
+n_cells <- as.integer(opt("cells", if (small) 5000 else 50000))
+n_genes <- as.integer(opt("genes", 2000))
+repeats <- as.integer(opt("repeats", if (small) 2 else 3))
+python <- Sys.getenv("SCBRIDGE_PYTHON", ".venv/bin/python")
+# Absolute, but not through symlinks: a venv python is a symlink to the base interpreter.
+python <- file.path(normalizePath(dirname(python), mustWork = TRUE), basename(python))
+Sys.setenv(RETICULATE_PYTHON = python)
+options(scbridge.cli = file.path(dirname(python), "scbridge"))
+
+# -- data: marker genes of the built-in model + filler genes, four blood cell types ----------
+set.seed(42)
+marker_sets <- list(
+  T = c("CD3D", "CD3E", "IL7R", "CD2"), B = c("MS4A1", "CD79A", "CD79B", "CD19"),
+  NK = c("NKG7", "GNLY", "KLRD1", "PRF1"), Mono = c("LYZ", "CD14", "S100A8", "S100A9"))
+markers <- c(unlist(marker_sets, use.names = FALSE), "PTPRC")
+model_genes <- readLines("r-package/tests/testthat/fixtures/model_genes.txt")
+genes <- unique(c(markers, model_genes, sprintf("FILLER%05d", seq_len(n_genes))))[seq_len(n_genes)]
+types <- sample(names(marker_sets), n_cells, replace = TRUE)
+background <- rsparsematrix(n_genes, n_cells, density = 0.05,
+                            rand.x = function(n) as.double(rpois(n, 1) + 1))
+rows <- unlist(lapply(types, function(t) match(c(marker_sets[[t]], "PTPRC"), genes)))
+cols <- rep(seq_len(n_cells), each = 5L)
+strong <- sparseMatrix(i = rows, j = cols, x = as.double(rpois(length(rows), 12) + 3),
+                       dims = c(n_genes, n_cells))
+counts <- as(background + strong, "CsparseMatrix")
+dimnames(counts) <- list(genes, sprintf("cell%06d", seq_len(n_cells)))
+seu <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = counts))
+cat(sprintf("Seurat object: %s cells x %s genes, %s non-zeros\n", format(n_cells, big.mark = ","),
+            format(n_genes, big.mark = ","), format(length(counts@x), big.mark = ",")))
+
+best_of <- function(f, n = repeats) {
+  times <- vapply(seq_len(n), function(i) {
+    gc()
+    system.time(f())[["elapsed"]]
+  }, double(1))
+  min(times)
+}
+
+# -- Python core alone, on the matrix already in Python (no R conversion, no results back) ----
+helper <- scbridge:::python_helper()
+core <- reticulate::import("bridge.annotate")
+cm <- do.call(helper$`_matrix`, scbridge:::python_matrix_args(counts, "benchmark"))
+core_once <- function() core$call_cells(cm, model = "markers", chunk_size = 50000L, progress = FALSE)
+invisible(core_once())  # warm: model load, first-call imports
+t_core <- best_of(core_once)
+
+# -- python engine, end to end from the Seurat object to its meta.data ---------------------
+t_python <- best_of(function() annotate_cells(seu, engine = "python", overwrite = TRUE))
+ref <- calls(annotate_cells(seu, engine = "python"))
+
+# -- cli engine ------------------------------------------------------------------------------
+cli_result <- NULL
+t_cli <- best_of(function() cli_result <<- annotate_cells(seu, engine = "cli", overwrite = TRUE),
+                 n = max(1L, repeats - 1L))
+
+# -- http engine against scbridge serve on loopback ------------------------------------------
+keyfile <- tempfile()
+writeLines("bench-key", keyfile)
+port <- sample(20000:45000, 1L)
+server <- processx::process$new(python, c("-m", "bridge", "serve", "--host", "127.0.0.1",
+                                          "--port", port, "--api-keys", keyfile),
+                                stdout = "|", stderr = "|", cleanup = TRUE,
+                                env = scbridge:::subprocess_env())
+endpoint <- sprintf("http://127.0.0.1:%d", port)
+for (i in 1:300) {
+  up <- tryCatch(httr2::resp_status(httr2::req_perform(
+    httr2::request(paste0(endpoint, "/healthz")))) == 200, error = function(e) FALSE)
+  if (up) break
+  Sys.sleep(0.2)
+}
+http_result <- NULL
+http_once <- function() {
+  http_result <<- annotate_cells(seu, engine = "http", endpoint = endpoint, api_key = "bench-key",
+                                 overwrite = TRUE)
+}
+invisible(http_once())  # warm the server's model
+t_http <- best_of(http_once, n = max(1L, repeats - 1L))
+invisible(server$kill())
+
+same <- function(obj) {
+  a <- calls(obj)
+  attr(a, "provenance") <- NULL
+  b <- ref
+  attr(b, "provenance") <- NULL
+  identical(a, b)
+}
+
+rows <- data.frame(
+  path = c("Python core alone (call_cells, matrix already in Python)",
+           "R python engine (reticulate), Seurat -> meta.data",
+           "R cli engine (.rds + subprocess + .json)",
+           "R http engine (JSON, scbridge serve on loopback)"),
+  seconds = c(t_core, t_python, t_cli, t_http),
+  identical_calls = c(NA, TRUE, same(cli_result), same(http_result)))
+rows$ratio_vs_core <- rows$seconds / t_core
+cat(sprintf("best of %d runs (cli / http: %d)\n", repeats, max(1L, repeats - 1L)))
+print(format(rows, digits = 3), row.names = FALSE)
+cat(sprintf("\npython engine overhead: %.2fx the core (target <= 1.5x): %s\n",
+            t_python / t_core, if (t_python / t_core <= 1.5) "met" else "NOT met"))
