@@ -360,3 +360,41 @@ def test_cli_annotate_through_the_endpoint(live_server: LiveServer, query: CellM
     local = pq.read_table(tmp_path / "local.parquet")
     assert remote.num_rows == 400
     assert remote.equals(local)
+
+
+@pytest.mark.parametrize("transport", ["arrow", "json"])
+def test_embed_and_markers_through_the_service(live_server: LiveServer, transport: str) -> None:
+    from bridge import embed, markers
+
+    m = synthetic_cells(150, seed=31)
+    labels = m.obs.column("label").to_pylist()
+    client = RemoteClient(live_server.url, api_key=API_KEY, transport=transport)
+    remote = client.embed(m, n_components=6)
+    local = embed(m, n_components=6)
+    assert remote.schema.field("embedding").type == pa.list_(pa.float32(), 6)
+    assert remote.select(["cell", "embedding"]).equals(local.select(["cell", "embedding"]))
+    remote = client.markers(m, labels, top_n=4)
+    calls = pa.table({"cell": m.cells.tolist(), "label": labels})
+    local = markers(m, calls, top_n=4)
+    assert remote.equals(local)
+    with pytest.raises(InputError, match="one label per cell"):
+        client.markers(m, labels[:-1])
+
+
+def test_slow_service_times_out(query: CellMatrix) -> None:
+    import asyncio
+
+    async def slow(request: Any) -> JSONResponse:
+        await asyncio.sleep(3)
+        return JSONResponse({"calls": []})
+
+    async def healthz(request: Any) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    app = Starlette(routes=[Route("/v1/singlecell/annotate", slow, methods=["POST"]),
+                            Route("/healthz", healthz)])
+    with ThreadServer(app) as server:
+        client = RemoteClient(server.url, api_key=API_KEY, timeout=0.3, retries=1,
+                              backoff=0.01)
+        with pytest.raises(RemoteError, match="ReadTimeout"):
+            client.call_cells(query.slice_cells(0, 5), progress=False)

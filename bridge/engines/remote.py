@@ -191,7 +191,7 @@ class RemoteClient:
             return base / 2 + self._rng.uniform(0, base / 2)
 
     def _post(self, http: httpx.Client, content: bytes | pa.Buffer, headers: dict[str, str],
-              params: dict[str, str], what: str) -> httpx.Response:
+              params: dict[str, Any], what: str, url: str | None = None) -> httpx.Response:
         import httpx
 
         from ..server._wire import body_chunks
@@ -201,8 +201,8 @@ class RemoteClient:
             response: httpx.Response | None = None
             try:
                 # Streamed in slices (a fresh iterator per attempt): see body_chunks.
-                response = http.post(self.url, content=body_chunks(content), headers=headers,
-                                     params=params)
+                response = http.post(url or self.url, content=body_chunks(content),
+                                     headers=headers, params=params)
             except httpx.TransportError as exc:
                 if attempt == self.retries:
                     msg = (f"could not reach {self.url} for {what} after {attempt + 1} attempts "
@@ -214,7 +214,7 @@ class RemoteClient:
                 if response.status_code < 400:
                     return response
                 if response.status_code not in _RETRY_STATUS or attempt == self.retries:
-                    raise _error_from(response, self.url)
+                    raise _error_from(response, url or self.url)
                 reason = f"HTTP {response.status_code}"
             delay = self._delay(attempt, response)
             logger.info("%s: %s; retrying in %.2f s (attempt %d of %d)", what, reason, delay,
@@ -325,6 +325,91 @@ class RemoteClient:
             index, n = pending.pop(future)
             results[index] = future.result()
             bar.update(n)
+
+    # -- companion endpoints (all cells in one request: they need every cell at once) ------------
+    def _companion(self, name: str, matrix: CellMatrix, params: dict[str, Any],
+                   labels: list[str | None] | None = None) -> Any:
+        import json
+
+        from ..matrix import CellMatrix
+        from ..server._wire import (
+            ARROW_MEDIA_TYPE,
+            JSON_MEDIA_TYPE,
+            calls_from_arrow,
+            matrix_arrow_buffer,
+            sparse_to_payload,
+        )
+
+        url = self.url[: -len(_ANNOTATE_PATH)] + f"/v1/singlecell/{name}"
+        if self.transport == "arrow":
+            if labels is not None:
+                from ..io.arrow import write_arrow
+
+                labelled = CellMatrix(matrix.X, matrix.cells, matrix.genes,
+                                      obs=pa.table({"label": pa.array(labels, pa.string())}),
+                                      value_kind=matrix.value_kind, validate=False)
+                sink = pa.BufferOutputStream()
+                write_arrow(labelled, sink, stream=True)
+                content: bytes | pa.Buffer = sink.getvalue()
+            else:
+                content = matrix_arrow_buffer(matrix)
+            headers = {"Content-Type": ARROW_MEDIA_TYPE, "Accept": ARROW_MEDIA_TYPE}
+            with self._http() as http:
+                response = self._post(http, content, headers, params, name, url)
+            return calls_from_arrow(response.content)
+        payload = sparse_to_payload(matrix.X, [str(g) for g in matrix.genes])
+        payload.update(params)
+        if labels is not None:
+            payload["labels"] = labels
+        try:
+            body = json.dumps(payload, allow_nan=False).encode()
+        except ValueError as exc:
+            msg = f"the matrix cannot be sent as JSON ({exc}); remove NaN / Inf values."
+            raise InputError(msg) from None
+        headers = {"Content-Type": JSON_MEDIA_TYPE, "Accept": JSON_MEDIA_TYPE}
+        with self._http() as http:
+            return self._post(http, body, headers, {}, name, url).json()
+
+    def embed(self, matrix: CellMatrix, *, n_components: int = 30, n_top_genes: int = 2000,
+              seed: int = 0) -> pa.Table:
+        """The service's per-cell embedding (``POST /v1/singlecell/embed``), as
+        :func:`bridge.embed` returns it: ``cell`` and ``embedding`` (fixed-size float32 list).
+        """
+        params = {"n_components": n_components, "n_top_genes": n_top_genes, "seed": seed}
+        reply = self._companion("embed", matrix, params)
+        if isinstance(reply, pa.Table):
+            return reply
+        vectors = reply.get("embeddings") if isinstance(reply, dict) else None
+        if not isinstance(vectors, list) or len(vectors) != matrix.n_cells:
+            msg = f"the service returned no embedding for each of the {matrix.n_cells} cells."
+            raise RemoteError(msg)
+        flat = pa.array([v for row in vectors for v in row], pa.float32())
+        table = pa.table({"cell": pa.array([str(c) for c in matrix.cells], pa.string()),
+                          "embedding": pa.FixedSizeListArray.from_arrays(flat, n_components)})
+        from ..server._wire import metadata_from_json
+
+        return table.replace_schema_metadata(metadata_from_json(reply.get("metadata")))
+
+    def markers(self, matrix: CellMatrix, labels: list[str | None], *, top_n: int = 50,
+                method: Literal["t-test", "wilcoxon"] = "t-test") -> pa.Table:
+        """The service's marker genes per label (``POST /v1/singlecell/markers``), as
+        :func:`bridge.markers` returns them.  ``labels``: one per cell, in cell order."""
+        if len(labels) != matrix.n_cells:
+            msg = f"{len(labels)} labels for {matrix.n_cells} cells; give one label per cell."
+            raise InputError(msg)
+        labels = [None if v is None else str(v) for v in labels]
+        reply = self._companion("markers", matrix, {"top_n": top_n, "method": method}, labels)
+        if isinstance(reply, pa.Table):
+            return reply
+        from ..markers_export import MARKERS_SCHEMA
+        from ..server._wire import metadata_from_json
+
+        rows = reply.get("markers") if isinstance(reply, dict) else None
+        if not isinstance(rows, list):
+            msg = "the service's reply has no 'markers' list."
+            raise RemoteError(msg)
+        table = pa.Table.from_pylist(rows, schema=MARKERS_SCHEMA)
+        return table.replace_schema_metadata(metadata_from_json(reply.get("metadata")))
 
     def models(self) -> dict[str, Any]:
         """The service's ``GET /v1/models``: models, atlases and limits."""
