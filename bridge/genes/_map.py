@@ -16,8 +16,8 @@ import numpy as np
 from .._errors import GeneIdError
 from .._gene_ids import GeneIdKind, detect_gene_id_kind
 
-__all__ = ["GeneMapping", "check_genes_found", "detect_gene_id_kind", "load_table",
-           "map_to_human_symbols"]
+__all__ = ["GeneMapping", "check_genes_found", "detect_gene_id_kind", "human_aliases",
+           "human_symbols", "load_table", "map_to_human_symbols"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,33 @@ def load_table(name: str) -> dict[str, str]:
             if key and value:
                 out.setdefault(key, value)
     return out
+
+
+@cache
+def human_symbols() -> frozenset[str]:
+    """Current human gene symbols (empty if the table is not shipped)."""
+    path = Path(str(resources.files("bridge.genes") / "data" / "symbols_human.txt.gz"))
+    if not path.exists():
+        return frozenset()
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return frozenset(line.strip() for line in handle if not line.startswith("#"))
+
+
+@cache
+def human_aliases() -> dict[str, str]:
+    """Outdated / alias human symbol -> current symbol (curated entries first)."""
+    return {**load_table("aliases_human"), **load_table("aliases_curated")}
+
+
+def _mouse_to_human(symbol: str) -> str | None:
+    exception = load_table("mouse_human").get(symbol)
+    if exception:
+        return exception
+    upper = symbol.upper()
+    current = human_symbols()
+    if not current or upper in current:
+        return upper
+    return human_aliases().get(upper)
 
 
 @dataclass(frozen=True)
@@ -87,25 +114,24 @@ def map_to_human_symbols(genes: Sequence[str] | np.ndarray) -> GeneMapping:
     kind = detect_gene_id_kind(list(genes))
     if kind == "ensembl_human":
         table = load_table("ensembl_human")
-        aliases = load_table("aliases_human")
+        aliases = human_aliases()
 
         def lookup(g: str) -> str | None:
             s = table.get(_strip_version(g))
             return aliases.get(s, s) if s else None
     elif kind == "ensembl_mouse":
+        # No mouse Ensembl table is shipped (none is packaged for Debian); where one is
+        # added as ensembl_mouse.tsv.gz it is used.
         ens = load_table("ensembl_mouse")
-        orth = load_table("mouse_human")
 
         def lookup(g: str) -> str | None:
             s = ens.get(_strip_version(g))
-            return (orth.get(s) or s.upper()) if s else None
+            return _mouse_to_human(s) if s else None
     elif kind == "symbols_mouse":
-        orth = load_table("mouse_human")
-
         def lookup(g: str) -> str | None:
-            return orth.get(g) or g.upper()
+            return _mouse_to_human(g)
     else:
-        aliases = load_table("aliases_human")
+        aliases = human_aliases()
 
         def lookup(g: str) -> str | None:
             return aliases.get(g)
