@@ -1,7 +1,7 @@
 """Per-cell quality control, recorded beside the calls and never applied silently.
 
-Columns: ``total_counts``, ``n_genes``, ``mito_fraction``, ``doublet_score`` (scanpy's
-Scrublet; null with the reason in the metadata where it cannot run), ``qc_pass`` and
+Columns: ``total_counts``, ``n_genes``, ``mito_fraction``, ``doublet_score`` (the Scrublet
+algorithm; null with the reason in the metadata where it cannot run), ``qc_pass`` and
 ``qc_reason`` (``;``-separated failed checks, empty when the cell passes).
 """
 
@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
+import scipy.sparse as sp
 
 from .matrix import CellMatrix
 
@@ -44,27 +45,62 @@ def _mito_columns(matrix: CellMatrix) -> np.ndarray:
     return mito
 
 
-def doublet_scores(matrix: CellMatrix, *, seed: int = 0) -> tuple[np.ndarray | None, str]:
-    """Scrublet doublet scores through scanpy, or ``(None, why not)``."""
+def _log_normalise(X: sp.csr_matrix) -> sp.csr_matrix:
+    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
+    out = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ X)
+    out.data = np.log1p(out.data)
+    return out
+
+
+def doublet_scores(matrix: CellMatrix, *, expected_rate: float = 0.06, sim_ratio: float = 2.0,
+                   n_genes: int = 2000, n_components: int = 30, seed: int = 0
+                   ) -> tuple[np.ndarray | None, str]:
+    """Scrublet doublet scores (Wolock et al. 2019, Cell Syst 8:281), or ``(None, why not)``.
+
+    The algorithm of ``scanpy.pp.scrublet``, run with scipy / scikit-learn directly (scanpy
+    1.10's own kNN step breaks on scipy >= 1.14 sparse arrays, and it needs scikit-image for
+    its threshold): simulate doublets by adding the counts of random cell pairs, embed
+    observed and simulated cells in one PCA of log-normalised variable genes, and score each
+    cell by the share of simulated doublets among its neighbours, corrected for the expected
+    doublet rate.
+    """
     if matrix.value_kind != "counts":
         return None, "doublet scores need raw counts"
     if matrix.n_cells < _MIN_CELLS_FOR_DOUBLETS:
-        return None, f"too few cells for doublet scores ({matrix.n_cells} < " \
-                     f"{_MIN_CELLS_FOR_DOUBLETS})"
+        return None, (f"too few cells for doublet scores ({matrix.n_cells} < "
+                      f"{_MIN_CELLS_FOR_DOUBLETS})")
     try:
-        import anndata
-        import scanpy as sc
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.neighbors import NearestNeighbors
     except ImportError:
-        return None, "scanpy is not installed (pip install scanpy)"
-    if not hasattr(sc.pp, "scrublet"):
-        return None, f"scanpy {sc.__version__} has no pp.scrublet (need >= 1.10)"
-    adata = anndata.AnnData(X=matrix.X.astype(np.float32))
-    try:
-        sc.pp.scrublet(adata, random_state=seed, verbose=False)
-    except Exception as exc:  # scrublet fails on degenerate data (too few genes, ...)
-        logger.info("scrublet failed: %s", exc)
-        return None, f"scrublet failed: {exc}"
-    return np.asarray(adata.obs["doublet_score"], dtype=np.float32), "scanpy.pp.scrublet"
+        return None, "scikit-learn is not installed (pip install scikit-learn)"
+    rng = np.random.default_rng(seed)
+    X = matrix.X
+    # Variable genes: highest variance of log-normalised expression among expressed genes.
+    norm = _log_normalise(X)
+    mean = np.asarray(norm.mean(axis=0)).ravel()
+    var = np.asarray(norm.multiply(norm).mean(axis=0)).ravel() - mean**2
+    genes = np.argsort(-var)[: min(n_genes, int((var > 0).sum()))]
+    if len(genes) < 10:
+        return None, "too few variable genes for doublet scores"
+    observed = sp.csr_matrix(X[:, genes], dtype=np.float32)
+    n_obs = observed.shape[0]
+    n_sim = int(sim_ratio * n_obs)
+    pairs = rng.integers(0, n_obs, size=(n_sim, 2))
+    simulated = observed[pairs[:, 0]] + observed[pairs[:, 1]]
+    both = sp.vstack([_log_normalise(observed), _log_normalise(sp.csr_matrix(simulated))])
+    k_comp = max(2, min(n_components, len(genes) - 1, n_obs - 1))
+    svd = TruncatedSVD(n_components=k_comp, random_state=seed).fit(both[:n_obs])
+    embedding = svd.transform(both)
+    k = max(3, round(0.5 * float(np.sqrt(n_obs))))
+    neighbours = NearestNeighbors(n_neighbors=k + 1).fit(embedding).kneighbors(
+        embedding[:n_obs], return_distance=False)[:, 1:]
+    q = (neighbours >= n_obs).mean(axis=1)
+    r = n_sim / n_obs
+    rho = expected_rate
+    scores = q * rho / r / (1 - rho - q * (1 - rho - rho / r))
+    return np.clip(scores, 0.0, 1.0).astype(np.float32), "scrublet algorithm (built-in)"
 
 
 def qc_metrics(matrix: CellMatrix, *, thresholds: QCThresholds | None = None,
@@ -83,10 +119,11 @@ def qc_metrics(matrix: CellMatrix, *, thresholds: QCThresholds | None = None,
     limits = thresholds or QCThresholds()
     X = matrix.X
     totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
-    detected = np.diff(X.indptr) if matrix.n_cells else np.zeros(0, dtype=np.int64)
-    if X.nnz:
-        detected = np.bincount(np.repeat(np.arange(matrix.n_cells), np.diff(X.indptr))[X.data != 0],
-                               minlength=matrix.n_cells)
+    detected = np.diff(X.indptr).astype(np.int64)
+    explicit_zeros = np.flatnonzero(X.data == 0)
+    if len(explicit_zeros):  # stored zeros are not detected genes
+        rows = np.searchsorted(X.indptr, explicit_zeros, side="right") - 1
+        detected -= np.bincount(rows, minlength=matrix.n_cells)
     mito = _mito_columns(matrix)
     mito_totals = np.asarray(X[:, np.flatnonzero(mito)].sum(axis=1), dtype=np.float64).ravel() \
         if mito.any() else np.zeros(matrix.n_cells)
