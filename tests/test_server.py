@@ -223,6 +223,7 @@ def _matrix_payload(**matrix: Any) -> dict[str, Any]:
     ({"indices": [0, 1.5, 1]}, "invalid_payload", "integers"),
     ({"data": [1.0, "x", 2.0]}, "invalid_payload", "numbers"),
     ({"data": [1.0, -2.0, 3.0]}, "invalid_values", "negative"),
+    ({"indices": [2, 2, 1]}, "duplicate_indices", "same gene index twice"),
 ])
 def test_malformed_matrix(live_server: LiveServer, matrix: dict, code: str, phrase: str) -> None:
     assert_error(post_json(live_server, _matrix_payload(**matrix)), 422, code, phrase)

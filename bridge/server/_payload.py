@@ -231,6 +231,10 @@ def _build(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, shape: tup
     X = csr_view(data, indices, indptr, shape)
     if not _sorted_within_rows(indptr, indices):
         X = check.sorted_csr(X)
+        if not _sorted_within_rows(X.indptr, X.indices):  # still not strict: repeats
+            raise _invalid("duplicate_indices", "a cell lists the same gene index twice.",
+                           "send each gene at most once per cell (sum duplicates first, e.g. "
+                           "X.sum_duplicates() in scipy)")
     X.has_sorted_indices = True
     try:
         check.check_values(X.data, value_kind=value_kind, where=source, indptr=X.indptr,
