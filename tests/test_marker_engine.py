@@ -116,7 +116,7 @@ def test_synthetic_cells_get_their_type() -> None:
 
 
 def test_calls_have_ontology_markers_and_sorted_alternates() -> None:
-    matrix, truth = synthetic_matrix(["NK cell", "naive B cell"], n_per_type=5)
+    matrix, _ = synthetic_matrix(["NK cell", "naive B cell"], n_per_type=5)
     calls = get_engine("markers").annotate_chunk(matrix)
     db = load_marker_database()
     for label, onto, alts, markers, conf in zip(calls.labels, calls.ontology_ids,

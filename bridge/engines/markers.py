@@ -29,6 +29,7 @@ Every step is per cell: calls never depend on which other cells share a chunk.
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 from dataclasses import dataclass
 from functools import cache
@@ -150,19 +151,20 @@ def load_marker_database(path: str | None = None) -> MarkerDatabase:
     )
 
 
-def normalized_block(matrix: CellMatrix, columns: np.ndarray) -> np.ndarray:
-    """Dense cells x ``columns`` block of log1p(CP10k) values (counts) or the values as given.
+def normalized_block(matrix: CellMatrix, columns: np.ndarray) -> sp.csr_matrix:
+    """Sparse cells x ``columns`` block of log1p(CP10k) values (counts) or the values as given.
 
-    Totals use every gene of the cell; only the requested columns are densified.
+    Totals use every gene of the cell; only the requested columns are copied.
     """
     X = matrix.X
-    block = X[:, columns] if len(columns) else sp.csr_matrix((X.shape[0], 0))
-    block = np.asarray(block.toarray(), dtype=np.float32)
+    block = sp.csr_matrix(X[:, columns], dtype=np.float64) if len(columns) else \
+        sp.csr_matrix((X.shape[0], 0))
+    block.sort_indices()
     if matrix.value_kind == "counts":
         totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
         scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
-        block *= scale[:, None].astype(np.float32)
-        np.log1p(block, out=block)
+        block.data *= np.repeat(scale, np.diff(block.indptr))
+        np.log1p(block.data, out=block.data)
     return block
 
 
@@ -232,18 +234,21 @@ class MarkerEngine:
     def annotate_chunk(self, matrix: CellMatrix) -> ChunkCalls:
         columns, panel, pos, neg = self._panel_layout(matrix.genes)
         block = normalized_block(matrix, columns)
-        evidence = np.minimum(block / np.float32(self.saturation), np.float32(1.0))
+        # Sparse x dense products sum each row on its own, in a fixed order: a cell's scores
+        # are bit-identical whatever chunk it is in (dense BLAS blocking would not be).
+        evidence = block.copy()
+        evidence.data = np.minimum(evidence.data / self.saturation, 1.0)
+        evidence.eliminate_zeros()
         available = self._available(pos)
         # Normalise by the database's weights, not only the genes present: a type whose
         # markers were mostly filtered out must not be inflated by the one that remains.
         norm = np.sqrt(np.maximum(self.db.positive.sum(axis=1), 1e-9))
-        own = (evidence @ pos.T.astype(np.float32) - evidence @ neg.T.astype(np.float32))
-        own = own / norm[None, :].astype(np.float32) + self.db.prior[None, :].astype(np.float32)
+        own = np.asarray(evidence @ (pos - neg).T) / norm[None, :] + self.db.prior[None, :]
         subtree = self._subtree_scores(own, available)
         path_nodes, path_probs, alternates = self._descend(subtree, available)
         labels, ontology, confidence, final = self._choose_level(path_nodes, path_probs)
         # A cell with no marker evidence at all is not called.
-        empty = ~(evidence > 0).any(axis=1)
+        empty = np.diff(evidence.indptr) == 0
         markers = self._cell_markers(evidence, pos, final, panel)
         for i in np.flatnonzero(empty):
             labels[i], ontology[i], confidence[i] = UNKNOWN, None, 0.0
@@ -369,14 +374,19 @@ class MarkerEngine:
         """Per cell, the positive markers of its path that carried the most evidence."""
         if not len(panel) or self.n_markers <= 0:
             return [[] for _ in range(len(final))]
-        path_weight = np.zeros((self.db.n_types + 1, len(panel)), dtype=np.float32)
+        path_weight = np.zeros((self.db.n_types + 1, len(panel)))
         for node in range(self.db.n_types):
             path_weight[node] = pos[self.db.lineage(node)].max(axis=0)
-        contribution = evidence * path_weight[final]  # final == -1 -> the all-zero last row
-        k = min(self.n_markers, len(panel))
-        top = np.argsort(-contribution, axis=1, kind="stable")[:, :k]
-        values = np.take_along_axis(contribution, top, axis=1)
-        return [panel[t[v > 0]].tolist() for t, v in zip(top, values, strict=True)]
+        rows = np.repeat(np.arange(evidence.shape[0]), np.diff(evidence.indptr))
+        # final == -1 picks the all-zero last row
+        contribution = evidence.data * path_weight[final[rows], evidence.indices]
+        keep = contribution > 0
+        rows, cols, contribution = rows[keep], evidence.indices[keep], contribution[keep]
+        order = np.lexsort((cols, -contribution, rows))  # ties broken by gene, stably
+        rows, cols = rows[order], cols[order]
+        starts = np.searchsorted(rows, np.arange(len(final) + 1))
+        return [panel[cols[a:min(b, a + self.n_markers)]].tolist()
+                for a, b in itertools.pairwise(starts)]
 
 
 def _factory(atlas: str | None = None, **params: Any) -> MarkerEngine:
