@@ -143,8 +143,8 @@ def test_query_gene_order_extra_and_missing_genes(reference_path: Path,
     assert list(got.labels) == list(expected.labels)
     np.testing.assert_allclose(got.confidence, expected.confidence, rtol=1e-5)
     # A quarter of the model's genes missing: still works, with a warning-level fraction.
-    model_genes = set(load_reference(reference_path).genes.tolist())
-    kept = [g for g in query.genes if g not in model_genes or hash(g) % 4]
+    dropped = set(load_reference(reference_path).genes.tolist()[::4])
+    kept = [g for g in query.genes if g not in dropped]
     partial = ReferenceEngine(reference_path)
     calls = partial.annotate_chunk(query.select_genes(kept))
     assert 0.5 < partial.gene_fraction < 0.95

@@ -16,10 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="reference file to write (.parquet)")
     parser.add_argument("--assay", help="Seurat / SCE assay (default: the active one / counts)")
     parser.add_argument("--layer", help="Seurat layer or AnnData X / raw / layer name")
-    parser.add_argument("--genes-per-label", type=int, default=100,
-                        help="informative genes kept per label (default 100)")
-    parser.add_argument("--regularization", type=float, default=0.01,
-                        help="inverse L2 strength C of the logistic model (default 0.01)")
+    parser.add_argument("--genes-per-label", type=int, default=200,
+                        help="informative genes kept per label (default 200)")
+    parser.add_argument("--regularization", type=float, default=0.03,
+                        help="inverse L2 strength C of the logistic model (default 0.03)")
     parser.add_argument("--min-cells-per-label", type=int, default=10,
                         help="refuse labels with fewer cells (default 10)")
     parser.add_argument("--max-cells-per-label", type=int, default=5000,
