@@ -1,9 +1,9 @@
 """Marker genes per label: one-vs-rest differential expression as an Arrow table.
 
 Statistics come from per-label sums over the sparse matrix (a labels x cells indicator
-times the cells x genes matrix), so the t-test never builds a dense cells x genes matrix.
-The Wilcoxon test needs ranks; it densifies one block of genes at a time, sized so a block
-stays under a fixed memory budget.
+times the cells x genes matrix), so neither test builds a dense cells x genes matrix: the
+Welch t-test needs per-label moments, the Wilcoxon rank-sum test ranks only the non-zero
+values (all zeros of a gene share one average rank).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import scipy.sparse as sp
 
 from ._errors import InputError, NotFoundError
 from .engines.reference import group_moments, log_normalize, one_vs_rest_t
@@ -35,7 +36,6 @@ MARKERS_SCHEMA = pa.schema([
     pa.field("fraction_in_label", pa.float32()),
     pa.field("fraction_in_rest", pa.float32()),
 ])
-_BLOCK_VALUES = 20_000_000  # dense values per Wilcoxon gene block (~160 MB as float64)
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
@@ -76,35 +76,47 @@ def _labels_for_cells(matrix: CellMatrix, calls: Any, label_column: str) -> np.n
 
 
 def _wilcoxon(Xn: Any, codes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rank-sum z scores and two-sided p-values (groups x genes), gene block by block."""
-    from scipy.stats import norm, rankdata
+    """Rank-sum z scores and two-sided p-values (groups x genes), tie-corrected.
+
+    Expression is never negative, so every zero of a gene shares the lowest average rank;
+    only the non-zero values are ranked (one sort of the non-zeros, genes side by side), and
+    the rank sums per group come from one sparse product.  No dense cells x genes matrix.
+    """
+    from scipy.stats import norm
 
     n_cells, n_genes = Xn.shape
     n_groups = len(counts)
-    z = np.zeros((n_groups, n_genes))
     Xc = Xn.tocsc()
-    block = max(1, _BLOCK_VALUES // max(n_cells, 1))
-    onehot = np.zeros((n_cells, n_groups))
-    onehot[np.arange(n_cells), codes] = 1.0
-    n1 = counts[:, None]
+    Xc.sort_indices()
+    nnz_per_gene = np.diff(Xc.indptr)
+    zeros = n_cells - nnz_per_gene
+    gene_of = np.repeat(np.arange(n_genes), nnz_per_gene)
+    order = np.lexsort((Xc.data, gene_of))  # by gene, then by value
+    values, genes_sorted = Xc.data[order], gene_of[order]
+    position = np.arange(len(order)) - Xc.indptr[genes_sorted]  # 0-based within the gene
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = (genes_sorted[1:] != genes_sorted[:-1]) | (values[1:] != values[:-1])
+    first = np.flatnonzero(starts)
+    last = np.append(first[1:], len(order)) - 1
+    tie_size = (last - first + 1).astype(np.float64)
+    average = (position[first] + position[last]) / 2.0 + 1.0  # 1-based rank among non-zeros
+    ranks = np.empty(len(order))
+    ranks[order] = np.repeat(average, last - first + 1) + zeros[genes_sorted]
+    tie_term = np.bincount(genes_sorted[first], weights=tie_size**3 - tie_size,
+                           minlength=n_genes) + zeros.astype(np.float64) ** 3 - zeros
+
+    G = sp.csr_matrix((np.ones(n_cells), (codes, np.arange(n_cells))), shape=(n_groups, n_cells))
+    R = sp.csc_matrix((ranks, Xc.indices, Xc.indptr), shape=Xc.shape)
+    B = sp.csc_matrix((np.ones_like(ranks), Xc.indices, Xc.indptr), shape=Xc.shape)
+    nonzero_rank_sums = np.asarray((G @ R).todense())
+    nonzeros_in_group = np.asarray((G @ B).todense())
+    n1 = counts[:, None].astype(np.float64)
+    rank_sums = nonzero_rank_sums + (n1 - nonzeros_in_group) * (zeros[None, :] + 1) / 2.0
     n2 = n_cells - n1
-    for start in range(0, n_genes, block):
-        dense = Xc[:, start: start + block].toarray()
-        ranks = rankdata(dense, axis=0)
-        rank_sums = onehot.T @ ranks
-        # Tie correction: sum over tie groups of (t^3 - t), per gene.
-        tie_term = np.array([_tie_sum(col) for col in dense.T])
-        mean_u = n1 * n2 / 2.0
-        var_u = n1 * n2 / 12.0 * ((n_cells + 1) - tie_term[None, :] / (n_cells * (n_cells - 1)))
-        u = rank_sums - n1 * (n1 + 1) / 2.0
-        z[:, start: start + block] = (u - mean_u) / np.sqrt(np.maximum(var_u, 1e-12))
-    p = 2 * norm.sf(np.abs(z))
-    return z, p
-
-
-def _tie_sum(values: np.ndarray) -> float:
-    _, tie_counts = np.unique(values, return_counts=True)
-    return float(np.sum(tie_counts.astype(float) ** 3 - tie_counts))
+    u = rank_sums - n1 * (n1 + 1) / 2.0
+    var_u = n1 * n2 / 12.0 * ((n_cells + 1) - tie_term[None, :] / (n_cells * (n_cells - 1.0)))
+    z = (u - n1 * n2 / 2.0) / np.sqrt(np.maximum(var_u, 1e-12))
+    return z, 2 * norm.sf(np.abs(z))
 
 
 def markers(
@@ -179,6 +191,11 @@ def markers(
     if method == "t-test":
         score, p = t, 2 * t_dist.sf(np.abs(t), np.maximum(df, 1.0))
     else:
+        if Xn.nnz and Xn.data.min() < 0:
+            msg = ("the Wilcoxon test here needs non-negative expression (counts or "
+                   "log-normalised values); this input has negative values (scaled data?). "
+                   "Pass the counts or the log-normalised layer.")
+            raise InputError(msg)
         score, p = _wilcoxon(Xn, codes, counts)
     # Fold change of the linear-scale means, as scanpy reports it.
     log2fc = np.log2((np.expm1(mean) + 1e-9) / (np.expm1(rest_mean) + 1e-9))

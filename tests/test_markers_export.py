@@ -173,3 +173,27 @@ def test_known_blood_markers_on_pbmc68k_reduced() -> None:
     assert top["CD19+ B"] & {"CD79A", "CD79B", "MS4A1", "CD74"}
     assert top["CD56+ NK"] & {"GNLY", "NKG7", "GZMB", "PRF1"}
     assert top["CD14+ Monocyte"] & {"S100A8", "S100A9", "LYZ", "FCN1", "CST3"}
+
+
+def test_wilcoxon_with_many_ties_matches_scipy(matrix: CellMatrix, calls: pa.Table) -> None:
+    # Small integers used as values: ties among the non-zero values too, not only zeros.
+    tied = CellMatrix(matrix.X, matrix.cells, matrix.genes, value_kind="lognorm")
+    table = bridge.markers(tied, calls, top_n=N_GENES, method="wilcoxon",
+                           only_up=False).to_pandas()
+    dense = matrix.X.toarray().astype(np.float64)
+    truth = np.asarray(matrix.obs.column("truth").to_pylist())
+    rows = table[table.label == "alpha"].set_index("gene")
+    for gene in ("G1", "G12", "G50", "G99"):
+        j = int(gene[1:])
+        expected = stats.mannwhitneyu(dense[truth == "alpha", j], dense[truth != "alpha", j],
+                                      use_continuity=False, method="asymptotic")
+        assert rows.loc[gene, "p_value"] == pytest.approx(expected.pvalue, rel=1e-6)
+
+
+def test_wilcoxon_refuses_negative_values(matrix: CellMatrix, calls: pa.Table) -> None:
+    scaled = log_normalize(matrix)
+    scaled.data -= 10.0
+    negative = CellMatrix(scaled, matrix.cells, matrix.genes, value_kind="lognorm",
+                          validate=False)
+    with pytest.raises(bridge.InputError, match="needs non-negative expression"):
+        bridge.markers(negative, calls, method="wilcoxon")
