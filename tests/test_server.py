@@ -512,15 +512,16 @@ def test_busy_server_answers_503_with_retry_after(reference_file: Path) -> None:
         yield body[100:]
 
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
-    with ThreadServer(create_app(settings)) as server:
+    app = create_app(settings)
+    with ThreadServer(app) as server:
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(httpx.post, server.url + ANNOTATE, content=slow_body(),
                                 headers=headers, timeout=60)
-            for _ in range(200):  # until the first request holds the slot
-                busy = httpx.post(server.url + ANNOTATE, content=body, headers=headers)
-                if busy.status_code == 503:
+            for _ in range(500):  # until the first request holds the slot
+                if app.state.admission.pending == 1:
                     break
-                time.sleep(0.02)
+                time.sleep(0.01)
+            busy = httpx.post(server.url + ANNOTATE, content=body, headers=headers)
             release.set()
             assert first.result().status_code == 200
         assert_error(busy, 503, "server_busy", "Retry-After")

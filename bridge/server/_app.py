@@ -149,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     catalog = _compute.Catalog(settings)
     limiter: list[anyio.CapacityLimiter] = []
     admission = _Admission(settings.max_pending)
+    app_state = {"admission": admission, "catalog": catalog}
 
     app = FastAPI(
         title="scbridge annotation service",
@@ -327,6 +328,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return reply(await run_cpu(work), arrow)
 
     app.add_middleware(RequestContext)
+    for name, value in app_state.items():
+        setattr(app.state, name, value)
     return app
 
 
