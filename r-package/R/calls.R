@@ -32,7 +32,10 @@ split_by_counts <- function(values, counts, n, empty) {
     abort("The engine returned list columns that do not match the number of cells.",
           kind = "engine")
   }
-  out <- split(values, factor(rep.int(seq_len(n), counts), levels = seq_len(n)))
+  # A factor built directly (factor() would sort and match 'n' levels it already knows).
+  groups <- structure(rep.int(seq_len(n), counts), levels = as.character(seq_len(n)),
+                      class = "factor")
+  out <- split(values, groups)
   names(out) <- NULL
   if (!length(values)) out <- rep(list(empty), n)
   out
