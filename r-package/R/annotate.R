@@ -168,7 +168,8 @@ run_annotation <- function(found, model, atlas, engine, endpoint, api_key, chunk
   engine <- resolve_engine(engine, endpoint)
   m <- found$matrix
   if (looks_ensembl(rownames(m))) {
-    inform("gene ids look like Ensembl ids; the core maps them to gene symbols")
+    message("scbridge: the gene ids look like Ensembl ids (", rownames(m)[[1L]],
+            ", ...); the core maps them to gene symbols.")
   }
   chunk_size <- as.integer(min(chunk_size, .Machine$integer.max))
   started <- Sys.time()

@@ -45,15 +45,20 @@ test_that("with no engine at all, auto lists every way to set one up", {
     m <- Matrix::sparseMatrix(i = 1, j = 1, x = 1, dims = c(2, 2),
                               dimnames = list(c("CD3E", "MS4A1"), c("a", "b")))
     options(scbridge.cli = "/no/such/scbridge")
-    tryCatch(scbridge::annotate_cells(m), error = function(e) list(class = class(e),
-                                                                   message = conditionMessage(e)))
+    caught <- function(expr) tryCatch(expr, error = function(e) list(class = class(e),
+                                                                      message = conditionMessage(e)))
+    list(auto = caught(scbridge::annotate_cells(m)),
+         python = caught(scbridge::annotate_cells(m, engine = "python")))
   }, args = list(lib = lib), env = c(callr::rcmd_safe_env(), RETICULATE_PYTHON = "/no/such/python",
                                      SCBRIDGE_ENDPOINT = "", SCBRIDGE_CLI = ""))
-  expect_true("scbridge_error_python_missing" %in% err$class)
-  expect_true("scbridge_error_engine_unavailable" %in% err$class)
-  expect_match(err$message, "RETICULATE_PYTHON", fixed = TRUE)
-  expect_match(err$message, "scbridge.cli", fixed = TRUE)
-  expect_match(err$message, "endpoint = ", fixed = TRUE)
+  expect_true("scbridge_error_python_missing" %in% err$auto$class)
+  expect_true("scbridge_error_engine_unavailable" %in% err$auto$class)
+  expect_match(err$auto$message, "RETICULATE_PYTHON", fixed = TRUE)
+  expect_match(err$auto$message, "scbridge.cli", fixed = TRUE)
+  expect_match(err$auto$message, "endpoint = ", fixed = TRUE)
+  # the python engine asked for by name: the missing core, and how to provide it
+  expect_true("scbridge_error_python_missing" %in% err$python$class)
+  expect_match(err$python$message, "pip|scbridge Python package")
 })
 
 test_that("min_confidence turns low calls into Unknown and keeps the raw label", {

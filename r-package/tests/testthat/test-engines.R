@@ -128,3 +128,35 @@ test_that("auto picks the python engine when it is available", {
   out <- annotate_cells(plain(sim_counts()))
   expect_identical(attr(out, "provenance")$engine, "python")
 })
+
+test_that("Ensembl gene ids are mapped by the core: same calls as with symbols, on every engine", {
+  skip_if_no_python()
+  ids <- utils::read.delim(test_path("fixtures", "model_genes_ensembl.tsv"))
+  m <- plain(sim_counts())
+  m <- m[rownames(m) %in% ids$symbol, ]
+  by_symbol <- annotate_cells(m, engine = "python")
+  ensembl <- m
+  rownames(ensembl) <- ids$ensembl[match(rownames(m), ids$symbol)]
+  expect_message(out <- annotate_cells(ensembl, engine = "python"), "look like Ensembl ids")
+  expect_same_calls(out, by_symbol)
+  skip_if_no_cli()
+  expect_same_calls(suppressMessages(annotate_cells(ensembl, engine = "cli")), by_symbol)
+  server <- test_server()
+  expect_same_calls(suppressMessages(annotate_cells(ensembl, engine = "http",
+                                                    endpoint = server$endpoint,
+                                                    api_key = server$key)), by_symbol)
+})
+
+test_that("an unknown model is a not-found error on every engine", {
+  skip_if_no_python()
+  m <- plain(sim_counts())
+  expect_error(annotate_cells(m, model = "no-such-model", engine = "python"),
+               class = "scbridge_error_not_found")
+  server <- test_server()
+  expect_error(annotate_cells(m, model = "no-such-model", engine = "http",
+                              endpoint = server$endpoint, api_key = server$key),
+               class = "scbridge_error_not_found")
+  skip_if_no_cli()
+  expect_error(annotate_cells(m, model = "no-such-model", engine = "cli"),
+               class = "scbridge_error_not_found")
+})
