@@ -228,7 +228,11 @@ def _layout(matrix: CellMatrix, rows: np.ndarray, layout: str, seed: int
     if n_components < 2:
         logger.warning("too few cells or genes for an embedding; the report leaves it out")
         return None
-    table = embed(sub, n_components=n_components, seed=seed)
+    try:
+        table = embed(sub, n_components=n_components, seed=seed)
+    except InputError as exc:  # e.g. fewer expressed genes than components
+        logger.warning("no embedding in the report: %s", exc)
+        return None
     return layout_2d(table, method=layout, seed=seed)  # type: ignore[arg-type]
 
 

@@ -117,3 +117,16 @@ def test_errors(matrix: CellMatrix, calls: pa.Table, tmp_path: Path) -> None:
     with pytest.raises(bridge.InputError, match="layout method"):
         write_report(tmp_path / "r.html", matrix, calls, layout="mds")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_tiny_input_leaves_the_embedding_out(tmp_path: Path) -> None:
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(np.array([[3, 0, 1, 0], [0, 2, 0, 0], [1, 0, 0, 4], [0, 5, 0, 0],
+                                [2, 0, 0, 0]], dtype=np.float32))
+    tiny = CellMatrix(X, [f"c{i}" for i in range(5)], ["A", "B", "C", "D"])
+    calls = chunk_table(tiny.cells, ChunkCalls(labels=["x", "y", "x", "y", "x"],
+                                               confidence=np.full(5, 0.9)))
+    page = write_report(tmp_path / "r.html", tiny, calls, layout="pca").read_text()
+    assert "composition" in figure_ids(page)
+    assert_self_contained(page)
