@@ -2,7 +2,8 @@
 
 ``build_reference`` reads labelled cells (Seurat, SingleCellExperiment, AnnData, Arrow),
 log-normalises each cell, keeps the genes that tell one label from the rest (one-vs-rest
-Welch t statistics) and fits a multinomial logistic regression on them.  The model is a
+Welch t statistics) and fits a label-balanced multinomial logistic regression on them,
+then scales it so confidences match held-out accuracy (temperature scaling).  The model is a
 genes x labels weight matrix plus one intercept per label, stored as a Parquet file
 (never pickle: loading a stranger's file runs no code, and :func:`load_reference`
 validates every field before use).
@@ -23,7 +24,8 @@ Reference file layout (``scbridge-reference`` 1.x, Parquet)::
     scbridge.intercepts      JSON list of floats, one per label
     scbridge.ontology_ids    JSON list of Cell Ontology ids or null, one per label
     scbridge.target_sum      normalisation total (10000)
-    scbridge.training        JSON: source, label column, cells per label, parameters
+    scbridge.training        JSON: source, label column, cells per label, parameters,
+                             temperature
 """
 
 from __future__ import annotations
