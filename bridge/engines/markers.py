@@ -151,17 +151,42 @@ def load_marker_database(path: str | None = None) -> MarkerDatabase:
     )
 
 
+def panel_block(X: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
+    """``X[:, columns]`` (float64, sorted indices) without scipy's fancy indexing, which
+    copies the whole ``indices`` array to int64 when ``indptr`` is int64.
+
+    Extra memory: 3 bytes per non-zero of ``X`` (a small column map and a mask), plus the
+    panel's own non-zeros.
+    """
+    n_cells = X.shape[0]
+    if not len(columns) or not X.nnz:
+        return sp.csr_matrix((n_cells, len(columns)))
+    lookup_type = np.int16 if len(columns) < 2**15 else np.int32
+    lookup = np.full(X.shape[1], -1, dtype=lookup_type)
+    lookup[columns] = np.arange(len(columns), dtype=lookup_type)
+    mapped = lookup[X.indices]
+    positions = np.flatnonzero(mapped >= 0)
+    new_columns = mapped[positions].astype(np.int32)
+    del mapped
+    rows = np.searchsorted(X.indptr, positions, side="right") - 1
+    counts = np.bincount(rows, minlength=n_cells)
+    indptr = np.zeros(n_cells + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    out = sp.csr_matrix((X.data[positions].astype(np.float64), new_columns, indptr),
+                        shape=(n_cells, len(columns)))
+    out.sort_indices()  # panel order differs from matrix column order
+    return out
+
+
 def normalized_block(matrix: CellMatrix, columns: np.ndarray) -> sp.csr_matrix:
     """Sparse cells x ``columns`` block of log1p(CP10k) values (counts) or the values as given.
 
     Totals use every gene of the cell; only the requested columns are copied.
     """
     X = matrix.X
-    block = sp.csr_matrix(X[:, columns], dtype=np.float64) if len(columns) else \
-        sp.csr_matrix((X.shape[0], 0))
-    block.sort_indices()
+    block = panel_block(X, columns)
     if matrix.value_kind == "counts":
-        totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+        totals = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
         scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
         block.data *= np.repeat(scale, np.diff(block.indptr))
         np.log1p(block.data, out=block.data)
@@ -245,8 +270,9 @@ class MarkerEngine:
         norm = np.sqrt(np.maximum(self.db.positive.sum(axis=1), 1e-9))
         own = np.asarray(evidence @ (pos - neg).T) / norm[None, :] + self.db.prior[None, :]
         subtree = self._subtree_scores(own, available)
-        path_nodes, path_probs, alternates = self._descend(subtree, available)
-        labels, ontology, confidence, final = self._choose_level(path_nodes, path_probs)
+        path_nodes, path_probs, alt_nodes, alt_scores = self._descend(subtree, available)
+        labels, ontology, confidence, final, depth = self._choose_level(path_nodes, path_probs)
+        alternates = self._alternates(alt_nodes, alt_scores, depth)
         # A cell with no marker evidence at all is not called.
         empty = np.diff(evidence.indptr) == 0
         markers = self._cell_markers(evidence, pos, final, panel)
@@ -313,16 +339,22 @@ class MarkerEngine:
         return subtree
 
     def _descend(self, subtree: np.ndarray, available: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, list[list[tuple[str, float]]]]:
-        """Top-down winning path per cell: node ids and cumulative probabilities per depth."""
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Top-down winning path per cell.
+
+        Returns node ids and cumulative probabilities per depth (cells x depth), and the
+        losing siblings at each depth with their cumulative probabilities
+        (cells x depth x n_alternates; -1 / -inf where there is none).
+        """
         n = subtree.shape[0]
         depth = int(self.db.levels.max())
+        k_alt = max(self.n_alternates, 0)
         nodes = np.full((n, depth), -1, dtype=np.int64)
         probs = np.zeros((n, depth), dtype=np.float64)
-        losers: list[list[tuple[str, float]]] = [[] for _ in range(n)]
+        alt_nodes = np.full((n, depth, k_alt), -1, dtype=np.int64)
+        alt_scores = np.full((n, depth, k_alt), -np.inf)
         current = np.full(n, -1, dtype=np.int64)
         cumulative = np.ones(n)
-        names = self.db.types
         for d in range(depth):
             next_current, next_cumulative = current.copy(), cumulative.copy()
             for parent in np.unique(current):
@@ -340,21 +372,38 @@ class MarkerEngine:
                 cum = cumulative[rows] * p[np.arange(len(rows)), best]
                 nodes[rows, d] = kids[best]
                 probs[rows, d] = cum
-                if len(kids) > 1 and self.n_alternates > 0:
+                k = min(k_alt, len(kids) - 1)
+                if k > 0:
                     # Runners-up: the best losing siblings, with their cumulative probability.
-                    k = min(self.n_alternates, len(kids) - 1)
                     order = np.argsort(-p, axis=1, kind="stable")[:, 1 : k + 1]
-                    scores = np.take_along_axis(p, order, axis=1) * cumulative[rows, None]
-                    for r, o, sc in zip(rows, kids[order], scores, strict=True):
-                        losers[r].extend(zip((names[j] for j in o), sc.tolist(), strict=True))
+                    alt_nodes[rows, d, :k] = kids[order]
+                    alt_scores[rows, d, :k] = (np.take_along_axis(p, order, axis=1)
+                                               * cumulative[rows, None])
                 next_current[rows] = kids[best]
                 next_cumulative[rows] = cum
             current, cumulative = next_current, next_cumulative
-        alternates = [sorted(row, key=lambda t: -t[1])[: self.n_alternates] for row in losers]
-        return nodes, probs, alternates
+        return nodes, probs, alt_nodes, alt_scores
+
+    def _alternates(self, alt_nodes: np.ndarray, alt_scores: np.ndarray, final_depth: np.ndarray
+                    ) -> list[list[tuple[str, float]]]:
+        """Runners-up to each cell's label: losers at its level and above, best first."""
+        n, depth, k_alt = alt_nodes.shape
+        if not k_alt:
+            return [[] for _ in range(n)]
+        deeper = np.arange(depth)[None, :] > final_depth[:, None]
+        scores = np.where(deeper[:, :, None], -np.inf, alt_scores).reshape(n, -1)
+        candidates = alt_nodes.reshape(n, -1)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k_alt]
+        top_nodes = np.take_along_axis(candidates, top, axis=1)
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        names = self.db.types
+        return [[(names[j], s) for j, s in zip(row_nodes, row_scores, strict=True) if j >= 0]
+                for row_nodes, row_scores in zip(top_nodes.tolist(), top_scores.tolist(),
+                                                 strict=True)]
 
     def _choose_level(self, nodes: np.ndarray, probs: np.ndarray
-                      ) -> tuple[list[str], list[str | None], np.ndarray, np.ndarray]:
+                      ) -> tuple[list[str], list[str | None], np.ndarray, np.ndarray,
+                                 np.ndarray]:
         """The deepest node on each path whose cumulative probability clears the bar."""
         n = nodes.shape[0]
         ok = (nodes >= 0) & (probs >= self.min_level_confidence)
@@ -367,7 +416,7 @@ class MarkerEngine:
         confidence = probs[np.arange(n), depth].astype(np.float32)
         labels = [self.db.types[k] if k >= 0 else UNKNOWN for k in final]
         ontology = [self.db.ontology_ids[k] if k >= 0 else None for k in final]
-        return labels, ontology, confidence, final
+        return labels, ontology, confidence, final, depth
 
     def _cell_markers(self, evidence: np.ndarray, pos: np.ndarray, final: np.ndarray,
                       panel: np.ndarray) -> list[list[str]]:
@@ -385,8 +434,9 @@ class MarkerEngine:
         order = np.lexsort((cols, -contribution, rows))  # ties broken by gene, stably
         rows, cols = rows[order], cols[order]
         starts = np.searchsorted(rows, np.arange(len(final) + 1))
-        return [panel[cols[a:min(b, a + self.n_markers)]].tolist()
-                for a, b in itertools.pairwise(starts)]
+        genes = panel[cols].tolist()
+        k = self.n_markers
+        return [genes[a:min(b, a + k)] for a, b in itertools.pairwise(starts.tolist())]
 
 
 def _factory(atlas: str | None = None, **params: Any) -> MarkerEngine:
