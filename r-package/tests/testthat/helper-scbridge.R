@@ -16,6 +16,10 @@ skip_engine <- function(reason) {
 }
 
 skip_if_no_python <- function() {
+  # Only a Python named on purpose: never whatever reticulate would find on the PATH.
+  if (!nzchar(Sys.getenv("RETICULATE_PYTHON")) && is.null(getOption("scbridge.python"))) {
+    skip_engine("python engine: set SCBRIDGE_PYTHON to a Python with the scbridge core")
+  }
   why <- scbridge:::python_status()
   if (!is.null(why)) skip_engine(paste("python engine:", why))
   invisible(TRUE)
@@ -24,8 +28,7 @@ skip_if_no_python <- function() {
 test_python_path <- function() {
   py <- Sys.getenv("SCBRIDGE_PYTHON")
   if (nzchar(py)) return(py)
-  if (is.null(scbridge:::python_status())) return(reticulate::py_config()$python)
-  ""
+  Sys.getenv("RETICULATE_PYTHON")
 }
 
 skip_if_no_cli <- function() {
