@@ -388,7 +388,7 @@ class MarkerEngine:
                     ) -> list[list[tuple[str, float]]]:
         """Runners-up to each cell's label: losers at its level and above, best first."""
         n, depth, k_alt = alt_nodes.shape
-        if not k_alt:
+        if not k_alt or not n:
             return [[] for _ in range(n)]
         deeper = np.arange(depth)[None, :] > final_depth[:, None]
         scores = np.where(deeper[:, :, None], -np.inf, alt_scores).reshape(n, -1)
