@@ -12,7 +12,7 @@ Usage::
 
     python benchmarks/load.py                 # 8 clients x 50 requests x 5,000 cells
     python benchmarks/load.py --small         # 8 clients x 5 requests x 1,000 cells
-    python benchmarks/load.py --transport json --workers 2 --threads 2
+    python benchmarks/load.py --transport json --workers 2 --threads 1
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main() -> int:
     parser.add_argument("--genes", type=int, default=2_000)
     parser.add_argument("--transport", choices=["arrow", "json"], default="arrow")
     parser.add_argument("--workers", type=int, default=1, help="server processes")
-    parser.add_argument("--threads", type=int, default=2, help="server compute threads")
+    parser.add_argument("--threads", type=int, default=1, help="server compute threads")
     args = parser.parse_args()
     n_requests = args.requests or (5 if args.small else 50)
     n_cells = args.cells or (1_000 if args.small else 5_000)

@@ -32,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="request body limit in MiB (default 1024)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes (default 1)")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="requests computed at once per process (default 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="requests computed at once per process (default 1; use --workers "
+                             "for more cores)")
     parser.add_argument("--max-pending", type=int, default=16,
                         help="requests admitted at once per process; more get 503 + "
                              "Retry-After (default 16)")
