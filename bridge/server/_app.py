@@ -10,6 +10,7 @@ too, so the event loop only moves bytes and stays responsive.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -146,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         msg = ("no API keys: give --api-keys FILE (one key per line) or set SCBRIDGE_API_KEYS "
                "(comma-separated); --no-auth serves without keys (loopback only, please).")
         raise InputError(msg)
+    key_digests = [hashlib.sha256(k).digest() for k in keys]
     catalog = _compute.Catalog(settings)
     limiter: list[anyio.CapacityLimiter] = []
     admission = _Admission(settings.max_pending)
@@ -157,6 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Cell-type calls, embeddings and marker genes for single-cell matrices, "
                     "in the Cell Atlas JSON contract or as Arrow streams.",
     )
+
     def require_key(credentials: _Credentials) -> None:
         if settings.allow_anonymous and not keys:
             return
@@ -164,11 +167,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(401, "missing_api_key", "this endpoint needs an API key.",
                            "send the header 'Authorization: Bearer <key>' (the Python client "
                            "reads SCBRIDGE_API_KEY)")
-        given = credentials.credentials.encode()
-        # Compare with every key, always, so timing says nothing about which key was close.
+        # Digests have one length, and every key is compared every time, so the timing says
+        # nothing about a key's length or which key was close.
+        given = hashlib.sha256(credentials.credentials.encode()).digest()
         matched = False
-        for key in keys:
-            matched |= hmac.compare_digest(given, key)
+        for digest in key_digests:
+            matched |= hmac.compare_digest(given, digest)
         if not matched:
             raise ApiError(401, "invalid_api_key", "the API key is not valid for this server.",
                            "check the key (SCBRIDGE_API_KEY) with the server's administrator")
