@@ -527,3 +527,32 @@ def test_busy_server_answers_503_with_retry_after(reference_file: Path) -> None:
         assert_error(busy, 503, "server_busy", "Retry-After")
         assert busy.headers["retry-after"] == "1"
         assert httpx.post(server.url + ANNOTATE, content=body, headers=headers).status_code == 200
+
+
+def test_no_auth_server_needs_no_key(reference_file: Path) -> None:
+    from bridge.server import Settings, create_app
+
+    app = create_app(Settings(allow_anonymous=True, api_keys=(),
+                              atlases={"reference": {"synthetic": str(reference_file)}}))
+    with ThreadServer(app) as server:
+        response = httpx.post(server.url + ANNOTATE, json=tutorial_payload(5))
+        assert response.status_code == 200
+
+
+@pytest.mark.parametrize(("args", "phrase"), [
+    ([], "no API keys"),
+    (["--api-keys", "/nonexistent/keys.txt"], "does not exist"),
+    (["--no-auth", "--reference", "atlas=/nonexistent.parquet"], "does not exist"),
+    (["--no-auth", "--reference", "no-equals-sign"], "NAME=PATH"),
+    (["--no-auth", "--models", "geneformer"], "unknown model"),
+])
+def test_serve_refuses_bad_settings_before_listening(args: list[str], phrase: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "SCBRIDGE_API_KEYS"}
+    done = subprocess.run([sys.executable, "-m", "bridge", "serve", "--port", "9", *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2
+    assert phrase in done.stderr

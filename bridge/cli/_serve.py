@@ -100,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     # Build once here so a bad key file or reference fails before any port is bound.
     app = create_app(settings)
     config = log_config(args.log_level)
+    if args.no_auth and args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("serving WITHOUT API keys on %s: anyone who reaches it can use it",
+                       args.host)
     logger.info("serving on http://%s:%d", args.host, args.port)
     if args.workers > 1:
         os.environ[ENV_SETTINGS] = settings.to_env()
