@@ -371,3 +371,16 @@ def test_refuses_oversized_dimensions(reference_path: Path, tmp_path: Path) -> N
     path = write_variant(reference_path, tmp_path / "big.parquet", table=table)
     with pytest.raises(bridge.FormatError, match="200,001 genes x 4 labels exceeds the limits"):
         load_reference(path)
+
+
+def test_empty_cells_get_a_call_and_no_markers(reference_path: Path, query: CellMatrix) -> None:
+    X = query.X[:3].toarray()
+    X[1] = 0
+    matrix = CellMatrix(sp.csr_matrix(X), ["a", "empty", "c"], query.genes)
+    calls = ReferenceEngine(reference_path).annotate_chunk(matrix)
+    assert calls.markers[1] == []
+    assert calls.markers[0] and calls.markers[2]
+    assert 0 < calls.confidence[1] < 1
+    none = CellMatrix(sp.csr_matrix((2, query.n_genes), dtype=np.float32), ["x", "y"],
+                      query.genes)
+    assert ReferenceEngine(reference_path).annotate_chunk(none).markers == [[], []]

@@ -113,24 +113,27 @@ def ontology_for(label: str) -> str | None:
 
 
 # -- normalisation ------------------------------------------------------------------------------
-def log_normalize(matrix: CellMatrix, *, target_sum: float = TARGET_SUM) -> sp.csr_matrix:
+def log_normalize(matrix: CellMatrix, *, target_sum: float = TARGET_SUM,
+                  columns: np.ndarray | None = None) -> sp.csr_matrix:
     """``log1p`` of counts scaled to ``target_sum`` per cell (float32 CSR; a new matrix).
 
     Log-normalised input (``value_kind == "lognorm"``) is used as it is.  Only the cell's own
-    total is used, so any chunking of the cells gives identical values.
+    total is used, so any chunking of the cells gives identical values.  ``columns`` keeps
+    only those genes (in that order), still scaled by each cell's total over all genes.
     """
     X = matrix.X
+    sub = X if columns is None else X[:, columns]
     if matrix.value_kind == "lognorm":
-        return sp.csr_matrix((X.data.astype(np.float32, copy=False), X.indices, X.indptr),
-                             shape=X.shape)
+        return sp.csr_matrix((sub.data.astype(np.float32, copy=False), sub.indices, sub.indptr),
+                             shape=sub.shape)
     # float64 totals: the same values whatever the input dtype (float32 / float64 / int).
     totals = (np.add.reduceat(X.data, X.indptr[:-1], dtype=np.float64) if X.nnz
               else np.zeros(X.shape[0]))
     totals = np.where(np.diff(X.indptr) > 0, totals, 1.0)  # reduceat misreads empty rows
     scale = (target_sum / np.maximum(totals, 1e-12)).astype(np.float64)
-    per_value = np.repeat(scale, np.diff(X.indptr))
-    data = np.log1p(X.data * per_value).astype(np.float32)
-    return sp.csr_matrix((data, X.indices, X.indptr), shape=X.shape)
+    per_value = np.repeat(scale, np.diff(sub.indptr))
+    data = np.log1p(sub.data * per_value).astype(np.float32)
+    return sp.csr_matrix((data, sub.indices, sub.indptr), shape=sub.shape)
 
 
 def group_moments(Xn: sp.csr_matrix, codes: np.ndarray, n_groups: int
@@ -638,8 +641,7 @@ class ReferenceEngine:
         self.n_alternates = n_alternates
         self.n_markers = n_markers
         self._cache_genes: np.ndarray | None = None
-        self._cache: np.ndarray | None = None
-        self._eligible = np.zeros((0, 0), dtype=bool)
+        self._cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.gene_fraction: float | None = None
 
     def parameters(self) -> dict[str, Any]:
@@ -650,8 +652,8 @@ class ReferenceEngine:
             "training": self.reference.training,
         }
 
-    def _query_weights(self, genes: np.ndarray) -> np.ndarray:
-        """Model weights laid out on the query's gene columns (zeros for other genes)."""
+    def _query_layout(self, genes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The query columns holding model genes, their weights and marker eligibility."""
         # Chunks of one matrix share its genes array; the array itself (not its id, which
         # can be reused after garbage collection) is kept to recognise it.
         cached = self._cache_genes
@@ -680,22 +682,23 @@ class ReferenceEngine:
         if fraction < 0.9:
             logger.warning("only %.0f%% of the reference genes are in the query; calls may be "
                            "less accurate", 100 * fraction)
-        W = np.zeros((len(genes), ref.n_labels), dtype=np.float32)
-        W[query_cols] = ref.weights[ref_rows]
+        rows = np.asarray(ref_rows, dtype=np.int64)
         # Markers are genes that also sit higher in the label than in the other labels, so
         # ubiquitous genes with a small positive weight (MALAT1, ribosomal) are not reported.
         others = (ref.means.sum(axis=1, keepdims=True) - ref.means) / max(ref.n_labels - 1, 1)
-        eligible = np.zeros_like(W, dtype=bool)
-        eligible[query_cols] = (ref.means - others)[ref_rows] > 0.5
-        self._cache_genes, self._cache = genes, W
-        self._eligible = eligible
-        return W
+        eligible = (ref.means - others)[rows] > 0.5
+        layout = (np.asarray(query_cols, dtype=np.int64),
+                  np.ascontiguousarray(ref.weights[rows], dtype=np.float32), eligible)
+        self._cache_genes, self._cache = genes, layout
+        return layout
 
     def annotate_chunk(self, matrix: CellMatrix) -> ChunkCalls:
         ref = self.reference
-        W = self._query_weights(matrix.genes)
-        Xn = log_normalize(matrix, target_sum=ref.target_sum)
-        scores = np.asarray(Xn @ W, dtype=np.float64) + ref.intercepts[None, :]
+        cols, W, eligible = self._query_layout(matrix.genes)
+        # Only the model's genes are normalised and multiplied; each cell's own total (over
+        # all its genes) scales it, so chunking never changes a call.
+        Xs = log_normalize(matrix, target_sum=ref.target_sum, columns=cols)
+        scores = np.asarray(Xs @ W, dtype=np.float64) + ref.intercepts[None, :]
         scores -= scores.max(axis=1, keepdims=True)
         prob = np.exp(scores)
         prob /= prob.sum(axis=1, keepdims=True)
@@ -704,33 +707,49 @@ class ReferenceEngine:
         labels = np.asarray(ref.labels, dtype=object)
         top_prob = np.take_along_axis(prob, order, axis=1)
         alternates = [
-            [(labels[k], float(p)) for k, p in zip(row[1:], probs[1:], strict=True)]
-            for row, probs in zip(order, top_prob, strict=True)
+            list(zip(names, scores, strict=True))
+            for names, scores in zip(labels[order[:, 1:]].tolist(), top_prob[:, 1:].tolist(),
+                                     strict=True)
         ]
         return ChunkCalls(
             labels=labels[best].tolist(),
             confidence=top_prob[:, 0].astype(np.float32),
             ontology_ids=[ref.ontology_ids[k] for k in best],
             alternates=alternates,
-            markers=self._markers(Xn, W, best, matrix.genes),
+            markers=self._markers(Xs, W, eligible, best, matrix.genes[cols]),
         )
 
-    def _markers(self, Xn: sp.csr_matrix, W: np.ndarray, best: np.ndarray,
-                 genes: np.ndarray) -> list[list[str]]:
+    def _markers(self, Xs: sp.csr_matrix, W: np.ndarray, eligible: np.ndarray,
+                 best: np.ndarray, genes: np.ndarray) -> list[list[str]]:
         """Per cell, the genes whose expression pushed hardest towards its label."""
-        n_cells = Xn.shape[0]
-        rows = np.repeat(np.arange(n_cells), np.diff(Xn.indptr))
-        contribution = Xn.data * W[Xn.indices, best[rows]]
-        keep = (contribution > 0) & self._eligible[Xn.indices, best[rows]]
-        rows, cols, contribution = rows[keep], Xn.indices[keep], contribution[keep]
-        order = np.lexsort((-contribution, rows))
-        rows, cols = rows[order], cols[order]
-        starts = np.searchsorted(rows, np.arange(n_cells + 1))
-        out: list[list[str]] = []
-        for i in range(n_cells):
-            lo = starts[i]
-            out.append([str(g) for g in genes[cols[lo: min(starts[i + 1], lo + self.n_markers)]]])
-        return out
+        n_cells = Xs.shape[0]
+        rows = np.repeat(np.arange(n_cells), np.diff(Xs.indptr))
+        label_of_entry = best[rows]
+        contribution = Xs.data * W[Xs.indices, label_of_entry]
+        keep = (contribution > 0) & eligible[Xs.indices, label_of_entry]
+        rows, cols, contribution = rows[keep], Xs.indices[keep], contribution[keep]
+        names = np.asarray([str(g) for g in genes], dtype=object)
+        if len(rows) == 0:
+            return [[] for _ in range(n_cells)]
+        # Top genes per cell without sorting every entry: lay each cell's candidates out in
+        # a row (cells x most candidates of any cell; the model's genes bound it), take the
+        # best few with argpartition, then order only those.
+        per_cell = np.bincount(rows, minlength=n_cells)
+        first = np.concatenate([[0], np.cumsum(per_cell)[:-1]])
+        slot = np.arange(len(rows)) - first[rows]
+        width = int(per_cell.max())
+        values = np.full((n_cells, width), -np.inf, dtype=np.float32)
+        values[rows, slot] = contribution
+        genes_at = np.zeros((n_cells, width), dtype=np.int64)
+        genes_at[rows, slot] = cols
+        k = min(self.n_markers, width)
+        top = np.argpartition(-values, k - 1, axis=1)[:, :k]
+        top_values = np.take_along_axis(values, top, axis=1)
+        order = np.argsort(-top_values, axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        found = np.take_along_axis(top_values, order, axis=1) > -np.inf
+        top_names = names[np.take_along_axis(genes_at, top, axis=1)]
+        return [row[ok].tolist() for row, ok in zip(top_names, found, strict=True)]
 
 
 def _factory(atlas: str | None = None, **params: Any) -> ReferenceEngine:
