@@ -231,18 +231,24 @@ def test_annotate_reads_paths(cells, tmp_path: Path) -> None:
     assert annotate(h5ad, qc=False, progress=False).num_rows == matrix.n_cells
 
 
+COARSE = [("CD4 T cell", "CD4 T"), ("CD8 T cell", "CD8 T"), ("NK cell", "NK"), ("B cell", "B"),
+          ("CD14 monocyte", "monocyte"), ("CD16 monocyte", "monocyte")]
+
+
 def _coarse(label: str) -> str:
-    if "CD4" in label or label == "regulatory T cell":
-        return "CD4 T"
-    if "CD8" in label:
-        return "CD8 T"
-    if label == "NK cell":
-        return "NK"
-    if "B cell" in label:
-        return "B"
-    if "monocyte" in label:
-        return "monocyte"
-    return label
+    """The coarse class of a call, through the marker database's hierarchy."""
+    from bridge.engines.markers import load_marker_database
+
+    lineage = load_marker_database().lineage_of(label)
+    return next((group for name, group in COARSE if name in lineage), label)
+
+
+def test_lineage_of_groups_calls() -> None:
+    assert _coarse("plasma cell") == "B"
+    assert _coarse("naive CD8 T cell") == "CD8 T"
+    assert _coarse("regulatory T cell") == "CD4 T"
+    assert _coarse("T cell") == "T cell"
+    assert _coarse(UNKNOWN) == UNKNOWN
 
 
 def test_accuracy_on_scanpy_pbmc68k_reduced() -> None:

@@ -80,6 +80,13 @@ class MarkerDatabase:
     def children(self, node: int) -> np.ndarray:
         return np.flatnonzero(self.parents == node)
 
+    def lineage_of(self, label: str) -> list[str]:
+        """``label`` and its ancestors, root first (``[]`` for labels not in the database):
+        the way to group calls into coarse classes (e.g. a plasma cell is in ``B cell``)."""
+        if label not in self.types:
+            return []
+        return [self.types[k] for k in self.lineage(self.types.index(label))]
+
     def lineage(self, node: int) -> list[int]:
         """``node`` and its ancestors, root first."""
         out = []
