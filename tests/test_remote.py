@@ -87,7 +87,9 @@ def test_remote_equals_local_across_chunks(live_server: LiveServer, query: CellM
     local = local_calls(query, live_server.reference)
     assert remote.column("cell").to_pylist() == query.cells.tolist()  # 8 chunks, order kept
     assert remote.schema.names == local.schema.names
-    assert remote.equals(local), "remote calls differ from the local engine's"
+    assert remote.equals(local), (
+        "remote calls differ from the local engine's; with JSON (which carries no dtype) this "
+        "means the engine's results depend on float32 vs float64 input")
     for key in ("engine", "model", "parameters"):
         assert meta(remote, key) == meta(local, key)
     assert meta(remote, "atlas") == "synthetic"
