@@ -38,7 +38,7 @@ def make_matrix(n_cells: int, n_genes: int, nnz_per_cell: int, seed: int = 0):
     popularity = 1.0 / np.arange(1, n_genes + 1) ** 0.6  # a Zipf-like spread of detection
     popularity = rng.permutation(popularity)
     cumulative = np.cumsum(popularity / popularity.sum())
-    draws = int(nnz_per_cell * 1.12)  # duplicates are dropped; this lands near the target
+    draws = int(nnz_per_cell * 1.17)  # duplicates are dropped; this lands near the target
     indptr = [0]
     index_chunks, value_chunks = [], []
     for start in range(0, n_cells, 5000):
