@@ -74,8 +74,6 @@ _MAX_GENES = 200_000
 _MAX_WEIGHTS = 50_000_000  # genes x labels (200 MB per float32 matrix)
 _MAX_FILE_BYTES = 2 << 30
 _MAX_METADATA_BYTES = 16 << 20
-# Training cells x selected genes up to which the solver gets a dense block (160 MB).
-_DENSE_DESIGN_VALUES = 20_000_000
 # Gradient tolerance of the solver: 1e-3 gives the same calls as scikit-learn's 1e-4 on the
 # benchmarks (accuracy.py) in a third of the steps.
 _SOLVER_TOL = 1e-3
@@ -132,7 +130,7 @@ def log_normalize(matrix: CellMatrix, *, target_sum: float = TARGET_SUM,
     totals = np.where(np.diff(X.indptr) > 0, totals, 1.0)  # reduceat misreads empty rows
     scale = (target_sum / np.maximum(totals, 1e-12)).astype(np.float64)
     per_value = np.repeat(scale, np.diff(sub.indptr))
-    data = np.log1p(sub.data * per_value).astype(np.float32)
+    data = np.log1p((sub.data * per_value).astype(np.float32))
     return sp.csr_matrix((data, sub.indices, sub.indptr), shape=sub.shape)
 
 
@@ -562,7 +560,9 @@ def build_reference(
         ]
         sub = np.sort(np.concatenate(picked))
         cell_idx, codes_all = cell_idx[sub], codes_all[sub]
-    Xn = log_normalize(matrix)[cell_idx]
+    # Normalise only the training cells (each by its own total, so subsetting first is exact).
+    Xn = log_normalize(CellMatrix(matrix.X[cell_idx], matrix.cells[cell_idx], matrix.genes,
+                                  value_kind=matrix.value_kind, validate=False))
     n_labels = len(names)
     n_cells_label, mean, var = group_moments(Xn, codes_all, n_labels)
     t, _, _ = one_vs_rest_t(n_cells_label, mean, var)
@@ -577,12 +577,7 @@ def build_reference(
     overall_sq = np.asarray(Xg.multiply(Xg).mean(axis=0)).ravel()
     sd = np.sqrt(np.maximum(overall_sq - overall_mean**2, 0.0))
     sd[sd < 1e-6] = 1.0
-    design: Any = (Xg @ sp.diags(1.0 / sd)).tocsr()
-    if design.shape[0] * design.shape[1] <= _DENSE_DESIGN_VALUES:
-        # The solver multiplies the design by the weights hundreds of times; on the selected
-        # genes of (capped) training cells a dense block makes that a BLAS call,
-        # several times faster than the sparse product.  It is bounded by the limit above.
-        design = design.toarray()
+    design = (Xg @ sp.diags(1.0 / sd)).tocsr()
     coef, intercepts, temperature = _fit_calibrated(
         LogisticRegression, design, codes_all, n_labels, regularization, calibrate, seed)
     coef, intercepts = coef / temperature, intercepts / temperature
