@@ -93,7 +93,8 @@ annotate_cells.Matrix <- function(object, model = "markers", atlas = NULL, assay
                                   layer = "counts", engine = c("auto", "python", "cli", "http"),
                                   endpoint = NULL, api_key = Sys.getenv("SCBRIDGE_API_KEY"),
                                   chunk_size = 50000, min_confidence = NULL,
-                                  prefix = "cell_type", ...) {
+                                  prefix = "cell_type", overwrite = FALSE, ...) {
+  # `prefix` and `overwrite` name object columns; a matrix has none, its calls come back.
   found <- expression_matrix(object)
   run_annotation(found, model, atlas, engine, endpoint, api_key, chunk_size, min_confidence,
                  list(...))

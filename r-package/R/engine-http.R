@@ -135,14 +135,16 @@ http_timeout <- function() getOption("scbridge.http_timeout", 300)
 # Tries per request: 429 / 5xx replies and failed connections are retried with backoff.
 http_retries <- function() getOption("scbridge.http_retries", 5L)
 
+# Chunks in flight at once (like the Python client's max_concurrency).
+http_concurrency <- function() max(1L, as.integer(getOption("scbridge.http_concurrency", 4L)))
+
 http_annotate <- function(m, source, model, atlas, chunk_size, params, endpoint, api_key,
                           timeout = http_timeout(), retries = http_retries()) {
   transport <- http_transport()
   n <- ncol(m)
   genes_json <- as.character(jsonlite::toJSON(rownames(m)))
   starts <- chunk_starts(n, chunk_size)
-  parts <- vector("list", length(starts))
-  for (k in seq_along(starts)) {
+  request_for <- function(k) {
     from <- starts[[k]]
     to <- min(from + chunk_size - 1L, n)
     block <- csr_block(m, from, to)
@@ -155,29 +157,49 @@ http_annotate <- function(m, source, model, atlas, chunk_size, params, endpoint,
       req <- httr2::req_body_raw(req, body, type = "application/vnd.apache.arrow.stream")
     } else {
       check_body_size(length(block$data), length(block$cells), nchar(genes_json, "bytes"))
-      body <- json_body(block, genes_json, model, atlas, params)
-      req <- httr2::req_body_raw(req, body, type = "application/json")
+      req <- httr2::req_body_raw(req, json_body(block, genes_json, model, atlas, params),
+                                 type = "application/json")
     }
-    inform(sprintf("http: cells %d-%d of %d", from, to, n))
-    resp <- http_perform(req, endpoint)
-    if (transport == "arrow") {
-      records <- arrow_calls_records(httr2::resp_body_raw(resp))
-      parts[[k]] <- calls_from_json(records, cells = block$cells)
+    list(req = req, cells = block$cells)
+  }
+  parts <- vector("list", length(starts))
+  # Batches of `http_concurrency()` chunks go out together (bodies of one batch in memory at
+  # once); a chunk whose concurrent try failed for any reason is sent again on its own, with
+  # the retries, backoff and classed errors of http_perform().
+  batches <- split(seq_along(starts), ceiling(seq_along(starts) / http_concurrency()))
+  for (batch in batches) {
+    pending <- lapply(batch, request_for)
+    inform(sprintf("http: chunks %d-%d of %d", batch[[1L]], batch[[length(batch)]], length(starts)))
+    replies <- if (length(pending) > 1L) {
+      httr2::multi_req_perform(lapply(pending, `[[`, "req"))
     } else {
-      reply <- jsonlite::fromJSON(httr2::resp_body_string(resp), simplifyVector = TRUE)
-      if (!is.list(reply) || is.null(reply$calls)) {
-        abort(sprintf("The endpoint %s replied without a 'calls' list; is it an annotate URL of the Cell Atlas contract?",
-                      endpoint), kind = "remote")
-      }
-      records <- reply$calls
-      records$cell <- NULL
-      parts[[k]] <- calls_from_json(records, cells = block$cells)
+      list(NULL)
+    }
+    for (j in seq_along(batch)) {
+      resp <- replies[[j]]
+      ok <- inherits(resp, "httr2_response") && httr2::resp_status(resp) < 400
+      if (!ok) resp <- http_perform(pending[[j]]$req, endpoint)
+      parts[[batch[[j]]]] <- http_calls(resp, pending[[j]]$cells, transport, endpoint)
     }
   }
   if (!length(parts)) return(calls_from_json(NULL, cells = character(0)))
   out <- do.call(rbind, parts)
   rownames(out) <- NULL
   out
+}
+
+http_calls <- function(resp, cells, transport, endpoint) {
+  if (transport == "arrow") {
+    return(calls_from_json(arrow_calls_records(httr2::resp_body_raw(resp)), cells = cells))
+  }
+  reply <- jsonlite::fromJSON(httr2::resp_body_string(resp), simplifyVector = TRUE)
+  if (!is.list(reply) || is.null(reply$calls)) {
+    abort(sprintf("The endpoint %s replied without a 'calls' list; is it an annotate URL of the Cell Atlas contract?",
+                  endpoint), kind = "remote")
+  }
+  records <- reply$calls
+  records$cell <- NULL
+  calls_from_json(records, cells = cells)
 }
 
 http_embed <- function(m, source, n_components, params, endpoint, api_key,

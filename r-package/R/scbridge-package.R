@@ -19,6 +19,8 @@
 #' * `scbridge.http_retries` (default 5): tries per HTTP request; replies 429
 #'   and 5xx and failed connections are retried with exponential backoff.
 #' * `scbridge.http_timeout` (default 300): seconds per HTTP request.
+#' * `scbridge.http_concurrency` (default 4): chunks sent at once by the `http`
+#'   engine.
 #' * `scbridge.max_request_bytes`: the largest HTTP request body the `http`
 #'   engine builds (default 2^31 - 1, R's limit for one string).
 #'
