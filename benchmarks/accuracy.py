@@ -318,18 +318,20 @@ def speed(n_cells: int, *, with_celltypist: bool) -> None:
                      obs=pa.table({"truth": data.labels[rows]}), source="resampled")
     print(f"\nspeed: {n_cells:,} cells x {big.n_genes:,} genes (sorted PBMC resampled), "
           f"nnz {big.nnz:,}")
-    timings = {}
+    timings, cpu = {}, {}
     for cap in (5000, None):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         model = build_reference(big, label_column="truth", max_cells_per_label=cap)
         timings[f"build (max_cells_per_label={cap})"] = time.perf_counter() - started
+        cpu[f"build (max_cells_per_label={cap})"] = time.process_time() - started_cpu
     engine = ReferenceEngine(model)
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     for chunk in big.iter_chunks(50_000):
         engine.annotate_chunk(chunk)
     timings["apply (all cells)"] = time.perf_counter() - started
+    cpu["apply (all cells)"] = time.process_time() - started_cpu
     for key, value in timings.items():
-        print(f"  reference {key:<36} {value:8.2f} s")
+        print(f"  reference {key:<36} {value:8.2f} s wall ({cpu[key]:.2f} s CPU)")
     if with_celltypist:
         started = time.perf_counter()
         ct_model = celltypist_train(big, data.labels[rows])
@@ -339,10 +341,10 @@ def speed(n_cells: int, *, with_celltypist: bool) -> None:
         ct_predict = time.perf_counter() - started
         ours_build = timings["build (max_cells_per_label=None)"]
         ours_apply = timings["apply (all cells)"]
-        print(f"  CellTypist train (all cells, feature selection) {ct_train:8.2f} s   "
-              f"-> reference build is {ct_train / ours_build:.1f}x faster")
-        print(f"  CellTypist predict (all cells)                  {ct_predict:8.2f} s   "
-              f"-> reference apply is {ct_predict / ours_apply:.1f}x faster")
+        print(f"  CellTypist train (all cells, feature selection) {ct_train:8.2f} s wall  "
+              f"(CellTypist / reference build, all cells: {ct_train / ours_build:.2f})")
+        print(f"  CellTypist predict (all cells)                  {ct_predict:8.2f} s wall  "
+              f"(CellTypist / reference apply: {ct_predict / ours_apply:.2f})")
 
 
 _SORTED: Dataset | None = None
@@ -385,8 +387,10 @@ def main() -> int:
     for data in datasets:
         ours, peer = by.get((data.name, "reference")), by.get((data.name, "CellTypist"))
         if ours and peer:
-            verdict = "beats" if (ours["macro_f1"], ours.get("fine", 0)) > \
-                (peer["macro_f1"], peer.get("fine", 0)) else "does NOT beat"
+            pairs = [(ours["macro_f1"], peer["macro_f1"]), (ours["fine"], peer["fine"])]
+            # Beats: at least as good on coarse macro F1 and fine accuracy, better on one.
+            wins = all(a >= b for a, b in pairs) and any(a > b for a, b in pairs)
+            verdict = "beats" if wins else "does NOT beat"
             print(f"  {data.name}: reference {verdict} CellTypist on the same split "
                   f"(macro F1 {ours['macro_f1']:.3f} vs {peer['macro_f1']:.3f}; fine accuracy "
                   f"{ours.get('fine', float('nan')):.3f} vs {peer.get('fine', float('nan')):.3f})")
