@@ -30,6 +30,15 @@ test_that("Seurat v5 Assay5 single layer is read from its slots", {
   expect_equal(em(seu, layer = "data")$matrix, lognorm(m))
 })
 
+test_that("Seurat v5 layers that are not dgCMatrix (dense, dgTMatrix) are converted", {
+  m <- plain(sim_counts())
+  dense <- make_seurat_v5(m, list(counts = as.matrix(m)))
+  expect_equal(em(dense)$matrix, m)
+  split <- make_seurat_v5(m, list(counts.A = as(m[, 1:50], "TsparseMatrix"),
+                                  counts.B = as.matrix(m[, 51:120])))
+  expect_equal(em(split)$matrix, m)
+})
+
 test_that("Seurat v5 split layers counts.A / counts.B are joined in the object's cell order", {
   m <- plain(sim_counts())
   seu <- make_seurat_v5_split(m)
