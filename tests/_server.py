@@ -27,6 +27,17 @@ import scipy.sparse as sp
 
 from bridge.matrix import CellMatrix
 
+# The environment as it was before any test started R: rpy2 prepends R's library folders
+# (and /usr/lib/x86_64-linux-gnu) to LD_LIBRARY_PATH, and a Python subprocess started with
+# that environment can load the system's libssl / libpython instead of its own and crash.
+_BASE_ENV = dict(os.environ)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for Python subprocesses: the pre-R environment plus ``extra``."""
+    return {**_BASE_ENV, **extra}
+
+
 API_KEY = "test-key-0123456789"
 OTHER_KEY = "second-key-abcdefgh"
 LABELS = ("B cell", "T cell", "Monocyte")
@@ -101,7 +112,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory,
     keys.write_text(f"# test keys\n{API_KEY}\n\n{OTHER_KEY}\n")
     port = free_port()
     log = tmp / "server.log"
-    env = {**os.environ, "SCBRIDGE_API_KEYS": ""}
+    env = subprocess_env(SCBRIDGE_API_KEYS="")
     cmd = [sys.executable, "-m", "bridge", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--api-keys", str(keys), "--max-cells", str(MAX_CELLS),
            "--max-body-mb", str(MAX_BODY_MB), "--reference", f"synthetic={reference_file}",

@@ -337,16 +337,16 @@ def test_models_of_the_service(live_server: LiveServer) -> None:
 def test_cli_annotate_through_the_endpoint(live_server: LiveServer, query: CellMatrix,
                                            tmp_path: Path) -> None:
     """``scbridge annotate IN --endpoint URL`` gives the local command's table."""
-    import os
     import subprocess
     import sys
 
     import pyarrow.parquet as pq
 
     from bridge import write
+    from tests._server import subprocess_env
 
     source = write(query.slice_cells(0, 400), tmp_path / "query.arrow")
-    env = {**os.environ, "MY_SERVICE_KEY": API_KEY}
+    env = subprocess_env(MY_SERVICE_KEY=API_KEY)
     common = [sys.executable, "-m", "bridge", "annotate", str(source), "--model", "reference",
               "--chunk-size", "150", "--quiet"]
     remote_cmd = [*common, "--out", str(tmp_path / "remote.parquet"), "--atlas", "synthetic",

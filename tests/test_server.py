@@ -474,7 +474,7 @@ def test_several_server_processes(tmp_path: Path, reference_file: Path) -> None:
     import subprocess
     import sys
 
-    from tests._server import free_port, wait_healthy
+    from tests._server import free_port, subprocess_env, wait_healthy
 
     keys = tmp_path / "keys.txt"
     keys.write_text(API_KEY + "\n")
@@ -482,7 +482,7 @@ def test_several_server_processes(tmp_path: Path, reference_file: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge", "serve", "--port", str(port), "--api-keys", str(keys),
          "--workers", "2", "--max-cells", "77", "--reference", f"synthetic={reference_file}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc)
@@ -547,11 +547,12 @@ def test_no_auth_server_needs_no_key(reference_file: Path) -> None:
     (["--no-auth", "--models", "geneformer"], "unknown model"),
 ])
 def test_serve_refuses_bad_settings_before_listening(args: list[str], phrase: str) -> None:
-    import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "SCBRIDGE_API_KEYS"}
+    from tests._server import subprocess_env
+
+    env = {k: v for k, v in subprocess_env().items() if k != "SCBRIDGE_API_KEYS"}
     done = subprocess.run([sys.executable, "-m", "bridge", "serve", "--port", "9", *args],
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2
