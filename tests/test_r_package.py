@@ -50,6 +50,12 @@ def _engine_env() -> dict[str, str]:
     return env
 
 
+def _messages(result: dict[str, object]) -> str:
+    # jsonlite unboxes a single message into a plain string.
+    messages = result["messages"]
+    return messages if isinstance(messages, str) else "; ".join(map(str, messages))  # type: ignore[call-overload]
+
+
 @pytest.mark.needs_r
 def test_r_package_testthat_suite(tmp_path: Path) -> None:
     if shutil.which("R") is None:
@@ -74,8 +80,7 @@ def test_r_package_testthat_suite(tmp_path: Path) -> None:
     failed = [r for r in results if r["failed"] or r["error"]]
     skipped = [r for r in results if r["skipped"]]
     passed = sum(r["passed"] for r in results)
-    describe = "\n".join(f"  {r['file']}: {r['test']}: {'; '.join(r['messages'])}"
-                         for r in failed + skipped)
+    describe = "\n".join(f"  {r['file']}: {r['test']}: {_messages(r)}" for r in failed + skipped)
     assert not failed, f"{len(failed)} testthat test(s) failed:\n{describe}"
     if os.environ.get("SCBRIDGE_REQUIRE_R") == "1":
         assert not skipped, f"SCBRIDGE_REQUIRE_R=1 but testthat skipped:\n{describe}"
