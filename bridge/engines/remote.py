@@ -129,7 +129,7 @@ class RemoteClient:
         endpoint: str,
         *,
         api_key: str | None = None,
-        transport: Transport = "arrow",
+        transport: Transport | str = "arrow",
         model: str = "markers",
         atlas: str | None = None,
         chunk_size: int = 50_000,
@@ -148,7 +148,7 @@ class RemoteClient:
             raise InputError(msg)
         self.url = annotate_url(endpoint)
         self.api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY) or None
-        self.transport: Transport = transport
+        self.transport: Transport = "arrow" if transport == "arrow" else "json"
         self.model = model
         self.atlas = atlas
         self.chunk_size = chunk_size
@@ -201,7 +201,8 @@ class RemoteClient:
             response: httpx.Response | None = None
             try:
                 # Streamed in slices (a fresh iterator per attempt): see body_chunks.
-                response = http.post(url or self.url, content=body_chunks(content),
+                response = http.post(url or self.url,
+                                     content=body_chunks(content),  # type: ignore[arg-type]
                                      headers=headers, params=params)
             except httpx.TransportError as exc:
                 if attempt == self.retries:

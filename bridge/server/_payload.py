@@ -238,7 +238,7 @@ def _build(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, shape: tup
     X.has_sorted_indices = True
     try:
         check.check_values(X.data, value_kind=value_kind, where=source, indptr=X.indptr,
-                           cells=cells)
+                           cells=cells)  # type: ignore[arg-type]
     except InputError as exc:
         code = "non_finite_values" if "non-finite" in str(exc) else "invalid_values"
         raise _invalid(code, str(exc), "send finite, non-negative expression values (counts "
