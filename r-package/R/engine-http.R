@@ -192,14 +192,16 @@ http_calls <- function(resp, cells, transport, endpoint) {
   if (transport == "arrow") {
     return(calls_from_json(arrow_calls_records(httr2::resp_body_raw(resp)), cells = cells))
   }
-  reply <- jsonlite::fromJSON(httr2::resp_body_string(resp), simplifyVector = TRUE)
-  if (!is.list(reply) || is.null(reply$calls)) {
+  reply <- jsonlite::parse_json(httr2::resp_body_string(resp), simplifyVector = FALSE)
+  if (!is.list(reply) || !is.list(reply$calls)) {
     abort(sprintf("The endpoint %s replied without a 'calls' list; is it an annotate URL of the Cell Atlas contract?",
                   endpoint), kind = "remote")
   }
-  records <- reply$calls
-  records$cell <- NULL
-  calls_from_json(records, cells = cells)
+  records <- lapply(reply$calls, function(r) {
+    r$cell <- NULL
+    r
+  })
+  calls_from_records(records, cells = cells)
 }
 
 http_embed <- function(m, source, n_components, params, endpoint, api_key,

@@ -87,6 +87,9 @@ test_that("the JSON calls contract becomes a data.frame with list columns", {
   expect_identical(calls$alternates[[1]], c(`NK cell` = 0.1, `B cell` = 0.05))
   expect_identical(calls$alternates[[2]], stats::setNames(numeric(0), character(0)))
   expect_identical(calls$markers, list(c("CD3E", "CD3D"), character(0)))
+  # the fast path over unsimplified records gives the same data.frame
+  records <- jsonlite::parse_json(json, simplifyVector = FALSE)$calls
+  expect_identical(scbridge:::calls_from_records(records), calls)
 })
 
 test_that("calls() says when an object was not annotated", {
