@@ -223,11 +223,25 @@ def test_client_errors_are_not_retried(scripted_app: Any, query: CellMatrix) -> 
 def test_too_many_cells_tells_the_user_to_chunk(live_server: LiveServer) -> None:
     m = synthetic_cells(MAX_CELLS + 10, n_genes=30, seed=3)
     client = RemoteClient(live_server.url, api_key=API_KEY, model="reference",
-                          chunk_size=MAX_CELLS + 10, retries=3)
+                          chunk_size=MAX_CELLS + 10, retries=3, split_too_large=False)
     with pytest.raises(RemoteError, match="413") as info:
         client.call_cells(m, progress=False)
     assert info.value.code == "too_many_cells"
     assert "chunk_size" in info.value.hint
+
+
+def test_chunks_the_service_refuses_as_too_large_are_halved(scripted_app: Any,
+                                                            reference_file: Path) -> None:
+    """A 413 (too many cells here; too many bytes alike) makes the client split the chunk."""
+    m = synthetic_cells(MAX_CELLS + 500, n_genes=40, seed=3)  # 2,500 cells, limit 2,000
+    recorder = Scripted(scripted_app)
+    with ThreadServer(recorder) as server:
+        client = RemoteClient(server.url, api_key=API_KEY, model="reference",
+                              chunk_size=m.n_cells, retries=0)
+        table = client.call_cells(m, progress=False)
+    assert table.column("cell").to_pylist() == m.cells.tolist()
+    assert len(recorder.posts) == 3  # the whole (413), then two halves of 1,250 cells
+    assert table.equals(local_calls(m, reference_file))
 
 
 def test_unknown_model_error_reaches_the_user(live_server: LiveServer, query: CellMatrix) -> None:

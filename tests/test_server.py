@@ -557,3 +557,23 @@ def test_serve_refuses_bad_settings_before_listening(args: list[str], phrase: st
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2
     assert phrase in done.stderr
+
+
+def test_json_bodies_have_their_own_smaller_limit(reference_file: Path) -> None:
+    from bridge.server import Settings, create_app
+
+    settings = Settings(api_keys=(API_KEY,), max_body_bytes=8 << 20,
+                        max_json_body_bytes=200_000,
+                        atlases={"reference": {"synthetic": str(reference_file)}})
+    m = synthetic_cells(600, seed=2)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with ThreadServer(create_app(settings)) as server:
+        payload = {**sparse_to_payload(m.X, m.genes.tolist()), "model": "reference"}
+        response = httpx.post(server.url + ANNOTATE, json=payload, headers=headers)
+        assert_error(response, 413, "body_too_large", "JSON request body")
+        assert len(response.request.content) > 200_000
+        arrow = matrix_arrow_body(m)
+        assert len(arrow) > 200_000  # the same cells as Arrow fit
+        response = httpx.post(server.url + ANNOTATE, content=arrow, params={"model": "reference"},
+                              headers={"Content-Type": ARROW_MEDIA_TYPE, **headers})
+        assert response.status_code == 200

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cells per request; more gets 413 (default 100000)")
     parser.add_argument("--max-body-mb", type=float, default=1024,
                         help="request body limit in MiB (default 1024)")
+    parser.add_argument("--max-json-mb", type=float, default=256,
+                        help="JSON body limit in MiB (default 256; parsed JSON needs ~10x its "
+                             "size in memory)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes (default 1)")
     parser.add_argument("--threads", type=int, default=1,
@@ -64,6 +67,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         allow_anonymous=args.no_auth,
         max_cells=args.max_cells,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_json_body_bytes=int(args.max_json_mb * 1024 * 1024),
         compute_threads=args.threads,
         max_pending=args.max_pending,
         atlases=atlases,

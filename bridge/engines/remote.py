@@ -122,6 +122,9 @@ class RemoteClient:
         Further attempts per chunk after a connection error, 429 or 5xx.
     backoff, max_backoff
         First and largest delay between attempts, in seconds (doubling, with jitter).
+    split_too_large
+        When the service refuses a chunk as too large (413: too many cells, or too many
+        bytes), send it again in halves (recursively) instead of failing.
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class RemoteClient:
         retries: int = 5,
         backoff: float = 0.5,
         max_backoff: float = 60.0,
+        split_too_large: bool = True,
     ) -> None:
         if transport not in ("arrow", "json"):
             msg = f"transport must be 'arrow' or 'json', got {transport!r}."
@@ -157,6 +161,7 @@ class RemoteClient:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.split_too_large = split_too_large
         self._rng = random.Random()
         self._rng_lock = threading.Lock()
 
@@ -247,11 +252,22 @@ class RemoteClient:
         return body, {"Content-Type": JSON_MEDIA_TYPE, "Accept": JSON_MEDIA_TYPE}, {}
 
     def _annotate_chunk(self, http: httpx.Client, chunk: CellMatrix, index: int) -> pa.Table:
+        from ..calls import concat_calls
         from ..server._wire import calls_from_arrow, calls_from_json
 
         what = f"chunk {index} ({chunk.n_cells} cells)"
         content, headers, params = self._request(chunk)
-        response = self._post(http, content, headers, params, what)
+        try:
+            response = self._post(http, content, headers, params, what)
+        except RemoteError as exc:
+            if not (self.split_too_large and exc.status == 413 and chunk.n_cells > 1):
+                raise
+            # The service takes fewer cells or bytes per request: halve, keep the order.
+            half = chunk.n_cells // 2
+            logger.info("%s: the service refused it as too large (%s); sending it in halves",
+                        what, exc.code)
+            parts = [chunk.slice_cells(0, half), chunk.slice_cells(half, chunk.n_cells)]
+            return concat_calls([self._annotate_chunk(http, part, index) for part in parts])
         del content
         kind = response.headers.get("content-type", "").split(";")[0].strip()
         if kind == headers["Accept"] == "application/vnd.apache.arrow.stream":

@@ -39,6 +39,9 @@ class Settings:
         Cells per request; larger requests get 413 with a hint to chunk.
     max_body_bytes
         Request body size limit (413 beyond it).
+    max_json_body_bytes
+        A lower limit for JSON bodies: parsing JSON builds Python objects of about 10x the
+        body's size (a 342 MB body peaked at 3.4 GB), so this bounds the server's memory.
     compute_threads
         Requests computed at once per process (decode + annotate); the rest wait their turn.
         The engines hold the GIL for much of their work, so more cores are used through more
@@ -60,6 +63,7 @@ class Settings:
     allow_anonymous: bool = False
     max_cells: int = 100_000
     max_body_bytes: int = 1024 * 1024 * 1024
+    max_json_body_bytes: int = 256 * 1024 * 1024
     compute_threads: int = 1
     max_pending: int = 16
     atlases: dict[str, dict[str, str]] = field(default_factory=dict)
