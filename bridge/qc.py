@@ -54,7 +54,8 @@ def _log_normalise(X: sp.csr_matrix) -> sp.csr_matrix:
 
 
 def doublet_scores(matrix: CellMatrix, *, expected_rate: float = 0.06, sim_ratio: float = 2.0,
-                   n_genes: int = 2000, n_components: int = 30, seed: int = 0
+                   n_genes: int = 2000, n_components: int = 30,
+                   max_reference: int = 20_000, seed: int = 0
                    ) -> tuple[np.ndarray | None, str]:
     """Scrublet doublet scores (Wolock et al. 2019, Cell Syst 8:281), or ``(None, why not)``.
 
@@ -75,29 +76,51 @@ def doublet_scores(matrix: CellMatrix, *, expected_rate: float = 0.06, sim_ratio
         from sklearn.neighbors import NearestNeighbors
     except ImportError:
         return None, "scikit-learn is not installed (pip install scikit-learn)"
+    from .engines.markers import panel_block
+
     rng = np.random.default_rng(seed)
-    X = matrix.X
-    # Variable genes: highest variance of log-normalised expression among expressed genes.
-    norm = _log_normalise(X)
+    n_obs = matrix.n_cells
+    # Large inputs: genes, embedding and the neighbour reference come from a random subset of
+    # cells (and doublets simulated from it); every cell is then scored against it, a block
+    # at a time, so memory stays bounded by the subset and one block.
+    in_reference = np.sort(rng.choice(n_obs, size=min(n_obs, max_reference), replace=False))
+    reference_counts = sp.csr_matrix(matrix.X[in_reference], dtype=np.float32)
+    norm = _log_normalise(reference_counts)
     mean = np.asarray(norm.mean(axis=0)).ravel()
     var = np.asarray(norm.multiply(norm).mean(axis=0)).ravel() - mean**2
-    genes = np.argsort(-var)[: min(n_genes, int((var > 0).sum()))]
+    del norm
+    genes = np.sort(np.argsort(-var)[: min(n_genes, int((var > 0).sum()))])
     if len(genes) < 10:
         return None, "too few variable genes for doublet scores"
-    observed = sp.csr_matrix(X[:, genes], dtype=np.float32)
-    n_obs = observed.shape[0]
-    n_sim = int(sim_ratio * n_obs)
-    pairs = rng.integers(0, n_obs, size=(n_sim, 2))
-    simulated = observed[pairs[:, 0]] + observed[pairs[:, 1]]
-    both = sp.vstack([_log_normalise(observed), _log_normalise(sp.csr_matrix(simulated))])
-    k_comp = max(2, min(n_components, len(genes) - 1, n_obs - 1))
-    svd = TruncatedSVD(n_components=k_comp, random_state=seed).fit(both[:n_obs])
-    embedding = svd.transform(both)
-    k = max(3, round(0.5 * float(np.sqrt(n_obs))))
-    neighbours = NearestNeighbors(n_neighbors=k + 1).fit(embedding).kneighbors(
-        embedding[:n_obs], return_distance=False)[:, 1:]
-    q = (neighbours >= n_obs).mean(axis=1)
-    r = n_sim / n_obs
+    reference = sp.csr_matrix(reference_counts[:, genes])
+    del reference_counts
+    n_ref = len(in_reference)
+    n_sim = int(sim_ratio * n_ref)
+    pairs = rng.integers(0, n_ref, size=(n_sim, 2))
+    simulated = _log_normalise(sp.csr_matrix(reference[pairs[:, 0]] + reference[pairs[:, 1]]))
+    reference = _log_normalise(reference)
+    k_comp = max(2, min(n_components, len(genes) - 1, n_ref - 1))
+    svd = TruncatedSVD(n_components=k_comp, random_state=seed).fit(reference)
+    # float32 embeddings: half the time of the neighbour search, no change that matters.
+    index = NearestNeighbors().fit(np.vstack([svd.transform(reference),
+                                              svd.transform(simulated)]).astype(np.float32))
+    del simulated
+    k = max(3, round(0.5 * float(np.sqrt(n_ref))))
+    self_position = np.full(n_obs, -1)
+    self_position[in_reference] = np.arange(n_ref)
+    q = np.empty(n_obs)
+    for start in range(0, n_obs, max_reference):
+        stop = min(start + max_reference, n_obs)
+        block = matrix.slice_cells(start, stop).X
+        # Normalised over the kept genes, exactly as the reference and simulated cells.
+        cells = _log_normalise(panel_block(block, genes).astype(np.float32))
+        neighbours = index.kneighbors(svd.transform(cells).astype(np.float32), n_neighbors=k + 1,
+                                      return_distance=False)
+        # A reference cell finds itself: drop it; other cells drop their farthest neighbour.
+        drop = neighbours == self_position[start:stop, None]
+        drop[~drop.any(axis=1), -1] = True
+        q[start:stop] = ((neighbours >= n_ref) & ~drop).sum(axis=1) / k
+    r = n_sim / n_ref
     rho = expected_rate
     scores = q * rho / r / (1 - rho - q * (1 - rho - rho / r))
     return np.clip(scores, 0.0, 1.0).astype(np.float32), "scrublet algorithm (built-in)"
