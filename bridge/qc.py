@@ -148,8 +148,12 @@ def qc_metrics(matrix: CellMatrix, *, thresholds: QCThresholds | None = None,
         rows = np.searchsorted(X.indptr, explicit_zeros, side="right") - 1
         detected -= np.bincount(rows, minlength=matrix.n_cells)
     mito = _mito_columns(matrix)
-    mito_totals = np.asarray(X[:, np.flatnonzero(mito)].sum(axis=1), dtype=np.float64).ravel() \
-        if mito.any() else np.zeros(matrix.n_cells)
+    if mito.any():
+        from .engines.markers import panel_block
+
+        mito_totals = np.asarray(panel_block(X, np.flatnonzero(mito)).sum(axis=1)).ravel()
+    else:
+        mito_totals = np.zeros(matrix.n_cells)
     mito_fraction = np.divide(mito_totals, totals, out=np.zeros_like(totals), where=totals > 0)
     scores, doublet_note = (doublet_scores(matrix) if doublets else (None, "not requested"))
     reasons: list[list[str]] = [[] for _ in range(matrix.n_cells)]
