@@ -12,7 +12,9 @@ How a cell is called
    negative markers, divided by ``(sum of positive weights) ** 0.5`` (types with many markers
    are not favoured over types with a few specific ones), plus a small prior.  Genes absent
    from the matrix are left out of the type entirely, so a filtered gene panel does not count
-   against a type.
+   against a type.  Priors are small and biological: CD4 T cells outnumber CD8 T cells in
+   blood and CD4 transcripts drop out far more often than CD8A / CD8B, so a T cell with no
+   CD8 transcript leans CD4; rare types (MAIT, gamma-delta T, plasma cells, DCs) lean away.
 4. Types form a tree (compartment -> lineage -> type -> subtype).  A node's *subtree* score
    adds the best child's subtree score, so a T cell's evidence also votes for "hematopoietic
    cell" even where PTPRC dropped out.  Calls go top-down: at each level a softmax over the
