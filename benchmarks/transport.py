@@ -6,7 +6,7 @@ its own fresh process so its peak memory is its own:
 - client encode: JSON = the tutorial's ``sparse_to_payload`` + ``json.dumps`` (what
   ``requests.post(json=...)`` does); Arrow = ``bridge.server._wire.matrix_arrow_body``.
 - wire: POSTing the body over loopback (httpx, streamed as the client does) to a uvicorn
-  server in another process that reads it whole, as the service does before decoding.
+  server in another process that reads it whole with the service's own body reader.
 - server decode: the service's own parsers (``parse_json`` / ``parse_arrow``: decoding plus
   every validation, up to the ``CellMatrix`` handed to the engine).
 
@@ -168,15 +168,14 @@ def step_encode(kind: str, folder: Path) -> dict[str, Any]:
 
 
 async def _sink(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """An ASGI app that reads the whole body, as the service's endpoint does, and says 'ok'."""
+    """An ASGI app that reads the whole body with the service's own body reader, says its size."""
+    from bridge.server._body import asgi_chunks, read_limited
+
     if scope["type"] != "http":
         return
-    parts, more = [], True
-    while more:
-        message = await receive()
-        parts.append(message.get("body", b""))
-        more = message.get("more_body", False)
-    size = len(b"".join(parts))
+    declared = dict(scope["headers"]).get(b"content-length")
+    body = await read_limited(asgi_chunks(receive), int(declared) if declared else None, 1 << 40)
+    size = -1 if body is None else len(body)
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": str(size).encode()})
 

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from .._errors import BridgeError, InputError
 from . import _compute, _openapi
+from ._body import read_limited
 from ._context import RequestContext, current_request_id
 from ._payload import Parsed, parse_arrow, parse_json
 from ._problems import ApiError, error_body, from_bridge_error
@@ -44,7 +45,6 @@ from ._wire import (
 __all__ = ["create_app"]
 
 logger = logging.getLogger("bridge.server")
-_DRAIN_LIMIT = 256 * 1024 * 1024  # past a refused body, read at most this much before replying
 _BEARER = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 # Module level: FastAPI resolves these (string) annotations in the module's namespace.
 _Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
@@ -70,30 +70,18 @@ def _content_kind(request: Request) -> Literal["json", "arrow"]:
                    "(an Arrow CSR stream)")
 
 
-async def _read_body(request: Request, limit: int, kind: str) -> bytes:
-    """The body, refusing (413) as soon as it exceeds ``limit`` bytes."""
-    too_large = ApiError(413, "body_too_large",
-                         f"the {'JSON' if kind == 'json' else 'Arrow'} request body exceeds this "
-                         f"server's limit of {limit:,} bytes.",
-                         "send fewer cells per request (bridge.annotate(..., chunk_size=N)), "
-                         "or use the Arrow transport: smaller, and decoded without parsing text")
+async def _read_body(request: Request, limit: int, kind: str) -> bytes | bytearray:
+    """The body, refusing (413) once it exceeds ``limit`` bytes."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit + _DRAIN_LIMIT:
-        raise too_large
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            parts.clear()
-            # Read on a little (not keeping it) so the client sees the 413, not a reset socket.
-            if size > limit + _DRAIN_LIMIT:
-                break
-            continue
-        parts.append(chunk)
-    if size > limit:
-        raise too_large
-    return b"".join(parts)
+    body = await read_limited(request.stream(), int(declared) if declared.isdigit() else None,
+                              limit)
+    if body is None:
+        raise ApiError(413, "body_too_large",
+                       f"the {'JSON' if kind == 'json' else 'Arrow'} request body exceeds this "
+                       f"server's limit of {limit:,} bytes.",
+                       "send fewer cells per request (bridge.annotate(..., chunk_size=N)), or "
+                       "use the Arrow transport: smaller, and decoded without parsing text")
+    return body
 
 
 class _Admission:
@@ -203,7 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         return await anyio.to_thread.run_sync(guarded, limiter=limiter[0])
 
-    def parse(kind: str, body: bytes, label_column: str | None = None) -> Parsed:
+    def parse(kind: str, body: bytes | bytearray, label_column: str | None = None) -> Parsed:
         if kind == "json":
             return parse_json(body, max_cells=settings.max_cells)
         return parse_arrow(body, max_cells=settings.max_cells, label_column=label_column)

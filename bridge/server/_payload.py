@@ -101,7 +101,7 @@ def _genes(genes: Any) -> list[str]:
     return genes
 
 
-def parse_json(body: bytes, *, max_cells: int) -> Parsed:
+def parse_json(body: bytes | bytearray, *, max_cells: int) -> Parsed:
     """Decode and validate the tutorial's JSON body."""
     try:
         payload = json.loads(body)
@@ -280,7 +280,7 @@ def _is_compressed(metadata: pa.Buffer) -> bool:
     return _flatbuffer_field(buf, header, 3) != 0
 
 
-def _refuse_compressed(body: bytes) -> None:
+def _refuse_compressed(body: bytes | bytearray) -> None:
     try:
         for message in pa.ipc.MessageReader.open_stream(pa.BufferReader(body)):
             if message.type in ("record batch", "dictionary") and _is_compressed(
@@ -295,7 +295,8 @@ def _refuse_compressed(body: bytes) -> None:
                        "'x.arrows')") from None
 
 
-def parse_arrow(body: bytes, *, max_cells: int, label_column: str | None = None) -> Parsed:
+def parse_arrow(body: bytes | bytearray, *, max_cells: int,
+                label_column: str | None = None) -> Parsed:
     """Decode and validate an Arrow CSR stream (or file) body."""
     from ..io.arrow import _check_schema, _list_parts
 
