@@ -13,7 +13,9 @@ Each data set is split 50/50, stratified by label, with a fixed seed.  Methods:
 * ``reference``: ``build_reference`` on the training half, applied to the test half;
 * ``CellTypist``: CellTypist 1.7.1 ``celltypist.train`` on the SAME training half
   (log1p CP10k, ``feature_selection=True`` as its tutorial does; no model download);
-* ``SingleR``: Bioconductor SingleR through rpy2, reference = the same training half.
+* ``SingleR``: Bioconductor SingleR through rpy2, reference = the same training half,
+  ``de.method = "wilcox"`` as SingleR's book advises for single-cell references
+  (``--singler-de classic`` for the default marker detection).
 
 Scores are on the test half, on the five coarse classes (B, CD4 T, CD8 T, NK, monocyte);
 test cells whose true label has no coarse class (pbmc68k's Dendritic and CD34+) are left
@@ -38,6 +40,7 @@ Run::
     /work/venv/bin/python benchmarks/accuracy.py                  # everything
     /work/venv/bin/python benchmarks/accuracy.py --small          # 10k-cell speed test
     /work/venv/bin/python benchmarks/accuracy.py --small --skip-singler
+    /work/venv/bin/python benchmarks/accuracy.py --seeds 5 --skip-speed   # mean of 5 splits
 """
 
 from __future__ import annotations
@@ -219,13 +222,17 @@ def run_celltypist(data: Dataset) -> Result:
                   time.perf_counter() - started)
 
 
+SINGLER_DE = "wilcox"
+
+
 def run_singler(data: Dataset) -> Result:
+    method = f"SingleR (same split, {SINGLER_DE})"
     try:
         import rpy2.robjects as ro
 
         from bridge.io.rds_write import to_r
     except ImportError as exc:
-        return Result("SingleR (same split)", None, None, 0.0, f"n/a: {exc}")
+        return Result(method, None, None, 0.0, f"n/a: {exc}")
 
     def lognorm_r(rows: np.ndarray) -> object:
         m = subset(data.matrix, rows)
@@ -234,13 +241,13 @@ def run_singler(data: Dataset) -> Result:
 
     started = time.perf_counter()
     ref, test = lognorm_r(data.train), lognorm_r(data.test)
-    run = ro.r("""function(test, ref, labels) {
+    run = ro.r("""function(test, ref, labels, de) {
         suppressPackageStartupMessages(library(SingleR))
-        as.character(SingleR(test = test, ref = ref, labels = labels,
-                             de.method = "classic")$labels)
+        as.character(SingleR(test = test, ref = ref, labels = labels, de.method = de)$labels)
     }""")
-    predicted = np.asarray(list(run(test, ref, ro.StrVector(data.labels[data.train]))))
-    return Result("SingleR (same split)", predicted, None, time.perf_counter() - started)
+    predicted = np.asarray(list(run(test, ref, ro.StrVector(data.labels[data.train]),
+                                    SINGLER_DE)))
+    return Result(method, predicted, None, time.perf_counter() - started)
 
 
 # -- scores --------------------------------------------------------------------------------
@@ -268,17 +275,30 @@ def score(data: Dataset, result: Result) -> dict[str, float] | None:
     return out
 
 
+def mean_over_seeds(per_seed: list[tuple[Result, dict[str, float] | None]]
+                    ) -> tuple[Result, dict[str, float] | None]:
+    """One row from the runs on several splits: mean scores and times."""
+    first = per_seed[0][0]
+    scores = [s for _, s in per_seed if s is not None]
+    seconds = float(np.mean([r.seconds for r, _ in per_seed]))
+    if not scores:
+        return Result(first.method, None, None, seconds, first.note), None
+    mean = {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
+    mean["n"] = round(mean["n"])
+    return Result(first.method, first.fine, first.coarse, seconds), mean
+
+
 def print_table(rows: list[tuple[str, Result, dict[str, float] | None]]) -> None:
-    head = (f"{'data set':<16} {'method':<30} {'n':>5} {'coarse':>7} " +
+    head = (f"{'data set':<16} {'method':<32} {'n':>5} {'coarse':>7} " +
             " ".join(f"{c:>8}" for c in COARSE) + f" {'macroF1':>8} {'fine':>6} {'time s':>7}")
     print(head)
     print("-" * len(head))
     for name, result, s in rows:
         if s is None:
-            print(f"{name:<16} {result.method:<30} {result.note}")
+            print(f"{name:<16} {result.method:<32} {result.note}")
             continue
         fine = f"{s['fine']:.3f}" if "fine" in s else "-"
-        print(f"{name:<16} {result.method:<30} {s['n']:>5} {s['coarse']:>7.3f} "
+        print(f"{name:<16} {result.method:<32} {s['n']:>5} {s['coarse']:>7.3f} "
               + " ".join(f"{s[c]:>8.3f}" for c in COARSE)
               + f" {s['macro_f1']:>8.3f} {fine:>6} {result.seconds:>7.2f}")
 
@@ -362,24 +382,37 @@ def main() -> int:
     parser.add_argument("--small", action="store_true",
                         help="quick run: 10,000 cells in the speed section")
     parser.add_argument("--skip-singler", action="store_true", help="leave SingleR out")
+    parser.add_argument("--singler-de", choices=("wilcox", "classic", "t"), default="wilcox",
+                        help="SingleR's de.method (default wilcox, for single-cell references)")
     parser.add_argument("--skip-speed", action="store_true", help="leave the speed section out")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="average over this many 50/50 splits (seeds 0, 1, ...; default 1)")
     parser.add_argument("--speed-cells", type=int, default=None,
                         help="cells in the speed section (default 50,000; 10,000 with --small)")
     args = parser.parse_args()
+    global SINGLER_DE
+    SINGLER_DE = args.singler_de
 
     datasets = [load_sorted_cached(), load_pbmc68k()]
+    seeds = list(range(SEED, SEED + args.seeds))
     rows: list[tuple[str, Result, dict[str, float] | None]] = []
     for data in datasets:
         print(f"{data.name}: {data.matrix.n_cells:,} cells x {data.matrix.n_genes:,} genes, "
               f"train {len(data.train):,} / test {len(data.test):,} (stratified 50/50, "
-              f"seed {SEED})", flush=True)
+              f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})", flush=True)
         methods = [run_markers, run_reference, run_celltypist]
         if not args.skip_singler:
             methods.append(run_singler)
         for method in methods:
-            result = method(data)
-            rows.append((data.name, result, score(data, result)))
+            per_seed = []
+            for seed in seeds:
+                data.train, data.test = split(data.labels, seed)
+                result = method(data)
+                per_seed.append((result, score(data, result)))
+            rows.append((data.name, *mean_over_seeds(per_seed)))
     print()
+    if len(seeds) > 1:
+        print(f"means over {len(seeds)} splits (seeds {seeds[0]}..{seeds[-1]})")
     print_table(rows)
 
     print("\nchecks")
