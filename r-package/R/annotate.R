@@ -168,6 +168,7 @@ run_annotation <- function(found, model, atlas, engine, endpoint, api_key, chunk
   endpoint <- endpoint %||% default_endpoint()
   engine <- resolve_engine(engine, endpoint)
   m <- found$matrix
+  check_values(m, found$source)
   if (looks_ensembl(rownames(m))) {
     message("scbridge: the gene ids look like Ensembl ids (", rownames(m)[[1L]],
             ", ...); the core maps them to gene symbols.")

@@ -219,3 +219,17 @@ looks_ensembl <- function(genes) {
   n <- min(length(genes), 1000L)
   n > 0L && mean(grepl("^ENS[A-Z]*G[0-9]{6,}", genes[seq_len(n)])) > 0.5
 }
+
+# Values every engine refuses, refused here once so the error is the same whatever the engine.
+check_values <- function(m, where) {
+  x <- m@x
+  bad <- if (anyNA(x)) "NA / NaN" else if (any(is.infinite(x))) "infinite" else if (length(x) && min(x) < 0) "negative" else NULL
+  if (!is.null(bad)) {
+    first <- which(if (bad == "NA / NaN") is.na(x) else if (bad == "infinite") is.infinite(x) else x < 0)[[1L]]
+    cell <- colnames(m)[[findInterval(first - 1, m@p, rightmost.closed = FALSE)]]
+    abort(sprintf(
+      "%s holds %s values (first in cell '%s'); expression values must be finite and >= 0. Fix or drop them before annotating.",
+      where, bad, cell))
+  }
+  invisible(m)
+}

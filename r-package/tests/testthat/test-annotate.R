@@ -140,3 +140,14 @@ test_that("the Arrow transport is used when arrow / nanoarrow is installed, else
     expect_identical(scbridge:::http_transport(), "arrow")
   }
 })
+
+test_that("NaN, infinite and negative values are refused before any engine, naming a cell", {
+  m <- plain(sim_counts())
+  for (value in c(NaN, Inf, -1)) {
+    bad <- m
+    bad@x[bad@p[[3]] + 1L] <- value  # the first stored value of cell 3
+    err <- expect_error(annotate_cells(bad, engine = "http", endpoint = "http://127.0.0.1:9"),
+                        class = "scbridge_error_input")
+    expect_match(conditionMessage(err), "first in cell 'cell0003'")
+  }
+})
