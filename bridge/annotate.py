@@ -139,8 +139,7 @@ def call_cells(matrix: CellMatrix, *, model: str = "markers", atlas: str | None 
             needed, genes, kind=kind, where=matrix.source or "the matrix",
             min_fraction=float(getattr(engine, "min_gene_fraction", _DEFAULT_MIN_GENE_FRACTION)),
             what=f"the {model!r} model")
-    if matrix.value_kind == "counts":
-        _check_gene_order(matrix, genes)
+    _check_gene_order(matrix, genes)
     tables = []
     bar = tqdm(total=matrix.n_cells, unit="cells", desc=f"annotating ({model})",
                disable=not progress or matrix.n_cells < 2 * min(chunk_size, 10_000),
