@@ -238,7 +238,7 @@ class MarkerEngine:
             raise InputError(msg)
         path = None if atlas in (None, "", "default", "markers") else str(atlas)
         self.db = load_marker_database(path)
-        self.atlas = "default" if path is None else path
+        self.atlas: str | None = "default" if path is None else path
         self.tissue = tissue
         self.saturation = saturation
         self.temperature = temperature
@@ -427,7 +427,7 @@ class MarkerEngine:
         ontology = [self.db.ontology_ids[k] if k >= 0 else None for k in final]
         return labels, ontology, confidence, final, depth
 
-    def _cell_markers(self, evidence: np.ndarray, pos: np.ndarray, final: np.ndarray,
+    def _cell_markers(self, evidence: sp.csr_matrix, pos: np.ndarray, final: np.ndarray,
                       panel: np.ndarray) -> list[list[str]]:
         """Per cell, the positive markers of its path that carried the most evidence."""
         if not len(panel) or self.n_markers <= 0:
