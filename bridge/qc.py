@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +18,7 @@ import scipy.sparse as sp
 
 from .matrix import CellMatrix
 
-__all__ = ["QCThresholds", "doublet_scores", "qc_metrics"]
+__all__ = ["QCThresholds", "doublet_scores", "qc_metrics", "scanpy_doublet_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,37 @@ def doublet_scores(matrix: CellMatrix, *, expected_rate: float = 0.06, sim_ratio
     return np.clip(scores, 0.0, 1.0).astype(np.float32), "scrublet algorithm (built-in)"
 
 
+def scanpy_doublet_scores(matrix: CellMatrix, *, threshold: float = 0.3, seed: int = 0
+                          ) -> tuple[np.ndarray | None, str]:
+    """Doublet scores from ``scanpy.pp.scrublet`` itself, or ``(None, why not)``.
+
+    scanpy 1.10 with scipy >= 1.14 fails in its neighbour step; the reason is recorded.
+    """
+    if matrix.value_kind != "counts":
+        return None, "doublet scores need raw counts"
+    if matrix.n_cells < _MIN_CELLS_FOR_DOUBLETS:
+        return None, (f"too few cells for doublet scores ({matrix.n_cells} < "
+                      f"{_MIN_CELLS_FOR_DOUBLETS})")
+    try:
+        import anndata
+        import scanpy as sc
+    except ImportError:
+        return None, "scanpy is not installed (pip install scanpy)"
+    if not hasattr(sc.pp, "scrublet"):
+        return None, f"scanpy {sc.__version__} has no pp.scrublet (needs >= 1.10)"
+    adata = anndata.AnnData(X=sp.csr_matrix(matrix.X, dtype=np.float32))
+    try:
+        # An explicit threshold: the automatic one needs scikit-image.
+        sc.pp.scrublet(adata, threshold=threshold, random_state=seed, verbose=False)
+    except Exception as exc:  # version clashes and degenerate data both land here
+        logger.info("scanpy.pp.scrublet failed: %s", exc)
+        return None, f"scanpy.pp.scrublet failed: {type(exc).__name__}: {exc}"
+    return (np.asarray(adata.obs["doublet_score"], dtype=np.float32),
+            f"scanpy {sc.__version__} pp.scrublet")
+
+
 def qc_metrics(matrix: CellMatrix, *, thresholds: QCThresholds | None = None,
-               doublets: bool = True) -> pa.Table:
+               doublets: bool | Literal["builtin", "scanpy"] = True) -> pa.Table:
     """QC metrics and pass / fail per cell, in cell order.
 
     Parameters
@@ -137,7 +167,10 @@ def qc_metrics(matrix: CellMatrix, *, thresholds: QCThresholds | None = None,
     thresholds
         Limits (defaults: :class:`QCThresholds`).
     doublets
-        Compute Scrublet doublet scores (needs scanpy and at least 100 cells).
+        Doublet scores: ``True`` / ``"builtin"`` runs the Scrublet algorithm here (needs
+        scikit-learn and at least 100 cells of raw counts), ``"scanpy"`` calls
+        ``scanpy.pp.scrublet``, ``False`` skips them.  Where they cannot be computed the
+        column is null and the reason is in the ``scbridge.qc_thresholds`` metadata.
     """
     limits = thresholds or QCThresholds()
     X = matrix.X
@@ -155,7 +188,13 @@ def qc_metrics(matrix: CellMatrix, *, thresholds: QCThresholds | None = None,
     else:
         mito_totals = np.zeros(matrix.n_cells)
     mito_fraction = np.divide(mito_totals, totals, out=np.zeros_like(totals), where=totals > 0)
-    scores, doublet_note = (doublet_scores(matrix) if doublets else (None, "not requested"))
+    if doublets == "scanpy":
+        scores, doublet_note = scanpy_doublet_scores(matrix,
+                                                     threshold=limits.max_doublet_score)
+    elif doublets:
+        scores, doublet_note = doublet_scores(matrix)
+    else:
+        scores, doublet_note = None, "not requested"
     reasons: list[list[str]] = [[] for _ in range(matrix.n_cells)]
     checks = [(detected < limits.min_genes, f"n_genes<{limits.min_genes}")]
     if matrix.value_kind == "counts":

@@ -99,3 +99,16 @@ def test_tiny_inputs(n: int) -> None:
     matrix = small_matrix().slice_cells(0, n)
     table = qc_metrics(matrix)
     assert table.num_rows == n
+
+
+def test_scanpy_scrublet_scores_or_records_why_not() -> None:
+    pytest.importorskip("scanpy")
+    rng = np.random.default_rng(1)
+    X = sp.csr_matrix(rng.poisson(0.3, size=(150, 300)).astype(float))
+    matrix = CellMatrix(X, [f"c{i}" for i in range(150)], [f"G{i}" for i in range(300)])
+    table = qc_metrics(matrix, doublets="scanpy")  # never raises: scores or a reason
+    notes = json.loads(table.schema.metadata[b"scbridge.qc_thresholds"])
+    if table.column("doublet_score").null_count:
+        assert notes["doublets"].startswith("scanpy.pp.scrublet failed")
+    else:
+        assert notes["doublets"].startswith("scanpy")
