@@ -10,7 +10,8 @@
 #'   column, or a calls data.frame.
 #' @param top_n Marker genes per label.
 #' @param method `"t-test"` or `"wilcoxon"`.
-#' @param engine `"auto"` (python, then http), `"python"` or `"http"`.
+#' @param engine `"auto"` (python, then cli, then http), `"python"`, `"cli"`
+#'   or `"http"`.
 #' @return A data.frame with columns `label`, `gene`, `score`,
 #'   `log2_fold_change`, `p_value`, `p_value_adjusted`, `fraction_in_label`,
 #'   `fraction_in_rest`, best genes first within each label.
@@ -22,7 +23,7 @@
 #' @export
 annotation_markers <- function(object, labels = NULL, assay = NULL, layer = "counts",
                                top_n = 50, method = c("t-test", "wilcoxon"),
-                               engine = c("auto", "python", "http"), endpoint = NULL,
+                               engine = c("auto", "python", "cli", "http"), endpoint = NULL,
                                api_key = Sys.getenv("SCBRIDGE_API_KEY"), prefix = "cell_type",
                                ...) {
   method <- match.arg(method)
@@ -33,6 +34,7 @@ annotation_markers <- function(object, labels = NULL, assay = NULL, layer = "cou
   engine <- companion_engine(engine, endpoint)
   switch(engine,
     python = python_markers(m, found$source, labels, top_n, method, list(...)),
+    cli = cli_markers(m, found$source, labels, top_n, method, list(...)),
     http = http_markers(m, found$source, labels, top_n, method, list(...), endpoint, api_key))
 }
 
@@ -56,7 +58,7 @@ annotation_markers <- function(object, labels = NULL, assay = NULL, layer = "cou
 #' }
 #' @export
 cell_embedding <- function(object, n_components = 30, assay = NULL, layer = "counts",
-                           engine = c("auto", "python", "http"), endpoint = NULL,
+                           engine = c("auto", "python", "cli", "http"), endpoint = NULL,
                            api_key = Sys.getenv("SCBRIDGE_API_KEY"), reduction = "scbridge",
                            overwrite = FALSE, ...) {
   found <- expression_matrix(object, assay, layer)
@@ -68,6 +70,7 @@ cell_embedding <- function(object, n_components = 30, assay = NULL, layer = "cou
   }
   emb <- switch(engine,
     python = python_embed(m, found$source, n_components, list(...)),
+    cli = cli_embed(m, found$source, n_components, list(...)),
     http = http_embed(m, found$source, n_components, list(...), endpoint, api_key))
   if (!identical(rownames(emb), colnames(m))) emb <- emb[colnames(m), , drop = FALSE]
   colnames(emb) <- paste0(reduction_key(reduction), seq_len(ncol(emb)))
@@ -81,16 +84,7 @@ cell_embedding <- function(object, n_components = 30, assay = NULL, layer = "cou
   emb
 }
 
-companion_engine <- function(engine, endpoint) {
-  engine <- match.arg(engine, c("auto", "python", "http"))
-  if (engine != "auto") return(resolve_engine(engine, endpoint))
-  for (candidate in c("python", "http")) {
-    if (is.null(engine_status(candidate, endpoint))) return(candidate)
-  }
-  abort(c("No engine for markers / embeddings is available (they run on the python or http engine).",
-          "Set up one of them:", paste("  -", engine_setup[c("python", "http")])),
-        kind = c("python_missing", "engine_unavailable"))
-}
+companion_engine <- function(engine, endpoint) resolve_engine(engine, endpoint)
 
 cell_labels <- function(object, labels, prefix, cells) {
   if (is.null(labels)) {

@@ -203,3 +203,53 @@ subprocess_env <- function() {
   env[["LD_LIBRARY_PATH"]] <- paste(keep, collapse = ":")
   stats::setNames(as.character(env), names(env))
 }
+
+# `scbridge embed` / `scbridge markers` write any table as JSON {"rows": [...], "metadata"}.
+cli_rows <- function(path) {
+  jsonlite::parse_json(paste(readLines(path, warn = FALSE), collapse = "\n"),
+                       simplifyVector = FALSE)$rows
+}
+
+cli_embed <- function(m, source, n_components, params) {
+  cli_check()
+  check_nnz(m, "cli")
+  dir <- tempfile("scbridge")
+  dir.create(dir)
+  on.exit(unlink(dir, recursive = TRUE), add = TRUE)
+  input <- write_cli_input(m, source, dir)
+  out <- file.path(dir, "embedding.json")
+  args <- c("embed", input, "--out", out, "--n-components", as.integer(n_components), "--quiet")
+  for (name in intersect(names(params), c("n_top_genes", "seed"))) {
+    args <- c(args, paste0("--", gsub("_", "-", name)), as.integer(params[[name]]))
+  }
+  run_cli(args, "embed")
+  rows <- cli_rows(out)
+  emb <- do.call(rbind, lapply(rows, function(r) as.double(unlist(r$embedding))))
+  dimnames(emb) <- list(vapply(rows, function(r) as.character(r$cell), ""), NULL)
+  emb
+}
+
+cli_markers <- function(m, source, labels, top_n, method, params) {
+  cli_check()
+  check_nnz(m, "cli")
+  dir <- tempfile("scbridge")
+  dir.create(dir)
+  on.exit(unlink(dir, recursive = TRUE), add = TRUE)
+  input <- write_cli_input(m, source, dir)
+  # Cells without a label are left out of the calls file, as the core leaves them out.
+  labelled <- !is.na(labels)
+  calls_file <- file.path(dir, "labels.csv")
+  utils::write.csv(data.frame(cell = colnames(m)[labelled], label = labels[labelled]),
+                   calls_file, row.names = FALSE)
+  out <- file.path(dir, "markers.json")
+  args <- c("markers", input, "--calls", calls_file, "--out", out, "--top-n", as.integer(top_n),
+            "--method", method, "--quiet")
+  if (!is.null(params$min_cells)) args <- c(args, "--min-cells", as.integer(params$min_cells))
+  run_cli(args, "markers")
+  rows <- cli_rows(out)
+  columns <- unique(unlist(lapply(rows, names)))
+  out <- lapply(stats::setNames(columns, columns), function(name) {
+    unlist(lapply(rows, function(r) r[[name]] %||% NA))
+  })
+  as.data.frame(out, stringsAsFactors = FALSE)
+}

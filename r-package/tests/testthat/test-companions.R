@@ -18,6 +18,9 @@ test_that("cell_embedding() stores a DimReduc / reducedDim; engines agree", {
   sce <- cell_embedding(make_sce(m), n_components = 5, engine = "python", reduction = "PCA_sc")
   expect_equal(unname(SingleCellExperiment::reducedDim(sce, "PCA_sc")), unname(emb))
 
+  skip_if_no_cli()
+  expect_equal(cell_embedding(m, n_components = 5, engine = "cli"), emb, tolerance = 1e-6)
+
   server <- test_server()
   over_http <- cell_embedding(m, n_components = 5, engine = "http", endpoint = server$endpoint,
                               api_key = server$key)
@@ -41,6 +44,12 @@ test_that("annotation_markers() gives marker genes per label; engines agree", {
   expect_identical(annotation_markers(seu, labels = "truth", top_n = 4, engine = "python"), mk)
   expect_error(annotation_markers(seu, engine = "python"), class = "scbridge_error_not_found")
   expect_error(annotation_markers(m, labels = labels[-1], engine = "python"), "one label per cell")
+
+  skip_if_no_cli()
+  over_cli <- annotation_markers(m, labels = labels, top_n = 4, engine = "cli")
+  expect_identical(over_cli$label, mk$label)
+  expect_identical(over_cli$gene, mk$gene)
+  expect_equal(over_cli$score, mk$score, tolerance = 1e-6)
 
   server <- test_server()
   over_http <- annotation_markers(m, labels = labels, top_n = 4, engine = "http",
