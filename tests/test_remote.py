@@ -249,6 +249,7 @@ def test_unknown_model_error_reaches_the_user(live_server: LiveServer, query: Ce
     with pytest.raises(RemoteError, match="geneformer") as info:
         client.call_cells(query.slice_cells(0, 5), progress=False)
     assert info.value.code == "unknown_model"
+    assert "request id" in str(info.value)  # what to quote to the service's administrator
 
 
 def test_connection_errors_are_retried_until_the_server_is_up(scripted_app: Any,

@@ -95,6 +95,9 @@ def _error_from(response: httpx.Response, url: str) -> RemoteError:
     text = f"{url} answered {response.status_code}: {message}"
     if hint:
         text += f" Hint: {hint}."
+    request_id = response.headers.get("x-request-id")
+    if request_id:
+        text += f" (request id {request_id})"
     return RemoteError(text, status=response.status_code, code=code, hint=hint)
 
 
