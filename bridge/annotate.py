@@ -182,7 +182,7 @@ def _group_labels(matrix: CellMatrix, groups: str | Sequence[Any] | np.ndarray) 
 def annotate(source: Any, *, model: str = "markers", atlas: str | None = None,
              min_confidence: float | None = None,
              groups: str | Sequence[Any] | np.ndarray | None = None, qc: bool = True,
-             smooth: Literal["knn"] | int | None = None, endpoint: str | None = None,
+             smooth: Literal["knn"] | int | bool | None = None, endpoint: str | None = None,
              api_key: str | None = None, transport: str = "arrow",
              chunk_size: int | None = None, assay: str | None = None, layer: str | None = None,
              progress: bool = True, **engine_params: Any) -> pa.Table:
@@ -246,15 +246,16 @@ def annotate(source: Any, *, model: str = "markers", atlas: str | None = None,
                                   "qc": bool(qc)}
     if endpoint:
         provenance["endpoint"] = endpoint
-    if groups is not None or smooth is not None:
-        from .smoothing import smooth_labels
+    if groups is not None or smooth not in (None, False):
+        from .smoothing import DEFAULT_K, smooth_labels
 
         group_values = _group_labels(matrix, groups) if groups is not None else None
         smoothed = smooth_labels(table, matrix=matrix, groups=group_values, k=smooth)
         for name in smoothed.column_names:
             table = table.append_column(name, smoothed.column(name))
+        k = DEFAULT_K if smooth in ("knn", True) else smooth
         provenance["smoothing"] = (f"groups={groups}" if isinstance(groups, str)
-                                   else "groups" if groups is not None else f"knn k={smooth}")
+                                   else "groups" if groups is not None else f"knn k={k}")
     if min_confidence is not None:
         table = apply_min_confidence(table, float(min_confidence))
         provenance["min_confidence"] = float(min_confidence)
