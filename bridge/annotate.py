@@ -246,7 +246,7 @@ def annotate(source: Any, *, model: str = "markers", atlas: str | None = None,
                                   "qc": bool(qc)}
     if endpoint:
         provenance["endpoint"] = endpoint
-    if groups is not None or smooth not in (None, False):
+    if groups is not None or (smooth is not None and smooth is not False):
         from .smoothing import DEFAULT_K, smooth_labels
 
         group_values = _group_labels(matrix, groups) if groups is not None else None
