@@ -24,6 +24,8 @@ from bridge.matrix import CellMatrix
 
 from conftest import run_r
 
+pytest_plugins = ["tests._server"]
+
 TYPES = ["naive B cell", "CD14 monocyte", "NK cell", "naive CD8 T cell"]
 
 
@@ -175,3 +177,25 @@ def test_console_entry_point(inputs, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "mean confidence" in done.stdout
     assert len(json.loads(out.read_text())["calls"]) == 40
+
+
+def test_endpoint_gives_the_local_calls(inputs, tmp_path: Path, live_server, monkeypatch,
+                                        capsys) -> None:
+    from tests._server import API_KEY
+
+    monkeypatch.setenv("MY_SCBRIDGE_KEY", API_KEY)
+    local, remote = tmp_path / "local.parquet", tmp_path / "remote.parquet"
+    assert main(["annotate", str(inputs["h5ad"]), "--out", str(local), "--quiet",
+                 "--no-qc"]) == 0
+    assert main(["annotate", str(inputs["h5ad"]), "--out", str(remote), "--quiet", "--no-qc",
+                 "--endpoint", live_server.url, "--api-key-env", "MY_SCBRIDGE_KEY",
+                 "--transport", "json", "--chunk-size", "15"]) == 0
+    a, b = pq.read_table(local), pq.read_table(remote)
+    for name in ("cell", "label", "ontology_id", "markers"):
+        assert b.column(name).to_pylist() == a.column(name).to_pylist(), name
+    np.testing.assert_allclose(b.column("confidence").to_numpy(),
+                               a.column("confidence").to_numpy(), rtol=1e-6)
+    monkeypatch.delenv("MY_SCBRIDGE_KEY")
+    assert main(["annotate", str(inputs["h5ad"]), "--out", str(remote), "--quiet", "--no-qc",
+                 "--endpoint", live_server.url, "--api-key-env", "MY_SCBRIDGE_KEY"]) == 2
+    assert "scbridge annotate: error:" in capsys.readouterr().err
