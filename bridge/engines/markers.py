@@ -253,8 +253,9 @@ class MarkerEngine:
     # -- the public engine surface --------------------------------------------------------
     @property
     def genes(self) -> list[str]:
-        """Every gene the database names (what the genes-found check counts)."""
-        return self.db.genes
+        """The positive markers of the types in play (what the genes-found check counts)."""
+        used = (self.db.positive[self.allowed] > 0).any(axis=0)
+        return [g for g, keep in zip(self.db.genes, used, strict=True) if keep]
 
     def parameters(self) -> dict[str, Any]:
         return {
