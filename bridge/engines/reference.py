@@ -631,7 +631,7 @@ class ReferenceEngine:
                    "`scbridge build-reference IN --label-column COL --out REF.parquet`.")
             raise InputError(msg)
         self.reference = atlas if isinstance(atlas, ReferenceModel) else load_reference(atlas)
-        self.atlas = self.reference.path or "<in-memory reference>"
+        self.atlas: str | None = self.reference.path or "<in-memory reference>"
         self.min_gene_fraction = min_gene_fraction
         self.n_alternates = n_alternates
         self.n_markers = n_markers
