@@ -18,15 +18,17 @@ R_PACKAGES=(
   r-cran-testthat r-cran-reticulate r-cran-httr2 r-cran-jsonlite r-cran-roxygen2
   r-cran-processx r-cran-callr r-cran-cli r-cran-withr
 )
-echo "scbridge install: apt packages (R ${#R_PACKAGES[@]} packages)"
+# The R package's python engine (reticulate) loads libpython: python3-dev brings the shared
+# library for the distribution's Python (a pyenv / python.org build ships its own).
+PYTHON_PACKAGES=(python3 python3-venv python3-dev)
+echo "scbridge install: apt packages (R ${#R_PACKAGES[@]} packages, Python headers and libpython)"
 $SUDO apt-get update -q
-$SUDO apt-get install -y -q "${R_PACKAGES[@]}" >/dev/null
+$SUDO apt-get install -y -q "${R_PACKAGES[@]}" "${PYTHON_PACKAGES[@]}" >/dev/null
 
 PYTHON="${PYTHON:-python3}"
 if ! "$PYTHON" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-  # Debian / Ubuntu split venv and ensurepip into their own package.
-  $SUDO apt-get install -y -q python3 python3-venv python3-dev >/dev/null
-  PYTHON=python3
+  # Not 3.11+ with venv / ensurepip: use the distribution's python3 (installed above).
+  PYTHON=/usr/bin/python3
 fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
