@@ -109,7 +109,9 @@ def indices_sorted(indptr: np.ndarray, indices: np.ndarray) -> bool:
     return True
 
 
-def _locate(position: int, indptr: np.ndarray | None, cells: Sequence[str] | None) -> str:
+def _locate(
+    position: int, indptr: np.ndarray | None, cells: Sequence[str] | np.ndarray | None
+) -> str:
     """' (cell NAME)' for the value at ``position``, when rows are known."""
     if indptr is None or cells is None:
         return ""
@@ -123,7 +125,7 @@ def check_values(
     value_kind: str,
     where: str,
     indptr: np.ndarray | None = None,
-    cells: Sequence[str] | None = None,
+    cells: Sequence[str] | np.ndarray | None = None,
 ) -> None:
     """Refuse NaN, infinite and negative values, and non-integers in counts.
 

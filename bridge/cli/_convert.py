@@ -33,9 +33,9 @@ def convert(input: str, output: str, *, assay: str | None = None, layer: str | N
     from ..io.arrow import arrow_schema, batches_from_matrix, write_batches
 
     out = Path(output)
-    streaming = (chunk_size and out.suffix in (".arrow", ".arrows")
+    streaming = (out.suffix in (".arrow", ".arrows")
                  and Path(input).suffix.lower() in (".h5ad", ".arrow", ".arrows"))
-    if not streaming:
+    if not chunk_size or not streaming:
         matrix = io.read(input, assay=assay, layer=layer)
         return io.write(matrix, out, chunk_size=chunk_size)
     chunks = io.read_chunks(input, chunk_size, layer=layer)

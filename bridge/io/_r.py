@@ -98,7 +98,9 @@ class RVectorMemory:
         }
 
 
-_R_TYPES = {14: np.dtype("float64"), 13: np.dtype("int32"), 10: np.dtype("int32")}  # REAL, INT, LGL
+# R SEXP types REALSXP, INTSXP, LGLSXP
+_R_TYPES: dict[int, np.dtype[Any]] = {
+    14: np.dtype("float64"), 13: np.dtype("int32"), 10: np.dtype("int32")}
 
 
 def r_vector_view(rvector: Any) -> np.ndarray:

@@ -276,7 +276,8 @@ def _join_layers(
 ) -> tuple[sp.csr_matrix, np.ndarray]:
     """Stack split layers into one CSR over all genes, rows in the assay's cell order."""
     gene_pos = {g: i for i, g in enumerate(all_genes)}
-    blocks, block_cells = [], []
+    blocks: list[sp.csr_matrix] = []
+    block_cells: list[np.ndarray] = []
     for part in parts:
         X = _to_csr(part, where)
         remap = np.fromiter((gene_pos[g] for g in part.genes), dtype=np.int32,

@@ -29,9 +29,9 @@ def to_r(matrix: CellMatrix, *, container: Container = "dgCMatrix") -> object:
     X = matrix.X
     if not X.has_sorted_indices:
         X = X.sorted_indices()
-    i = ri.IntSexpVector.from_memoryview(memoryview(np.ascontiguousarray(X.indices, np.int32)))
-    p = ri.IntSexpVector.from_memoryview(memoryview(np.ascontiguousarray(X.indptr, np.int32)))
-    x = ri.FloatSexpVector.from_memoryview(memoryview(np.ascontiguousarray(X.data, np.float64)))
+    i = ri.IntSexpVector.from_memoryview(np.ascontiguousarray(X.indices, np.int32).data)
+    p = ri.IntSexpVector.from_memoryview(np.ascontiguousarray(X.indptr, np.int32).data)
+    x = ri.FloatSexpVector.from_memoryview(np.ascontiguousarray(X.data, np.float64).data)
     m = _r.call(
         "scb_make_dgc", i, p, x, matrix.n_genes, matrix.n_cells,
         ro.StrVector([str(g) for g in matrix.genes]), ro.StrVector([str(c) for c in matrix.cells]),

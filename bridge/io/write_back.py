@@ -42,7 +42,7 @@ def _flatten_nested(table: pa.Table) -> pa.Table:
     for i, field in enumerate(table.schema):
         t = field.type
         if pa.types.is_list(t) or pa.types.is_large_list(t):
-            values = []
+            values: list[str | None] = []
             for row in table.column(i).to_pylist():
                 if row is None:
                     values.append(None)
