@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,22 @@ def test_reading_arrow_never_starts_r(tmp_path: Path) -> None:
         "assert 'rpy2' not in sys.modules, 'rpy2 was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_python_children_survive_r_starting(r_fixtures: Path) -> None:
+    # rpy2 prepends R's and the system's library folders to LD_LIBRARY_PATH when R starts;
+    # children of this process (Dask / multiprocessing workers, the scbridge CLI) then loaded
+    # the system's libpython instead of their own and died. Reading or writing R puts it back.
+    import subprocess
+    import sys
+
+    code = (
+        "import os, subprocess, sys, bridge\n"
+        "before = os.environ.get('LD_LIBRARY_PATH')\n"
+        f"m = bridge.read(r'{r_fixtures / 'seurat_v4.rds'}')\n"
+        "assert os.environ.get('LD_LIBRARY_PATH') == before, os.environ.get('LD_LIBRARY_PATH')\n"
+        "subprocess.run([sys.executable, '-c', 'import ssl, numpy'], check=True)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

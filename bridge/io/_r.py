@@ -9,6 +9,7 @@ import functools
 import logging
 import os
 import shutil
+import sys
 from importlib import resources
 from typing import Any
 
@@ -33,6 +34,15 @@ def r_available() -> bool:
 @functools.cache
 def session() -> Any:
     """The R environment holding scbridge's helper functions (starts R on first use)."""
+    # rpy2 starts R on import and prepends R's library folders (and the system's) to
+    # LD_LIBRARY_PATH, too late to matter for this process (its own comment says so) but
+    # inherited by every child process: a Python with a RUNPATH to its own libpython (pyenv,
+    # conda) started from here, a Dask or multiprocessing worker, then loads the system's
+    # libpython / libssl and dies ("undefined symbol"). When R starts here, the variable is
+    # put back as it was.
+    embedded = sys.modules.get("rpy2.rinterface_lib.embedded")
+    starts_r = embedded is None or not embedded.isinitialized()
+    ld_path_before = os.environ.get("LD_LIBRARY_PATH")
     try:
         import rpy2.rinterface_lib.callbacks as callbacks
         import rpy2.robjects as ro
@@ -43,6 +53,8 @@ def session() -> Any:
             f"Import failed with: {exc}"
         )
         raise MissingDependencyError(msg) from None
+    if starts_r:
+        _restore_env("LD_LIBRARY_PATH", ld_path_before)
     # Route R's console output through logging instead of stdout.
     callbacks.consolewrite_print = lambda s: logger.debug("R: %s", s.rstrip())
     callbacks.consolewrite_warnerror = lambda s: logger.debug("R: %s", s.rstrip())
@@ -51,6 +63,13 @@ def session() -> Any:
     ro.r["eval"](ro.r["parse"](text=code), envir=env)
     ro.r("suppressPackageStartupMessages(requireNamespace('Matrix', quietly = TRUE))")
     return env
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def call(name: str, *args: Any, **kwargs: Any) -> Any:

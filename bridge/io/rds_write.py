@@ -22,6 +22,7 @@ def to_r(matrix: CellMatrix, *, container: Container = "dgCMatrix") -> object:
 
     Raises :class:`~bridge.CapacityError` when nnz exceeds what a dgCMatrix can index.
     """
+    _r.session()  # start R through scbridge's one entry point (see _r.session)
     import rpy2.rinterface as ri
     import rpy2.robjects as ro
 
@@ -55,7 +56,8 @@ def write_rds(
 
     ``compress=False`` writes faster and lets ``readRDS`` skip decompression.
     """
+    obj = to_r(matrix, container=container)
     import rpy2.robjects as ro
 
-    ro.r["saveRDS"](to_r(matrix, container=container), file=os.fspath(path), compress=compress)
+    ro.r["saveRDS"](obj, file=os.fspath(path), compress=compress)
     return Path(path)
