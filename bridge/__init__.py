@@ -33,6 +33,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "RemoteClient": "bridge.engines.remote",
     "annotate": "bridge.annotate",
+    "annotate_partitions": "bridge.partitioned",
     "call_cells": "bridge.annotate",
     "describe": "bridge.io",
     "embed": "bridge.embed",
@@ -41,6 +42,7 @@ _LAZY = {
     "read_chunks": "bridge.io",
     "write": "bridge.io",
     "write_back": "bridge.io.write_back",
+    "write_partitions": "bridge.partitioned",
 }
 
 __all__ = sorted([

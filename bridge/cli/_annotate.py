@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the input with cell_type, cell_type_confidence and "
                              "cell_type_ontology added (.rds or .h5ad)")
     parser.add_argument("--report", metavar="HTML", help="write an HTML report")
+    parser.add_argument("--partitions", action="store_true",
+                        help="input is a folder or glob of Arrow CSR partitions "
+                             "(bridge.write_partitions): one Dask task per partition")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="with --partitions: a Dask scheduler (default: a local cluster)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="with --partitions and no --scheduler: local worker processes")
     parser.add_argument("--quiet", action="store_true", help="no summary, no progress bar")
 
 
@@ -158,6 +165,11 @@ def run(args: argparse.Namespace) -> int:
             msg = ("--report needs the bridge.report module, which this installation lacks; "
                    "run without --report or install the full scbridge package.")
             raise MissingDependencyError(msg)
+    if args.partitions:
+        return _run_partitions(args, out)
+    if args.scheduler or args.workers:
+        msg = "--scheduler and --workers go with --partitions (a folder of Arrow CSR partitions)."
+        raise InputError(msg)
     matrix = read(args.input, assay=args.assay, layer=args.layer)
     api_key = os.environ.get(args.api_key_env) if args.endpoint else None
     table = annotate(matrix, model=args.model, atlas=args.atlas,
@@ -184,4 +196,27 @@ def run(args: argparse.Namespace) -> int:
         print(summary(table))
         print(f"wrote {out}" + (f", {args.write_back}" if args.write_back else "")
               + (f", {report}" if report else ""), file=sys.stderr)
+    return 0
+
+
+def _run_partitions(args: argparse.Namespace, out: Path) -> int:
+    """``--partitions``: annotate a partitioned data set on a Dask cluster."""
+    from ..partitioned import annotate_partitions
+
+    refused = [flag for flag, value in (("--endpoint", args.endpoint), ("--groups", args.groups),
+                                        ("--write-back", args.write_back),
+                                        ("--report", args.report), ("--assay", args.assay),
+                                        ("--layer", args.layer)) if value]
+    if refused:
+        msg = (f"{', '.join(refused)} cannot be used with --partitions: annotate the "
+               "partitions, then work on the gathered calls.")
+        raise InputError(msg)
+    table = annotate_partitions(args.input, client=args.scheduler, n_workers=args.workers,
+                                model=args.model, atlas=args.atlas,
+                                min_confidence=args.min_confidence, qc=not args.no_qc,
+                                progress=not args.quiet)
+    write_calls(table, out)
+    if not args.quiet:
+        print(summary(table))
+        print(f"wrote {out}", file=sys.stderr)
     return 0
