@@ -26,11 +26,12 @@ methods trained on the fine labels, fine-label accuracy.
 Coarse mapping (documented here, used for every method):
 
 * the data sets' own fine labels: ``SORTED_TO_COARSE`` and ``BULK_TO_COARSE`` below;
-* the embedded engine's calls, by Cell Ontology id (``ONTOLOGY_TO_COARSE``): B cell and
-  naive / memory B -> B; CD4 T, naive / memory CD4 T, regulatory T -> CD4 T; CD8 T,
-  naive / effector memory CD8 T -> CD8 T; NK -> NK; monocyte, CD14 / CD16 monocyte -> monocyte.
-  Anything else (plasma cell, an unresolved "T cell", MAIT, gamma-delta T, DCs, ...) counts
-  as "other", i.e. wrong for these five classes.
+* the embedded engine's calls, by the marker database's own hierarchy
+  (``MarkerDatabase.lineage_of``, ``LINEAGE_TO_COARSE``): a call counts as the nearest of its
+  ancestors among B cell (naive / memory B, plasma cell), CD4 T cell (naive / memory CD4 T,
+  regulatory T), CD8 T cell (naive / effector memory CD8 T, MAIT), NK cell and CD14 / CD16
+  monocyte.  Anything else (an unresolved "T cell", gamma-delta T, DCs, a compartment-level
+  call, ...) counts as "other", i.e. wrong for these five classes.
 
 A speed section times building and applying the reference on tens of thousands of cells
 (sorted PBMC cells resampled with replacement) beside CellTypist's train / predict.
@@ -78,12 +79,9 @@ BULK_TO_COARSE = {
     "CD14+ Monocyte": "monocyte",
     # "Dendritic" and "CD34+" have no coarse class: left out of the scores.
 }
-ONTOLOGY_TO_COARSE = {
-    "CL:0000236": "B", "CL:0000787": "B", "CL:0000788": "B",
-    "CL:0000624": "CD4 T", "CL:0000895": "CD4 T", "CL:0000897": "CD4 T", "CL:0000815": "CD4 T",
-    "CL:0000625": "CD8 T", "CL:0000900": "CD8 T", "CL:0000913": "CD8 T",
-    "CL:0000623": "NK",
-    "CL:0000576": "monocyte", "CL:0001054": "monocyte", "CL:0002396": "monocyte",
+LINEAGE_TO_COARSE = {
+    "B cell": "B", "CD4 T cell": "CD4 T", "CD8 T cell": "CD8 T", "NK cell": "NK",
+    "CD14 monocyte": "monocyte", "CD16 monocyte": "monocyte",
 }
 PROGENITOR_IDS = {"CL:0008001", "CL:0000037", "CL:0000557", "CL:0000049"}
 SEED = 0
@@ -147,6 +145,16 @@ def load_pbmc68k() -> Dataset:
 
 
 # -- methods -------------------------------------------------------------------------------
+def embedded_coarse(label: str | None) -> str:
+    """The coarse class of an embedded-engine call: its nearest ancestor in LINEAGE_TO_COARSE."""
+    from bridge.engines.markers import load_marker_database
+
+    for node in reversed(load_marker_database().lineage_of(label or "")):
+        if node in LINEAGE_TO_COARSE:
+            return LINEAGE_TO_COARSE[node]
+    return "other"
+
+
 def run_markers(data: Dataset) -> Result:
     started = time.perf_counter()
     try:
@@ -160,8 +168,7 @@ def run_markers(data: Dataset) -> Result:
         return Result("embedded markers (no ref)", None, None, 0.0,
                       f"n/a: {type(exc).__name__}: {str(exc)[:90]}")
     seconds = time.perf_counter() - started
-    ontology = table.column("ontology_id").to_pylist()
-    coarse = np.array([ONTOLOGY_TO_COARSE.get(o or "", "other") for o in ontology])
+    coarse = np.array([embedded_coarse(label) for label in table.column("label").to_pylist()])
     return Result("embedded markers (no ref)", None, coarse, seconds)
 
 
