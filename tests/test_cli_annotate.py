@@ -199,3 +199,13 @@ def test_endpoint_gives_the_local_calls(inputs, tmp_path: Path, live_server, mon
     assert main(["annotate", str(inputs["h5ad"]), "--out", str(remote), "--quiet", "--no-qc",
                  "--endpoint", live_server.url, "--api-key-env", "MY_SCBRIDGE_KEY"]) == 2
     assert "scbridge annotate: error:" in capsys.readouterr().err
+
+
+@pytest.mark.needs_r
+def test_warnings_are_one_line_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # pbmc_small keeps 230 genes: the genes-found warning goes to the user as one line.
+    assert main(["annotate", "SeuratObject::pbmc_small", "--out", str(tmp_path / "c.csv"),
+                 "--quiet", "--no-qc"]) == 0
+    err = capsys.readouterr().err
+    assert "scbridge annotate: warning: only 20% of the 328 genes" in err
+    assert "call_cells(" not in err and "UserWarning" not in err

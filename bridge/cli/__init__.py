@@ -11,7 +11,9 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from .._errors import BridgeError
 
@@ -54,13 +56,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="scbridge: %(levelname)s: %(message)s")
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            # A warning is a message for the user, one line like the errors, not a source line.
+            warnings.showwarning = _one_line_warning(args.command)
+            return int(args._run(args) or 0)
     except BridgeError as exc:
         print(f"scbridge {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"scbridge {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line_warning(command: str) -> Any:
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        print(f"scbridge {command}: warning: {message}", file=file or sys.stderr)
+    return show
 
 
 if __name__ == "__main__":  # pragma: no cover
