@@ -42,12 +42,13 @@ def write_partitions(source: Any, folder: str | os.PathLike[str], *,
                      layer: str | None = None, **write_options: Any) -> list[Path]:
     """Write ``source`` as a partitioned data set: ``folder/part-00000.arrow``, ... .
 
-    Each partition holds ``cells_per_partition`` consecutive cells (the last one fewer) with
-    their metadata columns; ``write_options`` go to :func:`bridge.write`.  A folder that already
-    holds partitions is refused unless ``overwrite=True`` (mixing two data sets would give
-    wrong calls, silently).
+    Each partition holds at most ``cells_per_partition`` consecutive cells (fewer at the end,
+    or at an Arrow source's batch boundaries) with their metadata columns; ``write_options``
+    go to :func:`bridge.write`.  ``.h5ad`` and Arrow sources are streamed (backed mode), so the
+    data set need not fit in memory.  A folder that already holds partitions is refused unless
+    ``overwrite=True`` (mixing two data sets would give wrong calls, silently).
     """
-    from .io import read, write
+    from .io import read_chunks, write
 
     if cells_per_partition < 1:
         msg = f"cells_per_partition must be >= 1, got {cells_per_partition}."
@@ -61,12 +62,15 @@ def write_partitions(source: Any, folder: str | os.PathLike[str], *,
     for path in existing:
         path.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    matrix = source if isinstance(source, CellMatrix) else read(source, assay=assay, layer=layer)
-    n_parts = -(-matrix.n_cells // cells_per_partition)
-    width = max(5, len(str(n_parts)))
+    if isinstance(source, CellMatrix):
+        parts = source.iter_chunks(cells_per_partition)
+    else:
+        # .h5ad (backed) and Arrow sources stream: the data set need not fit in memory.
+        read_options = {k: v for k, v in (("assay", assay), ("layer", layer)) if v is not None}
+        parts = read_chunks(source, cells_per_partition, **read_options)
     paths = []
-    for k, part in enumerate(matrix.iter_chunks(cells_per_partition)):
-        paths.append(write(part, out / f"part-{k:0{width}d}.arrow", **write_options))
+    for k, part in enumerate(parts):
+        paths.append(write(part, out / f"part-{k:05d}.arrow", **write_options))
     logger.info("wrote %d partitions of up to %d cells to %s", len(paths),
                 cells_per_partition, out)
     return paths

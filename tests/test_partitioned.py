@@ -136,3 +136,21 @@ def test_cli_annotates_partitions_on_a_scheduler(
     assert "--groups cannot be used with --partitions" in capsys.readouterr().err
     assert main(["annotate", str(parts[0]), "--workers", "2", "--out", str(out)]) == 2
     assert "go with --partitions" in capsys.readouterr().err
+
+
+def test_h5ad_is_partitioned_as_a_stream(tmp_path: Path) -> None:
+    import anndata
+    import scipy.sparse as sp
+
+    X = sp.random(25, 6, density=0.4, format="csr", random_state=1, dtype=np.float64).ceil()
+    adata = anndata.AnnData(X, obs={"sample": ["a"] * 12 + ["b"] * 13})
+    adata.obs_names = [f"cell{i}" for i in range(25)]
+    adata.var_names = ["CD3E", "MS4A1", "LYZ", "NKG7", "CD8A", "GNLY"]
+    adata.write_h5ad(tmp_path / "in.h5ad")
+    parts = write_partitions(tmp_path / "in.h5ad", tmp_path / "parts", cells_per_partition=10)
+    back = [bridge.read(p) for p in parts]
+    assert [m.n_cells for m in back] == [10, 10, 5]
+    whole = bridge.read(tmp_path / "in.h5ad")
+    assert np.array_equal(np.concatenate([m.cells for m in back]), whole.cells)
+    assert (sp.vstack([m.X for m in back]) != whole.X).nnz == 0
+    assert back[2].obs.column("sample").to_pylist() == ["b"] * 5
