@@ -42,3 +42,10 @@ import numpy, pyarrow, rpy2, bridge
 print(f"scbridge install: scbridge {bridge.__version__}, numpy {numpy.__version__}, "
       f"pyarrow {pyarrow.__version__}, rpy2 {rpy2.__version__}")
 PY
+
+# The R package, into R's site library, for library(scbridge) in any R session.
+echo "scbridge install: R package scbridge"
+$SUDO R CMD INSTALL --no-test-load r-package >/dev/null 2>.venv/r-install.log || {
+  cat .venv/r-install.log >&2; echo "scbridge install: R CMD INSTALL r-package failed" >&2; exit 1; }
+echo "scbridge install: done. In R, point the package at this Python core with"
+echo "  options(scbridge.python = \"$(pwd)/.venv/bin/python\", scbridge.cli = \"$(pwd)/.venv/bin/scbridge\")"
