@@ -56,7 +56,7 @@ def test_calls_are_those_of_the_whole_data_set(
     assert gathered.num_rows == pbmc.n_cells
     assert gathered.select(CALL_COLUMNS).cast(whole.select(CALL_COLUMNS).schema).equals(
         whole.select(CALL_COLUMNS))
-    # QC is computed per partition (doublet scores, thresholds): same columns, same counts.
+    # Doublet scores are computed within each partition: same columns, same per-cell counts.
     assert set(whole.column_names) == set(gathered.column_names)
     assert gathered.column("total_counts").equals(whole.column("total_counts"))
     meta = gathered.schema.metadata
