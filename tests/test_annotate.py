@@ -267,9 +267,11 @@ def test_accuracy_on_scanpy_pbmc68k_reduced() -> None:
     # bulk_labels come from correlation with sorted bulk profiles, not from sorting: a
     # sanity bar, the real measurement is benchmarks/accuracy.py.
     assert (predicted[keep] == expected).mean() >= 0.8
+    # Its 13 CD34+ cells all carry progenitor markers (PRSS57, SPINK2, CYTL1, EGFL7) beside
+    # pan-myeloid ones; a lineage without subtypes must not lose to the branched myeloid one.
     progenitors = labels == "CD34+"
     assert (pc.cast(table.column("label"), pa.string()).to_numpy(zero_copy_only=False)[progenitors]
-            == "hematopoietic progenitor cell").mean() >= 0.5
+            == "hematopoietic progenitor cell").mean() >= 0.9
 
 
 @pytest.mark.needs_r

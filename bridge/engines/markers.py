@@ -17,8 +17,11 @@ How a cell is called
    CD8 transcript leans CD4; rare types (MAIT, gamma-delta T, plasma cells, DCs) lean away.
 4. Types form a tree (compartment -> lineage -> type -> subtype).  A node's *subtree* score
    adds the best child's subtree score, so a T cell's evidence also votes for "hematopoietic
-   cell" even where PTPRC dropped out.  Calls go top-down: at each level a softmax over the
-   siblings' subtree scores gives the probability of each branch; the cell's label is the
+   cell" even where PTPRC dropped out; a compartment or lineage without subtypes (NK cell,
+   progenitor, platelet, fibroblast, ...) counts its own evidence again for each level it
+   lacks, so it is not outvoted by a branched sibling merely for having fewer levels.  Calls
+   go top-down: at each level a softmax over the siblings' subtree scores gives the
+   probability of each branch; the cell's label is the
    deepest node on the winning path whose cumulative probability stays at or above
    ``min_level_confidence``, so an uncertain subtype keeps its type and an uncertain type keeps
    its lineage.  ``confidence`` is that cumulative probability.
@@ -218,6 +221,13 @@ class MarkerEngine:
         Softmax temperature over sibling scores (smaller is more decisive).
     min_level_confidence
         Descend to a finer level only while the cumulative probability stays at or above this.
+    child_weight
+        How much a child's subtree score adds to its parent's, by the child's level.
+    extend_leaves_to_level
+        Leaves at this level or above (compartments and lineages without subtypes: NK,
+        progenitors, platelets, fibroblasts, ...) count their own evidence again for each
+        level they lack, so they compete on equal terms with branched siblings; ``0`` turns
+        this off.
     n_markers, n_alternates
         Genes and runner-up labels reported per cell.
     """
@@ -229,6 +239,7 @@ class MarkerEngine:
                  saturation: float = 2.0, temperature: float = 0.1,
                  min_level_confidence: float = 0.5,
                  child_weight: float | tuple[float, ...] = (1.0, 1.0, 0.5, 0.25),
+                 extend_leaves_to_level: int = 2,
                  n_markers: int = 5, n_alternates: int = 3) -> None:
         if saturation <= 0 or temperature <= 0:
             msg = "saturation and temperature must be positive."
@@ -244,6 +255,7 @@ class MarkerEngine:
         self.temperature = temperature
         self.min_level_confidence = min_level_confidence
         self.child_weight = child_weight
+        self.extend_leaves_to_level = extend_leaves_to_level
         self.n_markers = n_markers
         self.n_alternates = n_alternates
         self.allowed = self._allowed_types(tissue)
@@ -261,7 +273,8 @@ class MarkerEngine:
         return {
             "tissue": self.tissue, "saturation": self.saturation,
             "temperature": self.temperature, "min_level_confidence": self.min_level_confidence,
-            "child_weight": self.child_weight, "n_markers": self.n_markers,
+            "child_weight": self.child_weight,
+            "extend_leaves_to_level": self.extend_leaves_to_level, "n_markers": self.n_markers,
             "n_alternates": self.n_alternates, "n_types": self.db.n_types,
             "n_marker_genes": len(self.db.genes),
         }
@@ -346,7 +359,21 @@ class MarkerEngine:
                     weight = self._child_weight(int(self.db.levels[kids[0]]))
                     if weight:
                         subtree[:, node] += weight * subtree[:, kids].max(axis=1)
+                elif level <= self.extend_leaves_to_level:
+                    # A compartment or lineage without subtypes (NK, progenitors, platelets,
+                    # fibroblasts, ...) would set one level of evidence against branched
+                    # siblings that sum theirs over several levels (T + CD8 T + effector CD8
+                    # T): it counts its own evidence again for each level it lacks.
+                    subtree[:, node] += self._leaf_extension(level) * own[:, node]
         return subtree
+
+    def _leaf_extension(self, level: int) -> float:
+        """The child weights a leaf at ``level`` misses out on, summed down to the deepest level."""
+        total, factor = 0.0, 1.0
+        for child_level in range(level + 1, int(self.db.levels.max()) + 1):
+            factor *= self._child_weight(child_level)
+            total += factor
+        return total
 
     def _descend(self, subtree: np.ndarray, available: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
