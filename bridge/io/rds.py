@@ -454,16 +454,17 @@ def r_frame_to_arrow(frame: Any) -> pa.Table:
     specs = _r.call("scb_columns", frame)
     columns: dict[str, pa.Array] = {}
     for name, spec in zip(_names(specs.names), specs, strict=True):
-        kind = str(spec.rx2("kind")[0])
-        na = np.asarray(spec.rx2("na"), dtype=bool)
-        values = spec.rx2("values")
+        kind_r, values, na_r, levels_r, ordered_r = (spec[k] for k in range(5))
+        kind = str(kind_r[0])
+        na = None if _r.r_null(na_r) else np.asarray(na_r, dtype=bool)
         if kind == "factor":
             codes = np.asarray(values, dtype=np.int32) - 1
-            levels = _r.r_strings(spec.rx2("levels"))
+            if na is not None:
+                codes[na] = 0  # NA_integer_ - 1 would not fit the dictionary; masked anyway
+            levels = _r.r_strings(levels_r)
             indices = pa.array(codes, type=pa.int32(), mask=na)
             columns[name] = pa.DictionaryArray.from_arrays(
-                indices, pa.array(levels.tolist(), pa.string()),
-                ordered=bool(spec.rx2("ordered")[0]),
+                indices, pa.array(levels.tolist(), pa.string()), ordered=bool(ordered_r[0]),
             )
         elif kind == "character":
             columns[name] = pa.array(_r.r_strings(values).tolist(), pa.string())

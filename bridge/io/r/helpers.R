@@ -154,22 +154,29 @@ scb_as_dgc <- function(x) {
 }
 
 # -- metadata columns -----------------------------------------------------------------------
-# Each column of a data.frame as list(kind, values, levels, na) for the Python side.
+# Each column of a data.frame as list(kind, values, na, levels, ordered) for the Python side,
+# by position; na is NULL when the column has no missing value (the common case: no 20,000-long
+# logical vector to allocate and convert), levels / ordered are NULL except for factors.
 scb_identical <- function(a, b) identical(a, b)
 
 scb_columns <- function(df) {
+  missing_mask <- function(col, keep_nan = FALSE) {
+    if (!anyNA(col)) return(NULL)
+    na <- if (keep_nan) is.na(col) & !is.nan(col) else is.na(col)
+    if (any(na)) na else NULL
+  }
   lapply(df, function(col) {
     if (is.factor(col)) {
-      return(list(kind = "factor", values = as.integer(col), levels = levels(col),
-                  ordered = is.ordered(col), na = is.na(col)))
+      return(list("factor", as.integer(col), missing_mask(col), levels(col), is.ordered(col)))
     }
-    if (is.logical(col)) return(list(kind = "logical", values = col, na = is.na(col)))
-    if (is.integer(col)) return(list(kind = "integer", values = col, na = is.na(col)))
+    if (is.logical(col)) return(list("logical", col, missing_mask(col), NULL, NULL))
+    if (is.integer(col)) return(list("integer", col, missing_mask(col), NULL, NULL))
     if (is.double(col) && is.null(attr(col, "class"))) {
-      return(list(kind = "double", values = col, na = is.na(col) & !is.nan(col)))
+      # NaN stays a value (Arrow has NaN); only NA becomes null.
+      return(list("double", col, missing_mask(col, keep_nan = TRUE), NULL, NULL))
     }
     chr <- as.character(col)
-    list(kind = "character", values = chr, na = is.na(chr))
+    list("character", chr, missing_mask(chr), NULL, NULL)
   })
 }
 
