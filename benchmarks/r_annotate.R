@@ -1,5 +1,5 @@
 # A 50,000-cell Seurat object annotated from R through each engine of the scbridge R package,
-# printed beside the Python core alone (bridge.annotate.call_cells on the same matrix, already
+# printed beside the Python core alone (bridge.call_cells on the same matrix, already
 # in Python memory, timed in the same process). Target: the python engine adds <= 1.5x.
 #
 # Usage (from the repository root; the R package must be installed, e.g.
@@ -58,7 +58,7 @@ best_of <- function(f, n = repeats) {
 
 # -- Python core alone, on the matrix already in Python (no R conversion, no results back) ----
 helper <- scbridge:::python_helper()
-core <- reticulate::import("bridge.annotate")
+core <- reticulate::import("bridge")
 cm <- do.call(helper$`_matrix`, scbridge:::python_matrix_args(counts, "benchmark"))
 core_once <- function() core$call_cells(cm, model = "markers", chunk_size = 50000L, progress = FALSE)
 python_once <- function() annotate_cells(seu, engine = "python", overwrite = TRUE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 NAME = "inspect"
 HELP = "show class, assays, layers, dims, nnz, value kind and gene id kind of an input"
@@ -16,10 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
-def inspect(path: str, *, assay: str | None = None, layer: str | None = None) -> dict:
+def inspect(path: str, *, assay: str | None = None, layer: str | None = None) -> dict[str, Any]:
     """Describe ``path`` and read its default (or chosen) matrix for value and gene id kinds."""
     from .. import io
-    from .._gene_ids import detect_gene_id_kind
+    from ..genes import detect_gene_id_kind
 
     info = io.describe(path)
     matrix = io.read(path, assay=assay, layer=layer, validate=False)
@@ -37,7 +38,7 @@ def inspect(path: str, *, assay: str | None = None, layer: str | None = None) ->
     return info
 
 
-def _text(info: dict) -> str:
+def _text(info: dict[str, Any]) -> str:
     lines = [f"class: {info['class']}"]
     for key in ("seurat_version", "active_assay", "source"):
         if info.get(key):

@@ -12,11 +12,8 @@ org.Mm.eg.db, see ``data/README.md``; nothing is downloaded at run time):
 
 from __future__ import annotations
 
-from ._map import (
-    GeneMapping,
-    check_genes_found,
-    detect_gene_id_kind,
-    map_to_human_symbols,
-)
+from ._detect import GeneIdKind, detect_gene_id_kind
+from ._map import GeneMapping, check_genes_found, map_to_human_symbols
 
-__all__ = ["GeneMapping", "check_genes_found", "detect_gene_id_kind", "map_to_human_symbols"]
+__all__ = ["GeneIdKind", "GeneMapping", "check_genes_found", "detect_gene_id_kind",
+           "map_to_human_symbols"]

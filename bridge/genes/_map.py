@@ -5,16 +5,18 @@ from __future__ import annotations
 import gzip
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .._errors import GeneIdError
-from .._gene_ids import GeneIdKind, detect_gene_id_kind
+from ._detect import GeneIdKind, detect_gene_id_kind
 
 __all__ = ["GeneMapping", "check_genes_found", "detect_gene_id_kind", "human_aliases",
            "human_symbols", "load_table", "map_to_human_symbols"]
@@ -75,7 +77,7 @@ class GeneMapping:
     original id, so columns are never merged or lost).
     """
 
-    genes: np.ndarray
+    genes: NDArray[Any]
     kind: GeneIdKind
     n_mapped: int  # columns whose id changed
 
@@ -88,7 +90,8 @@ def _strip_version(gene: str) -> str:
     return gene.split(".", 1)[0] if gene.startswith("ENS") else gene
 
 
-def _apply(genes: Sequence[str], lookup) -> tuple[np.ndarray, int]:
+def _apply(genes: Sequence[str], lookup: Callable[[str], str | None]
+           ) -> tuple[NDArray[Any], int]:
     out = np.empty(len(genes), dtype=object)
     seen: set[str] = set()
     targets = [lookup(str(g)) for g in genes]
@@ -107,7 +110,7 @@ def _apply(genes: Sequence[str], lookup) -> tuple[np.ndarray, int]:
     return out, n
 
 
-def map_to_human_symbols(genes: Sequence[str] | np.ndarray) -> GeneMapping:
+def map_to_human_symbols(genes: Sequence[str] | NDArray[Any]) -> GeneMapping:
     """Map Ensembl ids (human or mouse), mouse symbols and outdated human symbols to current
     human symbols where the shipped tables know them."""
     genes = np.asarray(genes, dtype=object)
@@ -139,7 +142,7 @@ def map_to_human_symbols(genes: Sequence[str] | np.ndarray) -> GeneMapping:
     return GeneMapping(mapped, kind, n)
 
 
-def check_genes_found(needed: Sequence[str], genes: Sequence[str] | np.ndarray, *,
+def check_genes_found(needed: Sequence[str], genes: Sequence[str] | NDArray[Any], *,
                       kind: str, min_fraction: float = 0.1, where: str = "the matrix",
                       what: str = "the engine") -> float:
     """Fraction of ``needed`` present in ``genes``; refuse below ``min_fraction``.
@@ -159,7 +162,8 @@ def check_genes_found(needed: Sequence[str], genes: Sequence[str] | np.ndarray, 
                f"found in {where} (need {min_fraction:.0%}). Its gene ids look like {kind} "
                f"(e.g. {example}). Use human gene symbols, human or mouse Ensembl ids or mouse "
                "symbols as row/column names, check that the gene names were not replaced by "
-               "numbers or shuffled, or lower the bar with min_gene_fraction=.")
+               "numbers or shuffled, or lower the bar (min_gene_fraction= in Python, "
+               "--min-gene-fraction on the command line, min_gene_fraction = in R).")
         raise GeneIdError(msg)
     if fraction < 0.3:
         warnings.warn(f"only {fraction:.0%} of the {len(needed)} genes {what} uses were found "

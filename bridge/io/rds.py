@@ -26,15 +26,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
+from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from .._errors import InputError, NotFoundError, UnsupportedError
-from .._validate import check_shape, looks_like_counts
+from .._validate import check_shape
 from ..matrix import CellMatrix
+from ..numerics import value_kind_for_layer
 from . import _r
 
 if TYPE_CHECKING:
-    from ..matrix import ValueKind
+    from ..numerics import ValueKind
 
 __all__ = ["describe_r", "r_frame_to_arrow", "read_r"]
 
@@ -51,8 +53,6 @@ SUPPORTED_CLASSES = (
     "other Matrix classes (coerced to dgCMatrix)",
 )
 _BLOCK_ELEMENTS = 1 << 24  # dense elements per block when realising DelayedArray / dense input
-_COUNT_LAYERS = {"counts", "raw", "umi", "umis"}
-_LOGNORM_LAYERS = {"data", "logcounts", "lognorm", "normcounts", "log1p"}
 
 
 @dataclass
@@ -60,8 +60,8 @@ class _Matrix:
     """A matrix found inside an R object, before conversion."""
 
     robj: Any
-    cells: np.ndarray
-    genes: np.ndarray
+    cells: NDArray[Any]
+    genes: NDArray[Any]
     label: str  # e.g. "Seurat assay RNA layer counts"
     layer: str
     X: sp.csr_matrix | None = None  # set when the matrix was already assembled (joined layers)
@@ -132,7 +132,7 @@ def read_r(
         found.cells,
         found.genes,
         obs=_align_obs(obs, found.cells),
-        value_kind=value_kind or _value_kind_for(found.layer, X),
+        value_kind=value_kind or value_kind_for_layer(found.layer, X.data),
         source=found.label,
         validate=validate,
         keepalive=obj,
@@ -272,12 +272,12 @@ def _find_seurat_v5(
 
 
 def _join_layers(
-    parts: list[_Matrix], all_cells: np.ndarray, all_genes: np.ndarray, where: str
-) -> tuple[sp.csr_matrix, np.ndarray]:
+    parts: list[_Matrix], all_cells: NDArray[Any], all_genes: NDArray[Any], where: str
+) -> tuple[sp.csr_matrix, NDArray[Any]]:
     """Stack split layers into one CSR over all genes, rows in the assay's cell order."""
     gene_pos = {g: i for i, g in enumerate(all_genes)}
     blocks: list[sp.csr_matrix] = []
-    block_cells: list[np.ndarray] = []
+    block_cells: list[NDArray[Any]] = []
     for part in parts:
         X = _to_csr(part, where)
         remap = np.fromiter((gene_pos[g] for g in part.genes), dtype=np.int32,
@@ -439,16 +439,6 @@ def _blockwise_to_csr(m: Any, n_cells: int, n_genes: int, cls: str, where: str) 
     return sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_genes), copy=False)
 
 
-def _value_kind_for(layer: str, X: sp.csr_matrix) -> ValueKind:
-    base = layer.split(".", 1)[0].lower()
-    if base in _COUNT_LAYERS:
-        return "counts"
-    if base in _LOGNORM_LAYERS:
-        return "lognorm"
-    return "counts" if looks_like_counts(X.data) else "lognorm"
-
-
-# -- metadata -------------------------------------------------------------------------------
 def r_frame_to_arrow(frame: Any) -> pa.Table:
     """An R data.frame as an Arrow table; factors keep their levels (unused ones included)."""
     specs = _r.call("scb_columns", frame)
@@ -482,10 +472,10 @@ class _Obs:
     """Per-cell metadata as read from R, and the cell ids its rows belong to."""
 
     table: pa.Table
-    cells: np.ndarray
+    cells: NDArray[Any]
 
 
-def _align_obs(obs: _Obs | None, cells: np.ndarray) -> pa.Table | None:
+def _align_obs(obs: _Obs | None, cells: NDArray[Any]) -> pa.Table | None:
     """Metadata rows in the matrix's cell order (matched by cell id)."""
     if obs is None or obs.table.num_columns == 0:
         return None

@@ -71,7 +71,7 @@ run_cli <- function(args, what) {
   if (status != 0L) {
     text <- trimws(stderr)
     lines <- strsplit(text, "\n", fixed = TRUE)[[1L]]
-    said <- grep("error:", lines, value = TRUE)
+    said <- grep("error(\\[[a-z_]+\\])?:", lines, value = TRUE)
     message <- if (length(said)) said[[length(said)]] else utils::tail(lines, 5L)
     abort(c(sprintf("`scbridge %s` failed (exit status %d):", what, status), message),
           kind = cli_error_kind(text), stderr = text)
@@ -242,10 +242,10 @@ cli_markers <- function(m, source, labels, top_n, method, params) {
   utils::write.csv(data.frame(cell = colnames(m)[labelled], label = labels[labelled]),
                    calls_file, row.names = FALSE)
   out <- file.path(dir, "markers.json")
-  args <- c("markers", input, "--calls", calls_file, "--out", out, "--top-n", as.integer(top_n),
+  args <- c("rank-markers", input, "--calls", calls_file, "--out", out, "--top-n", as.integer(top_n),
             "--method", method, "--quiet")
   if (!is.null(params$min_cells)) args <- c(args, "--min-cells", as.integer(params$min_cells))
-  run_cli(args, "markers")
+  run_cli(args, "rank-markers")
   rows <- cli_rows(out)
   columns <- unique(unlist(lapply(rows, names)))
   out <- lapply(stats::setNames(columns, columns), function(name) {

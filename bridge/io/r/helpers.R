@@ -7,7 +7,7 @@
 # A data set or object exported by an installed package, e.g. SeuratObject::pbmc_small.
 scb_package_object <- function(package, name) {
   if (!requireNamespace(package, quietly = TRUE)) {
-    stop("scbridge: R package '", package, "' is not installed; install it or pass a file path")
+    stop("scbridge[not_found]: R package '", package, "' is not installed; install it or pass a file path")
   }
   ns <- asNamespace(package)
   lazy <- ns[[".__NAMESPACE__."]][["lazydata"]]
@@ -18,7 +18,7 @@ scb_package_object <- function(package, name) {
   env <- new.env()
   found <- suppressWarnings(utils::data(list = name, package = package, envir = env))
   if (exists(name, envir = env, inherits = FALSE)) return(get(name, envir = env))
-  stop("scbridge: package '", package, "' has no data set or object called '", name, "'")
+  stop("scbridge[not_found]: package '", package, "' has no data set or object called '", name, "'")
 }
 
 scb_load <- function(path) {
@@ -201,7 +201,7 @@ scb_object_cells <- function(obj) {
   kind <- scb_kind(obj)
   if (kind == "seurat") return(rownames(attr(obj, "meta.data")))
   if (kind == "sce") return(colnames(obj))
-  stop("scbridge: write-back needs a Seurat or SingleCellExperiment object, got ", scb_class(obj))
+  stop("scbridge[unsupported]: write-back needs a Seurat or SingleCellExperiment object, got ", scb_class(obj))
 }
 
 scb_add_columns <- function(obj, df, overwrite) {
@@ -239,13 +239,13 @@ scb_make_container <- function(m, container, meta) {
   if (identical(container, "dgCMatrix")) return(m)
   if (identical(container, "SingleCellExperiment")) {
     if (!requireNamespace("SingleCellExperiment", quietly = TRUE)) {
-      stop("scbridge: writing a SingleCellExperiment needs the Bioconductor package SingleCellExperiment")
+      stop("scbridge[missing_dependency]: writing a SingleCellExperiment needs the Bioconductor package SingleCellExperiment")
     }
     cd <- if (is.null(meta)) S4Vectors::DataFrame(row.names = colnames(m)) else S4Vectors::DataFrame(meta, check.names = FALSE)
     return(SingleCellExperiment::SingleCellExperiment(assays = list(counts = m), colData = cd))
   }
   if (!requireNamespace("SeuratObject", quietly = TRUE)) {
-    stop("scbridge: writing a Seurat object needs the R package SeuratObject")
+    stop("scbridge[missing_dependency]: writing a Seurat object needs the R package SeuratObject")
   }
   SeuratObject::CreateSeuratObject(counts = m, meta.data = meta)
 }

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
-import numpy as np
+from numpy.typing import NDArray
 
 __all__ = ["GeneIdKind", "detect_gene_id_kind"]
 
@@ -18,7 +18,7 @@ _HUMAN_SYMBOL = re.compile(r"^[A-Z][A-Z0-9-]*(\.\d+)?$|^C\d+orf\d+$")
 _MOUSE_SYMBOL = re.compile(r"^[A-Z][a-z0-9][a-z0-9-]*$")
 
 
-def detect_gene_id_kind(genes: Sequence[str] | np.ndarray, *, sample: int = 2000) -> GeneIdKind:
+def detect_gene_id_kind(genes: Sequence[str] | NDArray[Any], *, sample: int = 2000) -> GeneIdKind:
     """Classify gene ids as Ensembl (human / mouse / other species), human or mouse symbols.
 
     Looks at up to ``sample`` ids spread over the list; a kind wins with >= 60% of them.
