@@ -117,6 +117,7 @@ def test_every_cell_type_is_a_cl_term_named_by_its_label(types, ontology, tissue
         assert t["ontology_id"] in ontology, t["ontology_id"]
         assert t["name"] == ontology.name(t["ontology_id"]), t["ontology_id"]
         assert t["species"] in SPECIES, t
+        assert -1.0 <= float(t["prior"]) <= 1.0, t
         listed = t["tissues"].split(";")
         assert listed == ["any"] or set(listed) <= tissue_names, t
 
@@ -191,6 +192,16 @@ def test_every_gene_is_current_or_a_known_mouse_gene(markers) -> None:
         # keeps under its mouse name (no usable human orthologue).
         assert m["species"] == "mouse", f"{gene} is not a current human symbol ({m['_line']})"
         assert gene in mouse_known and _mouse_to_human(gene) is None, gene
+
+
+def test_priors_carry_the_blood_biology_of_the_old_database(types) -> None:
+    prior = {t["name"]: float(t["prior"]) for t in types}
+    # CD4 transcripts drop out: a T cell without CD8 leans CD4; rare look-alikes need evidence
+    assert prior["CD4-positive, alpha-beta T cell"] > 0
+    for rare in ("mucosal-associated invariant T cell", "gamma-delta T cell", "plasma cell",
+                 "plasmacytoid dendritic cell"):
+        assert prior[rare] < 0, rare
+    assert Counter(p == 0 for p in prior.values())[True] > 0.8 * len(prior)
 
 
 def test_species_flags_follow_biology(markers) -> None:

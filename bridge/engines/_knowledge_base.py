@@ -69,7 +69,7 @@ SPECIES = ("both", "human", "mouse")
 MIN_POSITIVE_MARKERS = 4
 
 CELL_TYPE_COLUMNS = ("ontology_id", "name", "compartment", "lineage_id", "lineage", "tissues",
-                     "species", "notes")
+                     "species", "prior", "notes")
 CELL_MARKER_COLUMNS = ("ontology_id", "cell_type", "gene", "direction", "weight", "species",
                        "source")
 TISSUE_COLUMNS = ("name", "uberon_id", "synonyms", "system")
@@ -300,6 +300,12 @@ def _type_problems(types: list[dict[str, str]], ontology: CellOntology,
                    f"(';'-separated) or 'any' alone; unknown: {unknown}.")
         if t["species"] not in SPECIES:
             yield f"{at}: species {t['species']!r} is not one of {', '.join(SPECIES)}."
+        try:
+            prior = float(t["prior"])
+        except ValueError:
+            prior = float("nan")
+        if not -1.0 <= prior <= 1.0:
+            yield f"{at}: prior {t['prior']!r} must be a number in [-1, 1] (0 for most types)."
 
 
 def _gene_problem(gene: str, species: str) -> str | None:
