@@ -174,7 +174,7 @@ def test_mouse_symbols_are_mapped_to_human(cells) -> None:
 
 def test_too_few_genes_is_refused_with_advice(cells) -> None:
     matrix, _ = cells
-    wrong = CellMatrix(matrix.X, matrix.cells, [f"ENSMUSG{i:011d}" for i in range(matrix.n_genes)])
+    wrong = CellMatrix(matrix.X, matrix.cells, [f"ENSMUSG9{i:010d}" for i in range(matrix.n_genes)])
     with pytest.raises(GeneIdError, match=r"only 0 of the .* genes .*ensembl_mouse"):
         call_cells(wrong, progress=False)
     numbers = CellMatrix(matrix.X, matrix.cells, [str(i) for i in range(matrix.n_genes)])

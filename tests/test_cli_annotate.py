@@ -169,7 +169,7 @@ def test_missing_input_and_wrong_genes(tmp_path: Path, capsys) -> None:
     assert main(["annotate", str(tmp_path / "nope.h5ad"), "--out", str(tmp_path / "x.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
     matrix, _ = synthetic_matrix(["NK cell"], n_per_type=5)
-    wrong = CellMatrix(matrix.X, matrix.cells, [f"ENSMUSG{i:011d}" for i in range(matrix.n_genes)])
+    wrong = CellMatrix(matrix.X, matrix.cells, [f"ENSMUSG9{i:010d}" for i in range(matrix.n_genes)])
     path = bridge.write(wrong, tmp_path / "mouse.arrow")
     assert main(["annotate", str(path), "--out", str(tmp_path / "x.csv"), "--quiet"]) == 2
     err = capsys.readouterr().err

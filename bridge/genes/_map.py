@@ -19,7 +19,7 @@ from .._errors import GeneIdError
 from ._detect import GeneIdKind, detect_gene_id_kind
 
 __all__ = ["GeneMapping", "check_genes_found", "detect_gene_id_kind", "human_aliases",
-           "human_symbols", "load_table", "map_to_human_symbols"]
+           "human_symbols", "load_table", "map_to_human_symbols", "mouse_orthologs"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +58,31 @@ def human_aliases() -> dict[str, str]:
     return {**load_table("aliases_human"), **load_table("aliases_curated")}
 
 
+@cache
+def mouse_orthologs() -> dict[str, str | None]:
+    """Mouse symbol -> human orthologue (``None``: a known mouse gene without a usable one),
+    from ``orthologs_mouse_human.tsv.gz`` (Ensembl 105; ``tools/build_gene_tables.py``)."""
+    path = Path(str(resources.files("bridge.genes") / "data" / "orthologs_mouse_human.tsv.gz"))
+    if not path.exists():
+        return {}
+    out: dict[str, str | None] = {}
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            if not line.startswith("#"):
+                mouse, human, _ = line.rstrip("\n").split("\t", 2)
+                out[mouse] = human or None
+    return out
+
+
 def _mouse_to_human(symbol: str) -> str | None:
     exception = load_table("mouse_human").get(symbol)
     if exception:
         return exception
+    orthologs = mouse_orthologs()
+    if symbol in orthologs:
+        return orthologs[symbol]
+    # Not in the orthologue table (renamed since Ensembl 105, or none shipped): the
+    # upper-cased symbol where it is a current human symbol.
     upper = symbol.upper()
     current = human_symbols()
     if not current or upper in current:
@@ -123,13 +144,13 @@ def map_to_human_symbols(genes: Sequence[str] | NDArray[Any]) -> GeneMapping:
             s = table.get(_strip_version(g))
             return aliases.get(s, s) if s else None
     elif kind == "ensembl_mouse":
-        # No mouse Ensembl table is shipped (none is packaged for Debian); where one is
-        # added as ensembl_mouse.tsv.gz it is used.
         ens = load_table("ensembl_mouse")
 
         def lookup(g: str) -> str | None:
+            # A mouse gene without a human orthologue keeps its mouse symbol (Ly6g, Mcpt8),
+            # which is how mouse-only markers are named.
             s = ens.get(_strip_version(g))
-            return _mouse_to_human(s) if s else None
+            return (_mouse_to_human(s) or s) if s else None
     elif kind == "symbols_mouse":
         def lookup(g: str) -> str | None:
             return _mouse_to_human(g)
