@@ -90,7 +90,7 @@ def read_table(path: Path, columns: Iterable[str]) -> list[dict[str, str]]:
     Each row also carries ``_line``, its line number, for messages.
     """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as handle:  # type: ignore[operator]
+    with opener(path, "rt", encoding="utf-8", newline="") as handle:
         numbered = [(n, line) for n, line in enumerate(handle, start=1)
                     if line.strip() and not line.startswith("#")]
     if not numbered:
