@@ -32,8 +32,8 @@ GIB = 2**30
 
 
 def make_matrix(n_cells: int, n_genes: int, nnz_per_cell: int, seed: int = 0,
-                counts: bool = False):
-    """Log-normalised CSR (float32; raw counts with ``counts=True``) with ~nnz_per_cell
+                raw_counts: bool = False):
+    """Log-normalised CSR (float32; raw counts with ``raw_counts=True``) with ~nnz_per_cell
     distinct genes per cell, and gene names that include the marker database's genes (so the
     engine does real work)."""
     from bridge.engines.markers import load_marker_database
@@ -57,7 +57,7 @@ def make_matrix(n_cells: int, n_genes: int, nnz_per_cell: int, seed: int = 0,
         values = (1 + rng.poisson(0.6, size=len(indices))).astype(np.float32)
         row = np.repeat(np.arange(n), counts)
         totals = np.bincount(row, weights=values, minlength=n)
-        if not counts:
+        if not raw_counts:
             values = np.log1p(values * (1e4 / totals[row])).astype(np.float32)
         index_chunks.append(indices)
         value_chunks.append(values)
@@ -200,7 +200,7 @@ def main() -> None:
     print(f"memory: scbridge peak beyond input = {ours_mem / chunk_bytes:.2f} x one 50,000-cell "
           f"chunk ({chunk_bytes / GIB:.2f} GiB); CellTypist = {ct_mem / chunk_bytes:.2f} x")
     del X
-    counts, genes = make_matrix(n_cells, args.genes, args.nnz, counts=True)
+    counts, genes = make_matrix(n_cells, args.genes, args.nnz, raw_counts=True)
     qc_t, qc_mem, n3 = measure(run_annotate_default, counts, genes, None)
     bare_t, bare_mem, n4 = measure(run_annotate_no_qc, counts, genes, None)
     assert n3 == n4 == n_cells

@@ -40,7 +40,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "scbridge.arrow-csr"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"  # 1.1: value kind "normalized"
 _KEY_FORMAT = b"scbridge.format"
 _KEY_VERSION = b"scbridge.format_version"
 _KEY_GENES = b"scbridge.genes"
