@@ -56,6 +56,16 @@ arrow_backend_missing <- function(which = c("nanoarrow", "arrow")) {
   paste(sprintf("the R package %s is %s", which, why), collapse = " and ")
 }
 
+# One line saying which transports the cli and http engines use here (tools/install.sh).
+arrow_transport_summary <- function() {
+  backend <- tryCatch(arrow_backend(), error = function(e) NULL)
+  if (is.null(backend)) {
+    return(sprintf("cli engine .rds, http engine JSON (no Arrow: %s)", arrow_backend_missing()))
+  }
+  sprintf("cli engine Arrow CSR files, http engine Arrow streams (R package %s %s)", backend,
+          utils::packageVersion(backend))
+}
+
 # Stops with a dependency error when `what` (a transport asked for by name) has no backend.
 need_arrow_backend <- function(what) {
   if (is.null(arrow_backend())) {
