@@ -204,10 +204,10 @@ arrow_media_type <- "application/vnd.apache.arrow.stream"
 
 # What the http engine asks the server to reply in. The Calls table's label columns are
 # dictionary<utf8>, which nanoarrow's IPC reader does not read (0.8.0: "Schema message field
-# with DictionaryEncoding not supported"): with nanoarrow the matrix goes as Arrow and the
-# calls come back as JSON; with arrow both ways are Arrow.
+# with DictionaryEncoding not supported"): the calls come back as Arrow where the arrow
+# package is installed to read them, else as JSON.
 arrow_reply_type <- function() {
-  if (identical(arrow_backend(), "arrow")) arrow_media_type else "application/json"
+  if ("arrow" %in% arrow_backends()) arrow_media_type else "application/json"
 }
 
 # -- reading --------------------------------------------------------------------------------
