@@ -154,7 +154,8 @@ arrow_csr_size_problems <- function(found, m) {
   if (!identical(found$n_cells, as.double(ncol(m)))) {
     problems <- sprintf("it holds %s cells, not %d", format(found$n_cells), ncol(m))
   }
-  wrong <- is.na(found$n_values) | found$n_values != nnz
+  # NA: the column is not there, which the names check reports.
+  wrong <- !is.na(found$n_values) & found$n_values != nnz
   if (any(wrong)) {
     problems <- c(problems, sprintf("column '%s' holds %s values, not the matrix's %s non-zeros",
                                     names(found$n_values)[wrong],

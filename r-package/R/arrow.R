@@ -1,9 +1,8 @@
-# The Arrow CSR format (docs/format.md) from R, used when the R package nanoarrow (>= 0.6.0,
-# the first with an IPC writer) or arrow is installed: the cli engine writes it as a file, the
-# http engine sends it as a stream. One record batch per matrix (per chunk for http): columns
-# `cell`, `indices`, `values`, whose list offsets are the dgCMatrix's p slot and whose list
-# children are its i and x slots. What was written is read back and checked before it is
-# used (R/arrow-check.R).
+# The Arrow CSR format (docs/format.md) from R, used when the R package nanoarrow or arrow is
+# installed: the cli engine writes it as a file, the http engine sends it as a stream. One
+# record batch per matrix (per chunk for http): columns `cell`, `indices`, `values`, whose
+# list offsets are the dgCMatrix's p slot and whose list children are its i and x slots.
+# What R built and wrote is checked before it is used (R/arrow-check.R).
 #
 # Where neither package is installed (Debian bookworm packages neither), the cli engine uses
 # .rds and the http engine JSON. options(scbridge.cli_transport = "rds",
@@ -11,16 +10,18 @@
 # "nanoarrow") picks one backend where both are installed (default: nanoarrow, which builds
 # the batch without copying the matrix).
 
-nanoarrow_min_version <- "0.6.0"
+# nanoarrow 0.6.0 brought the IPC writer; arrow 9.0.0 is the oldest whose API (write_ipc_file,
+# list_value_length) this file was written against, from its documentation: arrow is not
+# packaged where this package is tested.
+backend_min_versions <- c(nanoarrow = "0.6.0", arrow = "9.0.0")
 
+# The installed backends, in order of preference.
 arrow_backends <- function() {
-  found <- character(0)
-  if (requireNamespace("nanoarrow", quietly = TRUE) &&
-      utils::packageVersion("nanoarrow") >= nanoarrow_min_version) {
-    found <- c(found, "nanoarrow")
-  }
-  if (requireNamespace("arrow", quietly = TRUE)) found <- c(found, "arrow")
-  found
+  usable <- vapply(names(backend_min_versions), function(package) {
+    requireNamespace(package, quietly = TRUE) &&
+      utils::packageVersion(package) >= backend_min_versions[[package]]
+  }, logical(1))
+  names(backend_min_versions)[usable]
 }
 
 # The backend that writes and reads Arrow here, or NULL when none is installed.
@@ -43,9 +44,9 @@ arrow_backend <- function() {
 arrow_backend_missing <- function(which = c("nanoarrow", "arrow")) {
   why <- vapply(which, function(package) {
     if (!requireNamespace(package, quietly = TRUE)) return("not installed")
-    if (package == "nanoarrow" && utils::packageVersion("nanoarrow") < nanoarrow_min_version) {
-      return(sprintf("%s, older than the %s whose IPC writer scbridge needs",
-                     utils::packageVersion("nanoarrow"), nanoarrow_min_version))
+    if (utils::packageVersion(package) < backend_min_versions[[package]]) {
+      return(sprintf("%s, older than the %s scbridge needs", utils::packageVersion(package),
+                     backend_min_versions[[package]]))
     }
     "installed"
   }, character(1))
@@ -69,8 +70,9 @@ arrow_transport_summary <- function() {
 # Stops with a dependency error when `what` (a transport asked for by name) has no backend.
 need_arrow_backend <- function(what) {
   if (is.null(arrow_backend())) {
-    abort(c(sprintf("%s needs the R package nanoarrow (>= %s) or arrow, but %s.", what,
-                    nanoarrow_min_version, arrow_backend_missing()),
+    abort(c(sprintf("%s needs the R package nanoarrow (>= %s) or arrow (>= %s), but %s.", what,
+                    backend_min_versions[["nanoarrow"]], backend_min_versions[["arrow"]],
+                    arrow_backend_missing()),
             "Install one with install.packages(\"nanoarrow\") (or install.packages(\"arrow\"))."),
           kind = "dependency")
   }
@@ -141,10 +143,13 @@ nanoarrow_csr_array <- function(m, metadata) {
 arrow_csr_table <- function(m, metadata) {
   n <- ncol(m)
   per_cell <- factor(rep.int(seq_len(n), diff(m@p)), levels = seq_len(n))
+  list_of <- function(x, type) {
+    arrow::Array$create(unname(split(x, per_cell)), type = arrow::list_of(type))
+  }
   tab <- arrow::Table$create(
     cell = arrow::Array$create(colnames(m) %||% character(0), type = arrow::utf8()),
-    indices = arrow::Array$create(unname(split(m@i, per_cell)), type = arrow::list_of(arrow::int32())),
-    values = arrow::Array$create(unname(split(m@x, per_cell)), type = arrow::list_of(arrow::float64())))
+    indices = list_of(m@i, arrow::int32()),
+    values = list_of(m@x, arrow::float64()))
   tab$metadata <- metadata
   tab
 }

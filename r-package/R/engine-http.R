@@ -29,7 +29,8 @@ http_transport <- function(params = list()) {
     need_arrow_backend("The Arrow transport (options(scbridge.http_transport = \"arrow\"))")
   }
   if (wanted == "arrow" && length(params)) {
-    abort("Engine parameters (...) travel in the JSON body only; use options(scbridge.http_transport = \"json\") or \"auto\" to pass them.",
+    abort(paste("Engine parameters (...) travel in the JSON body only; use",
+                "options(scbridge.http_transport = \"json\") or \"auto\" to pass them."),
           kind = "unsupported")
   }
   wanted
