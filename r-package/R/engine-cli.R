@@ -2,7 +2,8 @@
 #
 # IN is an Arrow CSR file (docs/format.md) when the R package nanoarrow or arrow is installed
 # (R/arrow.R), otherwise an uncompressed .rds of the dgCMatrix (with its cell and gene names)
-# that the core reads through rpy2. The .json result is the Calls contract, which jsonlite reads natively.
+# that the core reads through rpy2. The .json result is the Calls contract, which jsonlite
+# reads natively.
 
 cli_path <- function() {
   path <- getOption("scbridge.cli") %||% Sys.getenv("SCBRIDGE_CLI")
