@@ -1,8 +1,9 @@
 # The cli engine: `scbridge annotate IN --out calls.json` in a subprocess.
 #
-# IN is an Arrow CSR file (docs/format.md) when the R package arrow is installed, otherwise an
-# uncompressed .rds of the dgCMatrix (with its cell and gene names) that the core reads
-# through rpy2. The .json result is the Calls contract, which jsonlite reads natively.
+# IN is an Arrow CSR file (docs/format.md) when the R package nanoarrow or arrow is installed
+# (R/arrow.R), otherwise an uncompressed .rds of the dgCMatrix (with its cell and gene names)
+# that the core reads through rpy2. The .json result is the Calls contract, which jsonlite
+# reads natively.
 
 cli_path <- function() {
   path <- getOption("scbridge.cli") %||% Sys.getenv("SCBRIDGE_CLI")
@@ -37,7 +38,7 @@ cli_transport <- function() {
   }
   wanted <- match.arg(wanted, c("arrow", "rds"))
   if (wanted == "arrow" && is.null(arrow_backend())) {
-    need_package("nanoarrow", "The Arrow transport (options(scbridge.cli_transport = \"arrow\"))")
+    need_arrow_backend("The Arrow transport (options(scbridge.cli_transport = \"arrow\"))")
   }
   wanted
 }
@@ -50,6 +51,7 @@ write_cli_input <- function(m, source, dir) {
     # Uncompressed: the core's readRDS of it is then a plain read.
     saveRDS(m, path, compress = FALSE)
   }
+  inform("cli: the matrix goes to the subprocess as ", basename(path))
   path
 }
 
