@@ -132,14 +132,21 @@ def _list_index(located: Any) -> int | None:
     return None if index is ri.NA_Integer else int(index)
 
 
+def _unwrap(obj: Any, where: str) -> Any:
+    # Only a plain list is looked into: anything else is returned as it is (converting an S4
+    # object back from R would cost rpy2 a class lookup, ~0.1 s for an SCE).
+    if _r.r_class(obj) != ["list"]:
+        return obj
+    return located_object(_r.call("scb_unwrap", obj, where))
+
+
 def load(source: str | Path | Any) -> Any:
     """The R object behind ``source`` (an ``.rds`` / ``.RData`` path or a live rpy2 object)."""
     if _r.is_r_object(source):
-        return located_object(_r.call("scb_unwrap", source, "the R object"))
+        return _unwrap(source, "the R object")
     package_object = parse_package_object(source)
     if package_object is not None:
-        found = _r.call("scb_package_object", *package_object)
-        return located_object(_r.call("scb_unwrap", found, str(source)))
+        return _unwrap(_r.call("scb_package_object", *package_object), str(source))
     return located_object(locate(source))
 
 
@@ -341,10 +348,12 @@ def _join_layers(
 def _find_sce(
     obj: Any, assay: str | None, layer: str | None, where: str
 ) -> tuple[_Matrix, _Obs]:
-    alt_exps = _names(_r.call("scb_sce_altexp_names", obj))
+    # altExps are looked up only when named or when a name is not found: the lookup costs
+    # SingleCellExperiment ~0.1 s, more than the whole conversion.
     experiment, what, label = obj, "the SingleCellExperiment", "SingleCellExperiment"
     if assay is not None and assay.lower().startswith(ALTEXP_PREFIX):
         alt = assay[len(ALTEXP_PREFIX):]
+        alt_exps = _names(_r.call("scb_sce_altexp_names", obj))
         if alt not in alt_exps:
             msg = (f"{where}: the SingleCellExperiment has no altExp {alt!r}; its altExps: "
                    f"{', '.join(alt_exps) or 'none'}.")
@@ -360,7 +369,7 @@ def _find_sce(
         name, _ = choose_layer("sce", assay or layer, available, where=where, what=what)
     except NotFoundError as exc:
         requested = assay or layer
-        if requested in alt_exps and experiment is obj:
+        if experiment is obj and requested in _names(_r.call("scb_sce_altexp_names", obj)):
             msg = (f"{exc} {requested!r} is an altExp (alternative experiment) of this object: "
                    f"read it with assay='{ALTEXP_PREFIX}{requested}' (the same in R and on the "
                    f"command line: --assay {ALTEXP_PREFIX}{requested}).")
