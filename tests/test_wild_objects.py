@@ -361,6 +361,20 @@ def test_write_back_targets_are_checked_first(wild: Path, tmp_path: Path, source
 
 
 @pytest.mark.needs_r
+def test_a_file_is_loaded_once_within_reuse_loaded(wild: Path) -> None:
+    from bridge.io.rds import locate, reuse_loaded
+
+    path = wild / "two_objects.rda"
+    assert locate(path) is not locate(path)  # outside the block nothing is kept
+    with reuse_loaded():
+        first = locate(path)
+        with reuse_loaded():  # nested blocks share the outer one's
+            assert locate(path) is first
+        assert bridge.read(path).keepalive.rid == first.rx2("object").rid  # the same R object
+    assert locate(path) is not first
+
+
+@pytest.mark.needs_r
 def test_cli_write_back_from_an_rda(wild: Path, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     # The case: annotate an .rda, write the annotated object back as .rds.

@@ -203,6 +203,8 @@ def check_genes_found(needed: Sequence[str], genes: Sequence[str] | NDArray[Any]
     fraction = found / len(needed)
     if fraction < min_fraction:
         example = ", ".join(list(map(str, genes[:3])))
+        if kind == "mixed":
+            kind = "a mixture of Ensembl ids and gene symbols"
         msg = (f"only {found} of the {len(needed)} genes {what} uses ({fraction:.0%}) were "
                f"found in {where} (need {min_fraction:.0%}). Its gene ids look like {kind} "
                f"(e.g. {example}). Use human gene symbols, human or mouse Ensembl ids or mouse "

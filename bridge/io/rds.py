@@ -348,8 +348,8 @@ def _join_layers(
 def _find_sce(
     obj: Any, assay: str | None, layer: str | None, where: str
 ) -> tuple[_Matrix, _Obs]:
-    # altExps are looked up only when named or when a name is not found: the lookup costs
-    # SingleCellExperiment ~0.1 s, more than the whole conversion.
+    # altExps are looked up only when one is named or a name is not found: nothing extra on
+    # the common path.
     experiment, what, label = obj, "the SingleCellExperiment", "SingleCellExperiment"
     if assay is not None and assay.lower().startswith(ALTEXP_PREFIX):
         alt = assay[len(ALTEXP_PREFIX):]

@@ -124,7 +124,8 @@ choose_layer <- function(container, requested, available, split, what) {
     }
     refused <- rules[rules$use == "refused" & rules$layer == requested, , drop = FALSE]
     if (nrow(refused)) {
-      abort(sprintf("%s '%s' of %s holds %s; choose %s = %s.", tools::toTitleCase(word), requested,
+      abort(sprintf("%s%s '%s' of %s holds %s; choose %s = %s.", toupper(substr(word, 1L, 1L)),
+                    substring(word, 2L), requested,
                     what, refused$note[[1L]], word,
                     paste(sprintf("\"%s\"", usable), collapse = " or ")))
     }
