@@ -137,6 +137,14 @@ def test_sce_altexp_is_read_exactly(wild: Path) -> None:
 
 
 @pytest.mark.needs_r
+def test_inspect_lists_altexps(wild: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", str(wild / "sce_altexp.rds")]) == 0
+    out = capsys.readouterr().out
+    assert "altExp HTO (read with --assay altexp:HTO):" in out
+    assert "counts: dgCMatrix, 4 genes x 40 cells" in out
+
+
+@pytest.mark.needs_r
 def test_an_altexp_name_given_as_assay_gets_a_hint(wild: Path) -> None:
     with pytest.raises(bridge.NotFoundError) as info:
         bridge.read(wild / "sce_altexp.rds", assay="HTO")
@@ -198,6 +206,8 @@ _R_CLASS = {"scbridge_error_not_found": bridge.NotFoundError,
 @pytest.mark.needs_r
 def test_python_and_the_r_package_choose_alike(wild: Path, tmp_path: Path,
                                                caplog: pytest.LogCaptureFixture) -> None:
+    if "TRUE" not in run_r('cat(requireNamespace("jsonlite", quietly = TRUE))'):
+        pytest.skip("needs the R package jsonlite")
     cases = [{"file": str(wild / f), "assay": a, "layer": lay} for f, a, lay in SAME_CHOICE]
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     (tmp_path / "run.R").write_text(R_CHOICE)
