@@ -72,8 +72,7 @@ def _check_gene_order(matrix: CellMatrix, genes: NDArray[Any]) -> None:
                f"{np.median(detected[cols]):.0%} of cells while other genes reach {top:.0%}: "
                "the gene names may not match the matrix columns (wrong order or a shifted "
                "feature list). Calls will be wrong if so.")
-        logger.warning(msg)
-        warnings.warn(msg, stacklevel=4)
+        warnings.warn(msg, stacklevel=4)  # one message: the CLI shows warnings as one line
 
 
 def call_cells(matrix: CellMatrix, *, model: str = "markers", atlas: str | None = None,
@@ -125,8 +124,7 @@ def call_cells(matrix: CellMatrix, *, model: str = "markers", atlas: str | None 
         msg = (f"{matrix.source or 'the matrix'}: the gene ids (e.g. "
                f"{', '.join(map(str, matrix.genes[:3]))}) look like neither gene symbols nor "
                "Ensembl ids.")
-        logger.warning(msg)
-        warnings.warn(msg, stacklevel=2)
+        warnings.warn(msg, stacklevel=2)  # one message: the CLI shows warnings as one line
     if genes is not matrix.genes:
         matrix = CellMatrix(matrix.X, matrix.cells, genes, value_kind=matrix.value_kind,
                             source=matrix.source, validate=False, keepalive=matrix.keepalive)

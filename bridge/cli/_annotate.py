@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-gene-fraction", type=float, default=None, metavar="F",
                         help="refuse inputs holding fewer of the model's genes than this "
                              "fraction (default: the model's own)")
-    parser.add_argument("--assay", help="Seurat / SCE assay (default: active assay / counts)")
+    parser.add_argument("--assay", help="Seurat / SCE assay (default: active assay / counts); "
+                                        "altexp:NAME for an SCE's altExp")
     parser.add_argument("--layer", help="layer: counts, data, an AnnData layer, raw")
     parser.add_argument("--value-kind", choices=("counts", "lognorm", "normalized"),
                         help="what the values are, when the guess from the layer is wrong "
@@ -52,7 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", choices=("arrow", "json"), default="arrow")
     parser.add_argument("--write-back", metavar="OUT_OBJECT",
                         help="also write the input with cell_type, cell_type_confidence and "
-                             "cell_type_ontology added (.rds or .h5ad)")
+                             "cell_type_ontology added: .rds (from .rds or .rda), .rda / "
+                             ".RData (from .rda: the file's other objects kept) or .h5ad; "
+                             "checked before the annotation starts")
     parser.add_argument("--report", metavar="HTML", help="write an HTML report")
     parser.add_argument("--partitions", action="store_true",
                         help="input is a folder or glob of Arrow CSR partitions "
@@ -152,14 +155,10 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._annotate import annotate
-    from ..io import read
-
     out = Path(args.out)
     if out.suffix.lower() not in SUFFIXES:
         msg = f"--out {out}: unsupported suffix {out.suffix!r}; use one of {', '.join(SUFFIXES)}."
         raise InputError(msg)
-    report = None
     if args.report:
         import importlib.util
 
@@ -172,6 +171,20 @@ def run(args: argparse.Namespace) -> int:
     if args.scheduler or args.workers:
         msg = "--scheduler and --workers go with --partitions (a folder of Arrow CSR partitions)."
         raise InputError(msg)
+    from ..io.rds import reuse_loaded
+
+    with reuse_loaded():  # an R input is loaded once: write-back check, reading, writing back
+        return _run_one(args, out)
+
+
+def _run_one(args: argparse.Namespace, out: Path) -> int:
+    from .._annotate import annotate
+    from ..io import read
+
+    if args.write_back:
+        from ..io.write_back import check_write_back
+
+        check_write_back(args.input, args.write_back)  # before any computation
     matrix = read(args.input, assay=args.assay, layer=args.layer, value_kind=args.value_kind)
     api_key = os.environ.get(args.api_key_env) if args.endpoint else None
     qc: bool | pa.Table = not args.no_qc
@@ -195,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
             "cell_type_ontology": table.column("ontology_id"),
         })
         write_back(args.input, columns, args.write_back, overwrite=True)
+    report = None
     if args.report:
         from .._report import write_report
 

@@ -21,9 +21,11 @@ def inspect(path: str, *, assay: str | None = None, layer: str | None = None) ->
     """Describe ``path`` and read its default (or chosen) matrix for value and gene id kinds."""
     from .. import io
     from ..genes import detect_gene_id_kind
+    from ..io.rds import reuse_loaded
 
-    info = io.describe(path)
-    matrix = io.read(path, assay=assay, layer=layer, validate=False)
+    with reuse_loaded():  # an R file is loaded once for both
+        info = io.describe(path)
+        matrix = io.read(path, assay=assay, layer=layer, validate=False)
     info["default"] = {
         "source": matrix.source,
         "cells": matrix.n_cells,
@@ -53,6 +55,11 @@ def _text(info: dict[str, Any]) -> str:
                 f"  {name or assay}: {layer['class']}, {layer['genes']:,} genes x "
                 f"{layer['cells']:,} cells, nnz {nnz}"
             )
+    for alt, assays in info.get("alt_exps", {}).items():
+        lines.append(f"altExp {alt} (read with --assay altexp:{alt}):")
+        for name, layer in assays.items():
+            lines.append(f"  {name}: {layer['class']}, {layer['genes']:,} genes x "
+                         f"{layer['cells']:,} cells")
     d = info["default"]
     lines += [
         f"default matrix: {d['source']}: {d['cells']:,} cells x {d['genes']:,} genes, "

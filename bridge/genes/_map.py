@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._errors import GeneIdError
-from ._detect import GeneIdKind, detect_gene_id_kind
+from ._detect import GeneIdKind, count_id_kinds, detect_gene_id_kind, id_kind
 
 __all__ = ["GeneMapping", "check_genes_found", "detect_gene_id_kind", "human_aliases",
            "human_symbols", "load_table", "map_to_human_symbols", "mouse_orthologs"]
@@ -131,11 +131,8 @@ def _apply(genes: Sequence[str], lookup: Callable[[str], str | None]
     return out, n
 
 
-def map_to_human_symbols(genes: Sequence[str] | NDArray[Any]) -> GeneMapping:
-    """Map Ensembl ids (human or mouse), mouse symbols and outdated human symbols to current
-    human symbols where the shipped tables know them."""
-    genes = np.asarray(genes, dtype=object)
-    kind = detect_gene_id_kind(list(genes))
+def _lookup_for(kind: str) -> Callable[[str], str | None]:
+    """How one id of ``kind`` maps to a current human symbol (``None``: it does not)."""
     if kind == "ensembl_human":
         table = load_table("ensembl_human")
         aliases = human_aliases()
@@ -143,7 +140,8 @@ def map_to_human_symbols(genes: Sequence[str] | NDArray[Any]) -> GeneMapping:
         def lookup(g: str) -> str | None:
             s = table.get(_strip_version(g))
             return aliases.get(s, s) if s else None
-    elif kind == "ensembl_mouse":
+        return lookup
+    if kind == "ensembl_mouse":
         ens = load_table("ensembl_mouse")
 
         def lookup(g: str) -> str | None:
@@ -151,15 +149,41 @@ def map_to_human_symbols(genes: Sequence[str] | NDArray[Any]) -> GeneMapping:
             # which is how mouse-only markers are named.
             s = ens.get(_strip_version(g))
             return (_mouse_to_human(s) or s) if s else None
-    elif kind == "symbols_mouse":
-        def lookup(g: str) -> str | None:
-            return _mouse_to_human(g)
-    else:
-        aliases = human_aliases()
+        return lookup
+    if kind == "symbols_mouse":
+        return _mouse_to_human
+    return human_aliases().get
 
-        def lookup(g: str) -> str | None:
-            return aliases.get(g)
-    mapped, n = _apply(list(genes), lookup)
+
+def _mixed_lookup(genes: Sequence[str]) -> Callable[[str], str | None]:
+    """Each id by its own kind: Ensembl ids through their species' table, symbols as the
+    symbols of the object's species (human unless mouse symbols are the majority)."""
+    counts, _ = count_id_kinds(genes)
+    symbols = ("symbols_mouse" if counts["symbols_mouse"] > counts["symbols_human"]
+               else "symbols_human")
+    lookups = {kind: _lookup_for(kind) for kind in ("ensembl_human", "ensembl_mouse", symbols)}
+
+    def lookup(g: str) -> str | None:
+        kind = id_kind(g)
+        if kind in ("ensembl_human", "ensembl_mouse"):
+            return lookups[kind](g)
+        if kind == "ensembl_other":
+            return None
+        return lookups[symbols](g)
+    return lookup
+
+
+def map_to_human_symbols(genes: Sequence[str] | NDArray[Any]) -> GeneMapping:
+    """Map Ensembl ids (human or mouse), mouse symbols and outdated human symbols to current
+    human symbols where the shipped tables know them.
+
+    A mixture (part Ensembl ids, part symbols) is mapped id by id, each by its own kind.
+    """
+    genes = np.asarray(genes, dtype=object)
+    ids = [str(g) for g in genes]
+    kind = detect_gene_id_kind(ids)
+    lookup = _mixed_lookup(ids) if kind == "mixed" else _lookup_for(kind)
+    mapped, n = _apply(ids, lookup)
     return GeneMapping(mapped, kind, n)
 
 
@@ -179,6 +203,8 @@ def check_genes_found(needed: Sequence[str], genes: Sequence[str] | NDArray[Any]
     fraction = found / len(needed)
     if fraction < min_fraction:
         example = ", ".join(list(map(str, genes[:3])))
+        if kind == "mixed":
+            kind = "a mixture of Ensembl ids and gene symbols"
         msg = (f"only {found} of the {len(needed)} genes {what} uses ({fraction:.0%}) were "
                f"found in {where} (need {min_fraction:.0%}). Its gene ids look like {kind} "
                f"(e.g. {example}). Use human gene symbols, human or mouse Ensembl ids or mouse "

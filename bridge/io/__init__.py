@@ -191,14 +191,16 @@ def read(
     Parameters
     ----------
     source
-        A path (``.rds`` / ``.RData`` with a Seurat, SingleCellExperiment or matrix;
+        A path (``.rds`` / ``.rda`` / ``.RData`` with a Seurat, SingleCellExperiment or
+        matrix, alone, beside objects of other kinds, or as the one such element of a list;
         ``.h5ad``; Arrow CSR ``.arrow`` / ``.arrows``; a 10x ``matrix.mtx`` folder or
         ``.h5``), a data set shipped in an installed R package written as in R
         (``"SeuratObject::pbmc_small"``), a live rpy2 R object, an :class:`anndata.AnnData`,
         or a ``CellMatrix``.
     assay
         Seurat assay (default: the active assay), SingleCellExperiment assay (default
-        ``counts``, falling back to ``logcounts``), or 10x feature type.
+        ``counts``, falling back to ``logcounts``; ``"altexp:HTO"`` for the altExp ``HTO``,
+        whose assay ``layer=`` then names), or 10x feature type.
     layer
         Seurat layer (``counts``, ``data``, a split v5 layer such as ``counts.A``; ``counts``
         joins all ``counts.*`` layers in the object's cell order) or AnnData ``X`` / ``raw`` /

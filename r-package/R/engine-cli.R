@@ -93,6 +93,27 @@ cli_error_kind <- function(text) {
   "engine"
 }
 
+# Engine parameters the command line takes, as its flags (min_gene_fraction = 0.05 becomes
+# --min-gene-fraction 0.05); any other parameter is refused, naming these.
+cli_param_flags <- c(min_gene_fraction = "--min-gene-fraction", tissue = "--tissue")
+
+cli_engine_flags <- function(params) {
+  unknown <- setdiff(names(params), names(cli_param_flags))
+  if (length(unknown) || (length(params) && is.null(names(params)))) {
+    abort(sprintf(
+      "The cli engine passes the engine parameters %s; not %s. Use the python engine for the others.",
+      paste(names(cli_param_flags), collapse = " and "),
+      paste(unknown, collapse = ", ") %||% "unnamed ones"), kind = "unsupported")
+  }
+  unlist(lapply(names(params), function(name) {
+    value <- params[[name]]
+    if (length(value) != 1L || is.na(value)) {
+      abort(sprintf("`%s` must be one value.", name), kind = "input")
+    }
+    c(cli_param_flags[[name]], format(value, scientific = FALSE))
+  }), use.names = FALSE)
+}
+
 cli_annotate <- function(m, source, model, atlas, chunk_size, params) {
   cli_check()
   check_nnz(m, "cli")
@@ -104,10 +125,7 @@ cli_annotate <- function(m, source, model, atlas, chunk_size, params) {
   args <- c("annotate", input, "--out", out, "--model", model, "--no-qc",
             "--chunk-size", format(as.integer(chunk_size), scientific = FALSE), "--quiet")
   if (!is.null(atlas)) args <- c(args, "--atlas", atlas)
-  if (length(params)) {
-    abort("Engine parameters (...) are passed by the python and http engines only; the cli engine takes model and atlas.",
-          kind = "unsupported")
-  }
+  args <- c(args, cli_engine_flags(params))
   run_cli(args, "annotate")
   body <- jsonlite::parse_json(paste(readLines(out, warn = FALSE), collapse = "\n"),
                                simplifyVector = FALSE)

@@ -148,6 +148,11 @@ http_concurrency <- function() max(1L, as.integer(getOption("scbridge.http_concu
 
 http_annotate <- function(m, source, model, atlas, chunk_size, params, endpoint, api_key,
                           timeout = http_timeout(), retries = http_retries()) {
+  if (!is.null(params$min_gene_fraction)) {
+    # A service applies its own genes-found check; sent along, the value would be ignored.
+    abort("The http engine cannot pass `min_gene_fraction`: the service checks the genes against its own model. Use the python or cli engine to lower the bar.",
+          kind = "unsupported")
+  }
   transport <- http_transport(params)
   n <- ncol(m)
   genes_json <- as.character(jsonlite::toJSON(rownames(m)))
