@@ -39,11 +39,13 @@ import numpy as np
 from ._errors import InputError, MissingDependencyError
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from ._layout import KnnGraph
     from .matrix import CellMatrix
 
-__all__ = ["LAYOUT_METHODS", "LayoutMethod", "layout", "layout_points", "neighbours",
-           "pca_scores", "reduction_kind"]
+__all__ = ["LAYOUT_METHODS", "LayoutMethod", "layout", "layout_points", "layout_table",
+           "neighbours", "pca_scores", "reduction_kind"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +178,25 @@ def layout(matrix: CellMatrix, *, method: str = "auto", seed: int = 0, n_compone
     with _LOCK:
         store.layouts[key] = (coords, used)
     return coords, used
+
+
+def layout_table(matrix: CellMatrix, *, method: str = "auto", seed: int = 0,
+                 progress: bool = False) -> pa.Table | None:
+    """``cell`` and ``layout`` (``fixed_size_list<float32>[2]``, the column group of
+    ``bridge.embed(layout=...)``, method in ``scbridge.layout``) for every cell of ``matrix``,
+    from the shared layout; ``None`` when the input is too small for one."""
+    import pyarrow as pa
+
+    laid_out = layout(matrix, method=method, seed=seed, progress=progress)
+    if laid_out is None:
+        return None
+    coords, used = laid_out
+    table = pa.table({
+        "cell": pa.array(matrix.cells.astype(str).tolist(), pa.string()),
+        "layout": pa.FixedSizeListArray.from_arrays(pa.array(coords.ravel(), pa.float32()), 2),
+    })
+    return table.replace_schema_metadata({b"scbridge.layout": used.encode(),
+                                          b"scbridge.seed": str(seed).encode()})
 
 
 def layout_points(points: Any, *, method: str = "auto", seed: int = 0,

@@ -43,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the input with cell_type, cell_type_confidence and "
                              "cell_type_ontology added (.rds or .h5ad)")
     parser.add_argument("--report", metavar="HTML", help="write an HTML report")
+    parser.add_argument("--no-layout", action="store_true",
+                        help="with --write-back: leave out the 2-D layout (by default it is "
+                             "written as a Seurat DimReduc 'scbridge_umap', SCE reducedDim "
+                             "'SCBRIDGE_UMAP' or AnnData obsm 'X_scbridge_umap'; the report "
+                             "draws the same layout, computed once)")
     parser.add_argument("--partitions", action="store_true",
                         help="input is a folder or glob of Arrow CSR partitions "
                              "(bridge.write_partitions): one Dask task per partition")
@@ -179,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
                      progress=not args.quiet)
     write_calls(table, out)
     if args.write_back:
+        from .._cellmap import layout_table
         from ..io.write_back import write_back
 
         columns = pa.table({
@@ -187,7 +193,10 @@ def run(args: argparse.Namespace) -> int:
             "cell_type_confidence": table.column("confidence"),
             "cell_type_ontology": table.column("ontology_id"),
         })
-        write_back(args.input, columns, args.write_back, overwrite=True)
+        # The layout is computed once here; the report below reuses it (bridge._cellmap).
+        layout = None if args.no_layout else layout_table(matrix, progress=not args.quiet)
+        write_back(args.input, columns, args.write_back, overwrite=True, layout=layout,
+                   assay=args.assay)
     if args.report:
         from ..report import write_report
 
