@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -83,7 +85,7 @@ def kernel_cache() -> dict[str, Any]:
     """
     if not has_numba():
         return {"numba": False, "warm": False, "path": None}
-    from . import _layout_kernels as kern
+    kern = _kernels()
 
     paths, warm = set(), True
     for name in kern.__all__:
@@ -94,6 +96,29 @@ def kernel_cache() -> dict[str, Any]:
         paths.add(str(Path(index).parent))
         warm = warm and Path(index).exists()
     return {"numba": True, "warm": warm, "path": ", ".join(sorted(paths))}
+
+
+def _kernels() -> Any:
+    """:mod:`bridge._layout_kernels`, imported so that numba can always cache them.
+
+    numba caches beside the source, else in the per-user cache folder; where neither can be
+    written (a read-only image with no writable home) it refuses to define cached functions
+    at all, so the cache then goes to a private folder under the temporary directory.
+    """
+    try:
+        from . import _layout_kernels
+    except RuntimeError as exc:
+        if "cannot cache" not in str(exc):
+            raise
+        import numba
+
+        folder = Path(tempfile.gettempdir()) / f"scbridge-numba-{os.getuid()}"
+        numba.config.CACHE_DIR = str(folder)  # type: ignore[attr-defined]
+        logger.warning("numba can write neither beside bridge/ nor to the user cache folder; "
+                       "its compiled layout kernels go to %s (set NUMBA_CACHE_DIR to choose "
+                       "a lasting place)", folder)
+        from . import _layout_kernels
+    return _layout_kernels
 
 
 @dataclass(frozen=True)
@@ -185,7 +210,7 @@ def nearest_neighbours(points: Any, k: int = 15, *, exact: bool | None = None,
                            "(slow); %s", n, _NUMBA_HINT)
         idx, dist = _exact_numpy(X, k - 1)
         return _with_self(idx, dist, exact=True)
-    from . import _layout_kernels as kern
+    kern = _kernels()
 
     if use_exact:
         idx, dist = _exact_numba(X, k - 1, kern)
@@ -442,7 +467,7 @@ def umap_layout(
         raise MissingDependencyError(msg)
     from tqdm.auto import tqdm
 
-    from . import _layout_kernels as kern
+    kern = _kernels()
 
     Y = _check_points(init, "init")
     n = graph.indices.shape[0]
