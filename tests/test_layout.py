@@ -342,8 +342,8 @@ def test_cli_report_and_write_back_share_one_layout(monkeypatch, tmp_path: Path)
 # -- numba's cache --------------------------------------------------------------------------
 CHILD = """
 import json, bridge._layout as L
-from bridge import _layout_kernels as k
 cache = L.warm_kernels()
+k = L._kernels()
 hits = sum(sum(getattr(k, n).stats.cache_hits.values()) for n in k.__all__)
 misses = sum(sum(getattr(k, n).stats.cache_misses.values()) for n in k.__all__)
 print(json.dumps({"path": cache["path"], "warm": cache["warm"], "hits": hits,
