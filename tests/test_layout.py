@@ -135,7 +135,7 @@ def test_layout_keeps_neighbourhoods_of_real_pbmcs() -> None:
     scanpy_score = _layout.neighbourhood_preservation(pca, adata.obsm["X_umap"], 15, graph=graph)
     random_score = _layout.neighbourhood_preservation(
         pca, np.random.default_rng(0).normal(size=(len(pca), 2)), 15, graph=graph)
-    assert ours_score >= 0.25, ours_score  # measured 0.33; scanpy's own UMAP 0.29
+    assert ours_score >= 0.38, ours_score  # measured 0.437; the UMAP shipped with it 0.470
     assert ours_score >= scanpy_score - 0.05
     assert random_score < 0.05
     # Cells of one louvain cluster stay together: most 2-D neighbours share it.
