@@ -5,8 +5,8 @@ resources, no plotting library needed, so the page opens anywhere, offline, fore
 
 1. label composition (cells per label),
 2. confidence distribution per label (box plots),
-3. the embedding in two dimensions coloured by label (UMAP when umap-learn is installed,
-   else the first two principal components),
+3. the embedding in two dimensions coloured by label (a UMAP-style layout of the kNN graph
+   when numba is installed, else the first two principal components),
 4. a marker dot plot (dot size: fraction of cells expressing; colour: scaled mean expression).
 """
 
@@ -221,21 +221,17 @@ def _subsample(rows: NDArray[Any], labels: NDArray[Any], max_points: int,
 
 def _layout(matrix: CellMatrix, rows: NDArray[Any], layout: str, seed: int
             ) -> tuple[NDArray[Any], str] | None:
-    from ._embed import embed, layout_2d
-    from .matrix import CellMatrix
+    """The 2-D layout of the whole matrix (computed once per matrix, shared with
+    ``bridge.embed(layout=...)`` and write-back), at ``rows``."""
+    from ._cellmap import DISPLAY_NAMES
+    from ._cellmap import layout as cell_layout
 
-    sub = CellMatrix(matrix.X[rows], matrix.cells[rows], matrix.genes,
-                     value_kind=matrix.value_kind, validate=False, source=matrix.source)
-    n_components = min(30, sub.n_cells - 2, sub.n_genes - 2)
-    if n_components < 2:
+    laid_out = cell_layout(matrix, method=layout, seed=seed)
+    if laid_out is None:
         logger.warning("too few cells or genes for an embedding; the report leaves it out")
         return None
-    try:
-        table = embed(sub, n_components=n_components, seed=seed)
-    except InputError as exc:  # e.g. fewer expressed genes than components
-        logger.warning("no embedding in the report: %s", exc)
-        return None
-    return layout_2d(table, method=layout, seed=seed)  # type: ignore[arg-type]
+    coords, method = laid_out
+    return coords[rows], DISPLAY_NAMES[method]
 
 
 def _dotplot_data(matrix: CellMatrix, rows: NDArray[Any], labels: NDArray[Any],
@@ -305,10 +301,13 @@ def write_report(
     title
         Page title.
     max_points
-        At most this many cells (a per-label share) go into the embedding and dot plot,
-        which keeps the page small and the layout quick; counts and confidences use all.
+        At most this many cells (a per-label share) are drawn in the embedding and go into
+        the dot plot, which keeps the page small; counts and confidences use all.
     layout
-        ``"auto"`` (UMAP when installed, else PCA), ``"umap"``, ``"tsne"`` or ``"pca"``.
+        ``"auto"`` (a UMAP-style layout when numba is installed, else PCA), ``"umap-fast"``,
+        ``"umap"`` (umap-learn), ``"tsne"`` or ``"pca"``.  The layout covers every cell of
+        the matrix and is computed once per matrix (shared with ``bridge.embed`` and
+        write-back).
     genes_per_label
         Marker genes per label in the dot plot.
     seed

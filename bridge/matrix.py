@@ -78,7 +78,8 @@ class CellMatrix:
         stay valid as long as this matrix lives.
     """
 
-    __slots__ = ("X", "cells", "genes", "keepalive", "obs", "source", "value_kind")
+    # __weakref__: results derived from a matrix (bridge._cellmap) are dropped with it.
+    __slots__ = ("X", "__weakref__", "cells", "genes", "keepalive", "obs", "source", "value_kind")
 
     def __init__(
         self,

@@ -53,6 +53,9 @@ echo "scbridge install: Python packages into .venv"
 .venv/bin/python -m pip install -q --upgrade pip
 # numpy < 2 and pyarrow < 22 are pinned in pyproject.toml: Debian's reticulate 1.28 needs numpy < 2.
 .venv/bin/python -m pip install -q -e ".[all,peers]"
+# numba compiles the 2-D layout's kernels once and keeps them on disk: do it now, not in a
+# user's first report.
+.venv/bin/python -c "from bridge._layout import warm_kernels; warm_kernels()"
 .venv/bin/python - <<'PY'
 import numpy, pyarrow, rpy2, bridge
 print(f"scbridge install: scbridge {bridge.__version__}, numpy {numpy.__version__}, "

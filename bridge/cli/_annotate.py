@@ -57,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              ".RData (from .rda: the file's other objects kept) or .h5ad; "
                              "checked before the annotation starts")
     parser.add_argument("--report", metavar="HTML", help="write an HTML report")
+    parser.add_argument("--no-layout", action="store_true",
+                        help="with --write-back: leave out the 2-D layout (by default it is "
+                             "written as a Seurat DimReduc 'scbridge_umap', SCE reducedDim "
+                             "'SCBRIDGE_UMAP' or AnnData obsm 'X_scbridge_umap'; the report "
+                             "draws the same layout, computed once)")
     parser.add_argument("--partitions", action="store_true",
                         help="input is a folder or glob of Arrow CSR partitions "
                              "(bridge.write_partitions): one Dask task per partition")
@@ -199,6 +204,7 @@ def _run_one(args: argparse.Namespace, out: Path) -> int:
                      progress=not args.quiet, **engine_options(args))
     write_calls(table, out)
     if args.write_back:
+        from .._cellmap import layout_table
         from ..io.write_back import write_back
 
         columns = pa.table({
@@ -207,7 +213,10 @@ def _run_one(args: argparse.Namespace, out: Path) -> int:
             "cell_type_confidence": table.column("confidence"),
             "cell_type_ontology": table.column("ontology_id"),
         })
-        write_back(args.input, columns, args.write_back, overwrite=True)
+        # The layout is computed once here; the report below reuses it (bridge._cellmap).
+        layout = None if args.no_layout else layout_table(matrix, progress=not args.quiet)
+        write_back(args.input, columns, args.write_back, overwrite=True, layout=layout,
+                   assay=args.assay)
     report = None
     if args.report:
         from .._report import write_report

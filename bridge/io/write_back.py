@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from .._errors import InputError, NotFoundError, UnsupportedError
 from . import _r
+from ._write_layout import LayoutSpec, add_to_h5ad, add_to_r_object, layout_spec
 
 __all__ = ["as_arrow_table", "check_write_back", "write_back"]
 
@@ -180,23 +181,29 @@ def _located_object(source: Path) -> tuple[Any, Any]:
 
 
 def _write_back_rds(
-    source: Path, table: pa.Table, cells: list[str], out: Path, overwrite: bool
+    source: Path, table: pa.Table | None, cells: list[str], out: Path, overwrite: bool,
+    layout: LayoutSpec | None = None, assay: str | None = None,
 ) -> None:
     import rpy2.robjects as ro
 
     where = str(source)
     located, obj = _located_object(source)
-    object_cells = list(_r.r_strings(_r.call("scb_object_cells", obj)))
-    _check_cells(cells, object_cells, where)
-    existing = list(_r.r_strings(_r.call("scb_existing_columns", obj)))
-    _check_clash(table.column_names, existing, overwrite, where)
-    frame = _r.call("scb_frame", _r_specs(table), ro.StrVector(cells))
-    updated = _r.call("scb_add_columns", obj, frame, ro.BoolVector([overwrite]))
+    updated = obj
+    if table is not None:
+        object_cells = list(_r.r_strings(_r.call("scb_object_cells", obj)))
+        _check_cells(cells, object_cells, where)
+        existing = list(_r.r_strings(_r.call("scb_existing_columns", obj)))
+        _check_clash(table.column_names, existing, overwrite, where)
+        frame = _r.call("scb_frame", _r_specs(table), ro.StrVector(cells))
+        updated = _r.call("scb_add_columns", obj, frame, ro.BoolVector([overwrite]))
+    if layout is not None:
+        updated = add_to_r_object(updated, layout, assay=assay, overwrite=overwrite, where=where)
     _r.call("scb_save_updated", located, updated, str(out))
 
 
 def _write_back_h5ad(
-    source: Path, table: pa.Table, cells: list[str], out: Path, overwrite: bool
+    source: Path, table: pa.Table | None, cells: list[str], out: Path, overwrite: bool,
+    layout: LayoutSpec | None = None,
 ) -> None:
     import h5py
     import pandas as pd
@@ -211,8 +218,14 @@ def _write_back_h5ad(
         shutil.copyfile(source, out)  # X and every other element stay byte-identical
     with h5py.File(out, "r+") as f:
         obs = read_elem(f["obs"])
-        _check_cells(cells, [str(c) for c in obs.index], where)
-        _check_clash(table.column_names, [str(c) for c in obs.columns], overwrite, where)
+        if table is not None:
+            _check_cells(cells, [str(c) for c in obs.index], where)
+            _check_clash(table.column_names, [str(c) for c in obs.columns], overwrite, where)
+        if layout is not None:
+            add_to_h5ad(f, layout, [str(c) for c in obs.index], overwrite=overwrite,
+                        where=where)
+        if table is None:
+            return
         new = table.to_pandas(types_mapper=None)
         new.index = cells
         for name in table.column_names:
@@ -281,6 +294,8 @@ def write_back(
     out_path: str | os.PathLike[str],
     *,
     overwrite: bool = False,
+    layout: pa.Table | None = None,
+    assay: str | None = None,
 ) -> Path:
     """Add per-cell ``columns`` to the object in ``source_path`` and save it to ``out_path``.
 
@@ -298,9 +313,18 @@ def write_back(
         Where to write the updated object: an ``.rds`` input as ``.rds`` (a list stays that
         list); an ``.rda`` / ``.RData`` input as ``.rda`` / ``.RData`` (every other object
         of the file kept) or as ``.rds`` (the annotated object alone); an ``.h5ad`` as
-        ``.h5ad``.
+        ``.h5ad``.  ``None`` columns with ``layout`` write the layout alone.
     overwrite
-        Replace existing columns of the same name instead of refusing.
+        Replace existing columns (and a layout) of the same name instead of refusing.
+    layout
+        The table of ``bridge.embed(..., layout="auto")``: its ``layout`` column is stored as
+        a reduction, matched by cell id (every cell of the object needs a position): Seurat
+        ``obj[["scbridge_umap"]]`` (a ``DimReduc``, key ``scbridgeumap_``), SCE
+        ``reducedDim(sce, "SCBRIDGE_UMAP")``, AnnData ``obsm["X_scbridge_umap"]`` (``tsne`` /
+        ``pca`` in place of ``umap`` for those methods).
+    assay
+        The Seurat assay the layout was computed from (its ``assay.used``; default: the
+        object's active assay).
 
     Returns
     -------
@@ -311,13 +335,17 @@ def write_back(
     if not source.exists():
         msg = f"{source} does not exist."
         raise InputError(msg)
-    table, cells = _prepare(columns)
+    if columns is None and layout is None:
+        msg = "nothing to write back: pass columns, a layout, or both."
+        raise InputError(msg)
+    table, cells = _prepare(columns) if columns is not None else (None, [])
+    spec = layout_spec(layout) if layout is not None else None
     from .rds import reuse_loaded
 
     with reuse_loaded():  # the check and the write-back share one load of an R file
         check_write_back(source, out)
         if source.suffix.lower() in _R_SUFFIXES:
-            _write_back_rds(source, table, cells, out, overwrite)
+            _write_back_rds(source, table, cells, out, overwrite, spec, assay)
         else:
-            _write_back_h5ad(source, table, cells, out, overwrite)
+            _write_back_h5ad(source, table, cells, out, overwrite, spec)
     return out

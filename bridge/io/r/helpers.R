@@ -325,3 +325,34 @@ scb_make_container <- function(m, container, meta) {
   }
   SeuratObject::CreateSeuratObject(counts = m, meta.data = meta)
 }
+
+# -- write-back of a 2-D layout (bridge/io/_write_layout.py) ---------------------------------
+scb_reduction_names <- function(obj) {
+  kind <- scb_kind(obj)
+  if (kind == "seurat") return(names(attr(obj, "reductions")))
+  if (kind == "sce") return(SingleCellExperiment::reducedDimNames(obj))
+  character(0)
+}
+
+# coords: cells x 2 in the object's cell order. Seurat: a DimReduc (SeuratObject's own
+# constructor, so Embeddings(), DimPlot() and friends read it), set through attr<- like the
+# meta.data columns above so that v5 objects need no v5 class definitions; SCE: reducedDim.
+scb_add_reduction <- function(obj, name, key, coords, cells, assay) {
+  rownames(coords) <- cells
+  colnames(coords) <- paste0(key, seq_len(ncol(coords)))
+  if (scb_kind(obj) == "seurat") {
+    if (!requireNamespace("SeuratObject", quietly = TRUE)) {
+      stop("scbridge: writing a layout into a Seurat object needs the R package SeuratObject")
+    }
+    if (!nzchar(assay)) assay <- as.character(attr(obj, "active.assay"))
+    reduction <- SeuratObject::CreateDimReducObject(embeddings = coords, key = key,
+                                                    assay = assay, global = FALSE)
+    reductions <- attr(obj, "reductions")
+    if (is.null(reductions)) reductions <- list()
+    reductions[[name]] <- reduction
+    attr(obj, "reductions") <- reductions
+    return(obj)
+  }
+  SingleCellExperiment::reducedDim(obj, name) <- coords
+  obj
+}
