@@ -127,7 +127,7 @@ def run_child(kind: str, pca_path: Path, out_path: Path, env: dict[str, str] | N
 # -- data -----------------------------------------------------------------------------------
 def resampled_pca(n_cells: int, folder: Path, seed: int = 0) -> tuple[Path, float]:
     """PCA (bridge.embed, 30 components) of n_cells resampled, thinned sorted PBMCs."""
-    from bridge.embed import embedding_array
+    from bridge._contract import embedding_array
 
     import bridge
     from bridge.matrix import CellMatrix
