@@ -28,6 +28,7 @@ _COMMANDS = [
     "bridge.cli._markers",
     "bridge.cli._embed",
     "bridge.cli._serve",
+    "bridge.cli._workspace",
 ]
 
 

@@ -159,7 +159,10 @@ def _pipeline(folder: Path, job: dict[str, Any], progress: Progress) -> dict[str
     results = folder / "results"
     engine = job["engine"]
     progress("reading", 0.02, f"reading {job['name']}")
-    matrix = read(job["input"])
+    try:
+        matrix = read(job["input"])
+    except BridgeError as exc:
+        raise _read_error(exc, job["name"]) from exc
     n = matrix.n_cells
     if n > job["max_cells"]:
         raise ApiError(413, "too_many_cells",
@@ -198,12 +201,37 @@ def _pipeline(folder: Path, job: dict[str, Any], progress: Progress) -> dict[str
             "finished": time.time()}
 
 
-def _error(exc: BaseException) -> dict[str, Any]:
+def _read_error(exc: BridgeError, name: str) -> ApiError:
+    """A reading error that names the file as the user knows it, with a hint for files."""
+    from .._errors import RError
+
+    api = from_bridge_error(exc)
+    message = api.message if name in api.message else f"{name}: {api.message}"
+    if isinstance(exc, RError):
+        return ApiError(422, "unreadable_file", message,
+                        "check that the file opens in R (readRDS() for .rds, load() for .RData) "
+                        "and holds a Seurat, SingleCellExperiment or sparse matrix object")
+    hint = api.hint if not api.hint.startswith(("see /openapi", "GET /v1")) else \
+        "check the file: scbridge inspect FILE shows what scbridge finds in it"
+    return ApiError(api.status, api.code, message, hint)
+
+
+def _error(exc: BaseException, folder: Path | None = None) -> dict[str, Any]:
+    """The service's error shape; the server's own folders are cut out of the message."""
     if isinstance(exc, ApiError):
-        return {"code": exc.code, "message": exc.message, "hint": exc.hint}
-    if isinstance(exc, BridgeError):
+        error = {"code": exc.code, "message": exc.message, "hint": exc.hint}
+    elif isinstance(exc, BridgeError):
         api = from_bridge_error(exc)
-        return {"code": api.code, "message": api.message, "hint": api.hint}
+        error = {"code": api.code, "message": api.message, "hint": api.hint}
+    else:
+        error = _unexpected(exc)
+    if folder is not None:
+        for prefix in (f"{folder / 'input'}/", f"{folder}/"):
+            error["message"] = error["message"].replace(prefix, "")
+    return error
+
+
+def _unexpected(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, MemoryError):
         return {"code": "out_of_memory", "message": "the job ran out of memory.",
                 "hint": "use a smaller data set or a server with more memory"}
@@ -220,7 +248,7 @@ def run_job(folder: Path) -> int:
     except Exception as exc:
         if not isinstance(exc, ApiError | BridgeError):
             logger.exception("job failed")
-        write_json(folder / "results" / "error.json", _error(exc))
+        write_json(folder / "results" / "error.json", _error(exc, folder))
         return 1
     write_json(folder / "results" / "result.json", outcome)
     progress("finished", 1.0, f"{outcome['n_cells']:,} cells annotated")
@@ -318,7 +346,7 @@ def run_export(folder: Path, kind: str, out: Path) -> int:
     except Exception as exc:
         if not isinstance(exc, ApiError | BridgeError):
             logger.exception("export %s failed", kind)
-        write_json(out.with_name(out.name + ".error.json"), _error(exc))
+        write_json(out.with_name(out.name + ".error.json"), _error(exc, folder))
         return 1
     return 0
 

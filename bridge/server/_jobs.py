@@ -6,7 +6,7 @@ folder, removed at shutdown, unless ``SCBRIDGE_WORK_DIR`` names one)::
     uploads/<id>/upload.json, data     an upload not yet used by a job (expires after an hour)
     jobs/<id>/job.json                 owner, options, state: written by the server only
     jobs/<id>/progress.json            stage and fraction: written by the job process only
-    jobs/<id>/input.<ext>              the uploaded file (moved there from uploads/)
+    jobs/<id>/input/<name>             the uploaded file (moved there from uploads/)
     jobs/<id>/results/                 calls.parquet, matrix.arrow, view.json, result.json ...
     jobs/<id>/edits.json               curation edits (see :mod:`._curation`)
     jobs/<id>/exports/                 prepared downloads
@@ -341,7 +341,9 @@ class JobManager:
             if upload_id is not None:
                 upload_folder, info = self._take_upload(owner, upload_id)
                 name = str(info["name"])
-                source = folder / f"input{Path(name).suffix.lower()}"
+                # Under its own name, which then reads naturally in the job's messages.
+                (folder / "input").mkdir()
+                source = folder / "input" / name
                 os.replace(upload_folder / "data", source)
                 shutil.rmtree(upload_folder, ignore_errors=True)
                 input_path, size = str(source), int(info["size"])
@@ -581,7 +583,7 @@ def safe_filename(name: str) -> str:
     name of the server's choosing anyway)."""
     base = re.split(r"[\\/]", name or "")[-1]
     base = "".join(ch for ch in base if ch.isprintable()).strip()[:200]
-    return base or "upload"
+    return base if base.strip(".") else "upload"
 
 
 def check_file_start(name: str, head: bytes, size: int) -> None:
