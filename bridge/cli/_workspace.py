@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import socket
 import sys
 import threading
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from ..server._workspace import job_options
     from ._serve import log_config
 
+    logging.config.dictConfig(log_config(args.log_level))
     if args.file and not Path(args.file).exists():
         msg = f"{args.file} does not exist."
         raise NotFoundError(msg)

@@ -162,6 +162,14 @@ async function handleFile(file) {
 }
 
 async function run() {
+  // Forget the job on screen at once: its "done" must not be read as the new job's.
+  if (state.following) state.following.abort();
+  state.job = null;
+  $("explore").hidden = true;
+  $("job-status").textContent = "starting";
+  $("job-status").dataset.state = "starting";
+  $("job-progress").value = 0;
+  $("run").disabled = true;
   await guarded(async () => {
     const threshold = $("min-confidence").value;
     const job = await api.request("/v1/workspace/jobs", {
@@ -477,7 +485,6 @@ async function pickCell(index) {
     add("marker genes of the call", (cell.markers || []).join(", ") || "-");
     if ("qc_pass" in cell) add("QC", cell.qc_pass ? "pass" : `flagged: ${cell.qc_reason}`);
     box.replaceChildren(make("h3", {}, "Selected cell"), list);
-    box.dataset.testid = "cell-detail";
   });
 }
 
