@@ -78,10 +78,69 @@ EXPORTS: dict[str, tuple[str, str, bool]] = {
     "object.h5ad": ("annotated.h5ad", "application/x-hdf5", True),
     "report.html": ("report.html", "text/html", True),
 }
+_FILE_OK = {200: {"description": "the file", "content": {
+    media: {"schema": {"type": "string", "format": "binary"}}
+    for media in sorted({kind[1] for kind in EXPORTS.values()})}}}
 LAYOUTS = ("auto", "umap", "pca")
 MAX_JSON_BYTES = 64 * 1024 * 1024
 EXPORT_TIMEOUT_S = 3600.0
 _BEARER = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+_STATUS_TEXT = {
+    "400": "the body is not valid JSON",
+    "401": "missing or invalid API key (or a used sign-in link)",
+    "404": "no such job, upload or download link for this API key",
+    "409": "the job is not done yet, or the edit conflicts with the edits so far",
+    "413": "the upload or body is larger than the server allows",
+    "422": "a parameter or the body is invalid (message and hint say what to change)",
+    "429": "this API key has as many jobs as the server keeps",
+    "500": "server error (report the request id)",
+    "503": "busy: retry after the Retry-After delay",
+    "507": "the workspace's disk allowance is used up",
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _documented(*codes: str, ok: dict[int | str, Any] | None = None) -> dict[int | str, Any]:
+    """OpenAPI responses: the service's error body for each status, plus the success."""
+    from ._openapi import ERROR_SCHEMA
+
+    out: dict[int | str, Any] = {
+        code: {"description": _STATUS_TEXT[code],
+               "content": {JSON_MEDIA_TYPE: {"schema": ERROR_SCHEMA}}} for code in codes}
+    out.update(ok or {})
+    return out
+
+
+_EVENTS_OK = {200: {"description": "the job's status as server-sent events",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+_CELLS_OK = {200: {"description": "the per-cell table", "content": {
+    JSON_MEDIA_TYPE: {"schema": {"type": "object"}}, ARROW_MEDIA_TYPE: _BINARY}}}
+def _json_request(properties: dict[str, Any], required: tuple[str, ...] = ()
+                  ) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties, "required": list(required)}
+    return {"requestBody": {"required": True,
+                            "content": {JSON_MEDIA_TYPE: {"schema": schema}}}}
+
+
+_TEXT = {"type": "string"}
+_UPLOAD_BODY = {"requestBody": {"required": True, "description": "the file's bytes", "content": {
+    "application/octet-stream": _BINARY}}}
+_JOB_BODY = _json_request({
+    "upload_id": _TEXT, "model": {"type": ["string", "null"]},
+    "reference_atlas": {"type": ["string", "null"]}, "tissue": {"type": ["string", "null"]},
+    "min_confidence": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+    "layout": {"type": "string", "enum": ["auto", "umap", "pca"]}}, ("upload_id",))
+_EDIT_BODY = _json_request({
+    "op": {"type": "string", "enum": ["rename", "merge", "relabel"]},
+    "from": {"type": ["string", "array"], "items": _TEXT},
+    "cells": {"type": "array", "items": _TEXT}, "to": _TEXT, "note": _TEXT,
+    "base": _TEXT}, ("op", "to"))
+_DOWNLOAD_BODY = _json_request({"kind": {"type": "string", "enum": [
+    "calls.csv", "calls.parquet", "edits.csv", "object.rds", "object.h5ad", "report.html"]}},
+    ("kind",))
+_SESSION_BODY = _json_request({"token": _TEXT}, ("token",))
+_JOB = ("401", "404", "422")
+_DONE = (*_JOB, "409")
 _Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
 
 
@@ -304,7 +363,8 @@ def include_workspace(app: FastAPI, settings: Settings, *, catalog: Catalog,
                            "wait until its state is 'done'")
         return job, JobResults(jobs.job_dir(job_id))
 
-    @router.get("/options", summary="What a job can use: models, atlases, tissues, limits")
+    @router.get("/options", summary="What a job can use: models, atlases, tissues, limits",
+                responses=_documented("401", "422"))
     async def options(who: str = key_owner) -> dict[str, Any]:
         tissues = marker_tissues() if "markers" in catalog.atlases else []
         return {"default_model": catalog.default_model, "models": catalog.describe(),
@@ -312,7 +372,9 @@ def include_workspace(app: FastAPI, settings: Settings, *, catalog: Catalog,
                 "input_suffixes": list(_input_suffixes()), "exports": list(EXPORTS),
                 "limits": jobs.describe()}
 
-    @router.post("/session", summary="Exchange a one-time sign-in token for the API key")
+    @router.post("/session", summary="Exchange a one-time sign-in token for the API key",
+                 responses=_documented("400", "401", "413", "422"),
+                 openapi_extra=_SESSION_BODY)
     async def session(request: Request) -> dict[str, str]:
         token = (await _json_body(request)).get("token")
         if not isinstance(token, str) or not 20 <= len(token) <= 100:
@@ -320,7 +382,9 @@ def include_workspace(app: FastAPI, settings: Settings, *, catalog: Catalog,
                            "link.", "open the link 'scbridge workspace' printed")
         return {"api_key": jobs.redeem_login(token)}
 
-    @router.post("/uploads", status_code=201, summary="Upload a data set (raw body)")
+    @router.post("/uploads", status_code=201, summary="Upload a data set (raw body)",
+                 responses=_documented("401", "413", "422", "507"),
+                 openapi_extra=_UPLOAD_BODY)
     async def upload(request: Request, who: str = key_owner,
                      filename: str = Query(..., min_length=1, max_length=300)
                      ) -> dict[str, Any]:
@@ -328,11 +392,15 @@ def include_workspace(app: FastAPI, settings: Settings, *, catalog: Catalog,
         return await jobs.receive_upload(who, filename, request.stream(),
                                          int(declared) if declared.isdigit() else None)
 
-    @router.get("/jobs", summary="This key's jobs, newest first")
+    @router.get("/jobs", summary="This key's jobs, newest first",
+                responses=_documented("401", "422"))
     async def list_jobs(who: str = key_owner) -> dict[str, Any]:
         return {"jobs": await in_thread(jobs.list, who)}
 
-    @router.post("/jobs", status_code=202, summary="Run a job on an upload")
+    @router.post("/jobs", status_code=202, summary="Run a job on an upload",
+                 responses=_documented("400", "401", "404", "413", "422", "429", "503",
+                                       "507"),
+                 openapi_extra=_JOB_BODY)
     async def create_job(request: Request, who: str = key_owner) -> dict[str, Any]:
         fields = await _json_body(request)
         upload_id = fields.get("upload_id")
@@ -342,12 +410,14 @@ def include_workspace(app: FastAPI, settings: Settings, *, catalog: Catalog,
         chosen, engine = job_options(fields, catalog)
         return await in_thread(lambda: jobs.create(who, chosen, engine, upload_id=upload_id))
 
-    @router.get("/jobs/{job_id}", summary="A job's status")
+    @router.get("/jobs/{job_id}", summary="A job's status",
+                responses=_documented(*_JOB))
     async def job_status(job_id: str, who: str = key_owner) -> dict[str, Any]:
         return await in_thread(jobs.status, who, job_id)
 
     @router.get("/jobs/{job_id}/events", summary="A job's status as server-sent events",
-                response_class=StreamingResponse)
+                response_class=StreamingResponse,
+                responses=_documented(*_JOB, ok=_EVENTS_OK))
     async def job_events(job_id: str, who: str = key_owner) -> StreamingResponse:
         first = await in_thread(jobs.status, who, job_id)
 
@@ -373,17 +443,20 @@ def include_workspace(app: FastAPI, settings: Settings, *, catalog: Catalog,
                                  headers={"Cache-Control": "no-cache",
                                           "X-Accel-Buffering": "no"})
 
-    @router.post("/jobs/{job_id}/cancel", summary="Cancel a queued or running job")
+    @router.post("/jobs/{job_id}/cancel", summary="Cancel a queued or running job",
+                 responses=_documented(*_JOB))
     async def cancel_job(job_id: str, who: str = key_owner) -> dict[str, Any]:
         return await in_thread(jobs.cancel, who, job_id)
 
-    @router.delete("/jobs/{job_id}", status_code=204, summary="Delete a job and its files")
+    @router.delete("/jobs/{job_id}", status_code=204, summary="Delete a job and its files",
+                   responses=_documented(*_JOB))
     async def delete_job(job_id: str, who: str = key_owner) -> Response:
         await in_thread(jobs.delete, who, job_id)
         return Response(status_code=204)
 
     @router.get("/jobs/{job_id}/cells", summary="Per-cell table (JSON for the page, or Arrow)",
-                response_class=Response)
+                response_class=Response,
+                responses=_documented(*_DONE, ok=_CELLS_OK))
     async def cells(request: Request, job_id: str, who: str = key_owner) -> Response:
         _, results = await finished_results(who, job_id)
         if ARROW_MEDIA_TYPE in request.headers.get("accept", ""):
@@ -391,17 +464,20 @@ def include_workspace(app: FastAPI, settings: Settings, *, catalog: Catalog,
         return FileResponse(results.results / "view.json", media_type=JSON_MEDIA_TYPE,
                             headers={"Cache-Control": "no-cache"})
 
-    @router.get("/jobs/{job_id}/cells/{row}", summary="One cell: its call, alternates, markers")
+    @router.get("/jobs/{job_id}/cells/{row}", summary="One cell: its call, alternates, markers",
+                responses=_documented(*_DONE))
     async def cell(job_id: str, row: int, who: str = key_owner) -> dict[str, Any]:
         _, results = await finished_results(who, job_id)
         return await in_thread(_cell, results, row)
 
-    @router.get("/jobs/{job_id}/summary", summary="Labels per column: counts and confidence")
+    @router.get("/jobs/{job_id}/summary", summary="Labels per column: counts and confidence",
+                responses=_documented(*_DONE))
     async def summary(job_id: str, who: str = key_owner) -> dict[str, Any]:
         _, results = await finished_results(who, job_id)
         return await in_thread(_summary, results)
 
-    @router.get("/jobs/{job_id}/dotplot", summary="Marker genes and dot plot of a grouping")
+    @router.get("/jobs/{job_id}/dotplot", summary="Marker genes and dot plot of a grouping",
+                responses=_documented(*_DONE))
     async def dotplot(job_id: str, who: str = key_owner,
                       column: str = Query("label", max_length=300),
                       genes_per_label: int = Query(3, ge=1, le=10)) -> Response:
@@ -421,12 +497,14 @@ def include_workspace(app: FastAPI, settings: Settings, *, catalog: Catalog,
 
         return Response(await in_thread(work), media_type=JSON_MEDIA_TYPE)
 
-    @router.get("/jobs/{job_id}/edits", summary="Curation edits and the curated labels")
+    @router.get("/jobs/{job_id}/edits", summary="Curation edits and the curated labels",
+                responses=_documented(*_DONE))
     async def get_edits(job_id: str, who: str = key_owner) -> dict[str, Any]:
         _, results = await finished_results(who, job_id)
         return await in_thread(results.curation_reply)
 
-    @router.post("/jobs/{job_id}/edits", summary="Add a curation edit")
+    @router.post("/jobs/{job_id}/edits", summary="Add a curation edit",
+                 responses=_documented("400", "413", *_DONE), openapi_extra=_EDIT_BODY)
     async def add_edit(request: Request, job_id: str, who: str = key_owner) -> dict[str, Any]:
         _, results = await finished_results(who, job_id)
         fields = await _json_body(request)
@@ -451,7 +529,8 @@ def include_workspace(app: FastAPI, settings: Settings, *, catalog: Catalog,
 
         return await in_thread(results.update_edits, change)
 
-    @router.delete("/jobs/{job_id}/edits/last", summary="Undo the last curation edit")
+    @router.delete("/jobs/{job_id}/edits/last", summary="Undo the last curation edit",
+                   responses=_documented(*_DONE))
     async def undo_edit(job_id: str, who: str = key_owner) -> dict[str, Any]:
         _, results = await finished_results(who, job_id)
 
@@ -463,14 +542,17 @@ def include_workspace(app: FastAPI, settings: Settings, *, catalog: Catalog,
 
         return await in_thread(results.update_edits, change)
 
-    @router.delete("/jobs/{job_id}/edits", summary="Remove every curation edit")
+    @router.delete("/jobs/{job_id}/edits", summary="Remove every curation edit",
+                   responses=_documented(*_DONE))
     async def clear_edits(job_id: str, who: str = key_owner) -> dict[str, Any]:
         _, results = await finished_results(who, job_id)
         return await in_thread(results.update_edits,
                                lambda doc, *_: {**empty_doc(doc["base"]),
                                                 "revision": doc["revision"]})
 
-    @router.post("/jobs/{job_id}/downloads", summary="A one-time link to an export")
+    @router.post("/jobs/{job_id}/downloads", summary="A one-time link to an export",
+                 responses=_documented("400", "413", "500", *_DONE),
+                 openapi_extra=_DOWNLOAD_BODY)
     async def prepare_download(request: Request, job_id: str,
                                who: str = key_owner) -> dict[str, Any]:
         job, _ = await finished_results(who, job_id)
@@ -485,7 +567,8 @@ def include_workspace(app: FastAPI, settings: Settings, *, catalog: Catalog,
                 "size": path.stat().st_size, "expires_in": 120}
 
     @router.get("/downloads/{token}", summary="Download an export (one-time link)",
-                response_class=FileResponse)
+                response_class=FileResponse,
+                responses=_documented("404", "422", ok=_FILE_OK))
     async def download(token: str) -> FileResponse:
         info = await in_thread(jobs.redeem_download, token)
         return FileResponse(info["path"], media_type=info["media_type"],

@@ -79,6 +79,7 @@ export function dotplot(data, onLabel) {
   const width = LEFT + cell * data.genes.length + 150;
   const height = top + cell * data.labels.length + 20;
   const out = svg(width, Math.max(height, top + 140), "marker dot plot");
+  out.classList.add("wide");  // scrolls sideways rather than shrinking its dots
   data.genes.forEach((gene, j) => {
     const gx = LEFT + cell * j + cell / 2;
     out.appendChild(el("text", { transform: `translate(${gx.toFixed(1)},${top - 6}) rotate(-60)` }, gene));

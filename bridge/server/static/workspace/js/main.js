@@ -258,12 +258,15 @@ async function refreshJobs(openLatest) {
 function prepareColumn(column, n) {
   if (column.kind === "numeric") {
     const values = new Float32Array(n);
-    const finite = [];
+    let k = 0;
     column.values.forEach((v, i) => {
       values[i] = v === null ? NaN : v;
-      if (v !== null) finite.push(v);
+      if (v !== null) k++;
     });
-    finite.sort((a, b) => a - b);
+    const finite = new Float32Array(k);
+    k = 0;
+    for (const v of values) if (!Number.isNaN(v)) finite[k++] = v;
+    finite.sort();  // a typed array sorts numerically, and fast
     const at = (q) => (finite.length ? finite[Math.min(finite.length - 1, Math.floor(q * (finite.length - 1)))] : 0);
     return { name: column.name, kind: "numeric", values, lo: at(0.005), hi: at(0.995) };
   }
@@ -276,7 +279,9 @@ async function loadResults(status) {
   timings.fetchedAt = performance.now();
   const n = view.n_cells;
   state.view = view;
-  state.columns = new Map(view.columns.map((c) => [c.name, prepareColumn(c, n)]));
+  // The label column first: the cells are drawn before the other columns are prepared.
+  const first = view.columns.find((c) => c.name === "label") || view.columns[0];
+  state.columns = new Map([[first.name, prepareColumn(first, n)]]);
   state.selection = null;
   state.selectionCount = 0;
   state.cell = -1;
@@ -292,6 +297,7 @@ async function loadResults(status) {
   timings.firstDrawAt = performance.now();
   timings.loadMs = timings.firstDrawAt - started;
   timings.cells = n;
+  state.columns = new Map(view.columns.map((c) => [c.name, c === first ? state.columns.get(c.name) : prepareColumn(c, n)]));
   $("layout-name").textContent = `${view.layout} of the PCA embedding, ${n.toLocaleString()} cells`;
   const reply = await api.request(`/v1/workspace/jobs/${status.id}/edits`);
   applyCuration(reply, false);
@@ -682,7 +688,10 @@ function renderCuration() {
   body.replaceChildren();
   for (const e of state.curation.edits) {
     const row = make("tr", { dataset: { op: e.op, to: e.to_label } });
-    row.append(make("td", { class: "num" }, String(e.edit)), make("td", {}, e.op), make("td", {}, e.from_labels),
+    const sources = e.from_labels ? e.from_labels.split(";") : [];
+    const from = make("td", { title: sources.join("\n") },
+      sources.length > 3 ? `${sources.slice(0, 3).join("; ")} and ${sources.length - 3} more` : sources.join("; "));
+    row.append(make("td", { class: "num" }, String(e.edit)), make("td", {}, e.op), from,
       make("td", {}, e.to_label), make("td", { class: "num" }, e.n_cells.toLocaleString()));
     body.appendChild(row);
   }
