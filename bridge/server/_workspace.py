@@ -78,7 +78,7 @@ EXPORTS: dict[str, tuple[str, str, bool]] = {
     "object.h5ad": ("annotated.h5ad", "application/x-hdf5", True),
     "report.html": ("report.html", "text/html", True),
 }
-_FILE_OK = {200: {"description": "the file", "content": {
+_FILE_OK: dict[int | str, Any] = {200: {"description": "the file", "content": {
     media: {"schema": {"type": "string", "format": "binary"}}
     for media in sorted({kind[1] for kind in EXPORTS.values()})}}}
 LAYOUTS = ("auto", "umap", "pca")
@@ -111,9 +111,9 @@ def _documented(*codes: str, ok: dict[int | str, Any] | None = None) -> dict[int
     return out
 
 
-_EVENTS_OK = {200: {"description": "the job's status as server-sent events",
+_EVENTS_OK: dict[int | str, Any] = {200: {"description": "the job's status as server-sent events",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
-_CELLS_OK = {200: {"description": "the per-cell table", "content": {
+_CELLS_OK: dict[int | str, Any] = {200: {"description": "the per-cell table", "content": {
     JSON_MEDIA_TYPE: {"schema": {"type": "object"}}, ARROW_MEDIA_TYPE: _BINARY}}}
 def _json_request(properties: dict[str, Any], required: tuple[str, ...] = ()
                   ) -> dict[str, Any]:

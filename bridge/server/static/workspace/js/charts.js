@@ -21,11 +21,11 @@ function titled(node, text) {
   return node;
 }
 
-const LEFT = 190;
+const LEFT = 175;
 
 // rows: [{label, count, code}] most frequent first.
 export function composition(rows, total) {
-  const barH = 18, width = 380;
+  const barH = 18, width = 220;
   const peak = Math.max(1, ...rows.map((r) => r.count));
   const out = svg(LEFT + width + 110, 16 + barH * rows.length, "label composition");
   rows.forEach((r, k) => {
@@ -49,7 +49,7 @@ function quantile(sorted, q) {
 
 // rows: [{label, code, values: Float32Array sorted}]
 export function confidence(rows) {
-  const rowH = 20, width = 380;
+  const rowH = 20, width = 240;
   const height = 20 + rowH * rows.length + 30;
   const out = svg(LEFT + width + 60, height, "confidence per label");
   const x = (v) => LEFT + width * Math.max(0, Math.min(1, v));
