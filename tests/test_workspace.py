@@ -363,6 +363,43 @@ def test_a_job_reports_progress_and_matches_bridge_annotate(workspace: Workspace
     workspace.delete(f"{WS}/jobs/{job['id']}")
 
 
+def _write_10x_h5(matrix: Any, path: Path) -> None:
+    import h5py
+    import scipy.sparse as sp
+
+    csc = sp.csc_matrix(matrix.X.T)  # genes x cells CSC, as Cell Ranger stores it
+    with h5py.File(path, "w") as f:
+        g = f.create_group("matrix")
+        g["data"], g["indices"], g["indptr"] = csc.data, csc.indices, csc.indptr
+        g["shape"] = np.array(csc.shape)
+        g["barcodes"] = np.array([c.encode() for c in matrix.cells.astype(str)])
+        features = g.create_group("features")
+        features["id"] = np.array([f"ID{j}".encode() for j in range(matrix.n_genes)])
+        features["name"] = np.array([s.encode() for s in matrix.genes.astype(str)])
+        features["feature_type"] = np.array([b"Gene Expression"] * matrix.n_genes)
+
+
+@pytest.mark.parametrize("name", ["cells.h5ad", "filtered_feature_bc_matrix.H5"])
+def test_h5ad_and_10x_h5_uploads_run(workspace: Workspace, tmp_path: Path, name: str) -> None:
+    import bridge
+    from bridge.io import write
+
+    matrix = marker_gene_cells(150, seed=7)
+    path = tmp_path / name
+    if name.endswith(".h5ad"):
+        write(matrix, path)
+    else:
+        _write_10x_h5(matrix, path)
+    job = workspace.run(path, layout="pca")
+    view = workspace.get(f"{WS}/jobs/{job['id']}/cells").json()
+    label = next(c for c in view["columns"] if c["name"] == "label")
+    expected = bridge.annotate(matrix, progress=False)
+    assert view["cells"] == matrix.cells.astype(str).tolist()
+    assert [label["levels"][c] for c in label["codes"]] == \
+        pa.compute.cast(expected.column("label"), pa.string()).to_pylist()
+    workspace.delete(f"{WS}/jobs/{job['id']}")
+
+
 def test_job_options_are_checked(workspace: Workspace, marker_arrow: Path) -> None:
     upload = workspace.upload(marker_arrow).json()["id"]
     cases = [({"model": "nope"}, "unknown_model"), ({"tissue": "moon"}, "unknown_tissue"),

@@ -343,7 +343,7 @@ class JobManager:
                 name = str(info["name"])
                 # Under its own name, which then reads naturally in the job's messages.
                 (folder / "input").mkdir()
-                source = folder / "input" / name
+                source = folder / "input" / f"{Path(name).stem}{Path(name).suffix.lower()}"
                 os.replace(upload_folder / "data", source)
                 shutil.rmtree(upload_folder, ignore_errors=True)
                 input_path, size = str(source), int(info["size"])
