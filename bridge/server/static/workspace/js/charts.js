@@ -21,7 +21,13 @@ function titled(node, text) {
   return node;
 }
 
-const LEFT = 175;
+const LEFT = 190;
+
+// Long labels are shortened to fit the left margin; the full text is in a tooltip.
+function name(label, x, y, attrs = {}) {
+  const short = label.length > 25 ? `${label.slice(0, 24)}…` : label;
+  return titled(el("text", { x, y, "text-anchor": "end", ...attrs }, short), label);
+}
 
 // rows: [{label, count, code}] most frequent first.
 export function composition(rows, total) {
@@ -31,7 +37,7 @@ export function composition(rows, total) {
   rows.forEach((r, k) => {
     const y = 8 + k * barH;
     const w = (width * r.count) / peak;
-    out.appendChild(el("text", { x: LEFT - 6, y: y + 13, "text-anchor": "end" }, r.label));
+    out.appendChild(name(r.label, LEFT - 6, y + 13));
     out.appendChild(titled(el("rect", { x: LEFT, y: y + 2, width: w.toFixed(1), height: barH - 4, fill: categoryColour(r.code) }),
       `${r.label}: ${r.count.toLocaleString()} cells`));
     out.appendChild(el("text", { x: (LEFT + w + 4).toFixed(1), y: y + 13 },
@@ -59,7 +65,7 @@ export function confidence(rows) {
   }
   rows.forEach((r, k) => {
     const y = 16 + k * rowH;
-    out.appendChild(el("text", { x: LEFT - 6, y: y + 14, "text-anchor": "end" }, r.label));
+    out.appendChild(name(r.label, LEFT - 6, y + 14));
     if (!r.values.length) return;
     const [p5, q1, med, q3, p95] = [0.05, 0.25, 0.5, 0.75, 0.95].map((q) => quantile(r.values, q));
     const mid = y + rowH / 2;
@@ -86,9 +92,9 @@ export function dotplot(data, onLabel) {
   });
   data.labels.forEach((label, i) => {
     const gy = top + cell * i + cell / 2;
-    const name = el("text", { x: LEFT - 6, y: (gy + 4).toFixed(1), "text-anchor": "end", class: "clickable" }, label);
-    name.addEventListener("click", () => onLabel(label));
-    out.appendChild(name);
+    const text = name(label, LEFT - 6, (gy + 4).toFixed(1), { class: "clickable" });
+    text.addEventListener("click", () => onLabel(label));
+    out.appendChild(text);
     data.genes.forEach((gene, j) => {
       const f = data.fraction[i][j], m = data.scaled[i][j];
       if (!(f > 0)) return;
