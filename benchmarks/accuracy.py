@@ -63,8 +63,10 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bridge
-from bridge.engines.reference import ReferenceEngine, build_reference, log_normalize
+from bridge import build_reference
+from bridge.engines.reference import ReferenceEngine
 from bridge.matrix import CellMatrix
+from bridge.numerics import log_normalize
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 COARSE = ("B", "CD4 T", "CD8 T", "NK", "monocyte")
@@ -158,7 +160,7 @@ def embedded_coarse(label: str | None) -> str:
 def run_markers(data: Dataset) -> Result:
     started = time.perf_counter()
     try:
-        from bridge.annotate import annotate
+        from bridge import annotate
     except ImportError as exc:
         return Result("embedded markers (no ref)", None, None, 0.0, f"n/a: {exc}")
     try:
@@ -190,7 +192,7 @@ def lognorm_anndata(matrix: CellMatrix, labels: np.ndarray | None = None):
 
     obs = pd.DataFrame({"truth": labels} if labels is not None else {},
                        index=matrix.cells.astype(str))
-    return anndata.AnnData(X=log_normalize(matrix), obs=obs,
+    return anndata.AnnData(X=log_normalize(matrix.X, matrix.value_kind), obs=obs,
                            var=pd.DataFrame(index=matrix.genes.astype(str)))
 
 
@@ -243,7 +245,7 @@ def run_singler(data: Dataset) -> Result:
 
     def lognorm_r(rows: np.ndarray) -> object:
         m = subset(data.matrix, rows)
-        return to_r(CellMatrix(log_normalize(m), m.cells, m.genes, value_kind="lognorm",
+        return to_r(CellMatrix(log_normalize(m.X, m.value_kind), m.cells, m.genes, value_kind="lognorm",
                                validate=False))
 
     started = time.perf_counter()
@@ -313,9 +315,9 @@ def print_table(rows: list[tuple[str, Result, dict[str, float] | None]]) -> None
 def progenitor_check() -> str:
     """What the embedded engine calls pbmc68k's 13 CD34+ cells (all of them, no split)."""
     try:
-        from bridge.annotate import annotate
+        from bridge import annotate
     except ImportError:
-        return "n/a (bridge.annotate not importable)"
+        return "n/a (bridge not importable)"
     import scanpy as sc
 
     adata = sc.datasets.pbmc68k_reduced()

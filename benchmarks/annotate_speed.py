@@ -1,4 +1,5 @@
-"""Embedded marker engine vs CellTypist predict on the same matrix: time and peak memory.
+"""Embedded marker engine vs CellTypist predict on the same matrix: time and peak memory;
+and what the default QC costs (``bridge.annotate`` with and without ``qc``).
 
     /work/venv/bin/python benchmarks/annotate_speed.py            # 100,000 cells x 20,000 genes
     /work/venv/bin/python benchmarks/annotate_speed.py --small    # 10,000 cells, quick look
@@ -11,7 +12,8 @@ labelled random cells over 2,000 genes (nothing is downloaded).  Each engine run
 forked child process, so its peak memory is measured alone: the child resets its resident
 high-water mark (``/proc/self/clear_refs``) after the input is in memory and reports how far
 the peak rose beyond it.  Printed: wall time of each, the ratio, and the memory peaks next to
-the size of the input and of one 50,000-cell chunk.
+the size of the input and of one 50,000-cell chunk.  Then ``bridge.annotate`` on the same cells
+as raw counts, with its default QC and with ``qc=False`` (target: within 1.3x).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ import scipy.sparse as sp
 GIB = 2**30
 
 
-def make_matrix(n_cells: int, n_genes: int, nnz_per_cell: int, seed: int = 0):
-    """Log-normalised CSR (float32) with ~nnz_per_cell distinct genes per cell, and gene names
-    that include the marker database's genes (so the engine does real work)."""
+def make_matrix(n_cells: int, n_genes: int, nnz_per_cell: int, seed: int = 0,
+                raw_counts: bool = False):
+    """Log-normalised CSR (float32; raw counts with ``raw_counts=True``) with ~nnz_per_cell
+    distinct genes per cell, and gene names that include the marker database's genes (so the
+    engine does real work)."""
     from bridge.engines.markers import load_marker_database
 
     rng = np.random.default_rng(seed)
@@ -53,7 +57,8 @@ def make_matrix(n_cells: int, n_genes: int, nnz_per_cell: int, seed: int = 0):
         values = (1 + rng.poisson(0.6, size=len(indices))).astype(np.float32)
         row = np.repeat(np.arange(n), counts)
         totals = np.bincount(row, weights=values, minlength=n)
-        values = np.log1p(values * (1e4 / totals[row])).astype(np.float32)
+        if not raw_counts:
+            values = np.log1p(values * (1e4 / totals[row])).astype(np.float32)
         index_chunks.append(indices)
         value_chunks.append(values)
         indptr.extend((indptr[-1] + np.cumsum(counts)).tolist())
@@ -106,12 +111,31 @@ def _status(field: str) -> int:
 
 
 def run_ours(X, genes, model) -> int:
-    from bridge.annotate import call_cells
+    from bridge import call_cells
     from bridge.matrix import CellMatrix
 
     matrix = CellMatrix(X, [f"c{i}" for i in range(X.shape[0])], genes, value_kind="lognorm",
                         validate=False)
     return call_cells(matrix, progress=False).num_rows
+
+
+def _counts_matrix(X, genes):
+    from bridge import CellMatrix
+
+    return CellMatrix(X, [f"c{i}" for i in range(X.shape[0])], genes, value_kind="counts",
+                      validate=False)
+
+
+def run_annotate_default(X, genes, model) -> int:
+    import bridge
+
+    return bridge.annotate(_counts_matrix(X, genes), progress=False).num_rows
+
+
+def run_annotate_no_qc(X, genes, model) -> int:
+    import bridge
+
+    return bridge.annotate(_counts_matrix(X, genes), qc=False, progress=False).num_rows
 
 
 def run_celltypist(X, genes, model) -> int:
@@ -175,6 +199,17 @@ def main() -> None:
           f"speed: scbridge takes {ours_t / ct_t:.2f}x CellTypist's time (slower)")
     print(f"memory: scbridge peak beyond input = {ours_mem / chunk_bytes:.2f} x one 50,000-cell "
           f"chunk ({chunk_bytes / GIB:.2f} GiB); CellTypist = {ct_mem / chunk_bytes:.2f} x")
+    del X
+    counts, genes = make_matrix(n_cells, args.genes, args.nnz, raw_counts=True)
+    qc_t, qc_mem, n3 = measure(run_annotate_default, counts, genes, None)
+    bare_t, bare_mem, n4 = measure(run_annotate_no_qc, counts, genes, None)
+    assert n3 == n4 == n_cells
+    print()
+    print(f"{'bridge.annotate on raw counts':<34}{'time':>10}{'peak beyond input':>20}")
+    print(f"{'default (QC metrics)':<34}{qc_t:>9.2f}s{qc_mem / GIB:>17.2f} GiB")
+    print(f"{'qc=False':<34}{bare_t:>9.2f}s{bare_mem / GIB:>17.2f} GiB")
+    print(f"QC overhead: default annotate takes {qc_t / bare_t:.2f}x the time of qc=False "
+          "(target <= 1.3x)")
     print(f"(the {os.cpu_count()} CPU cores are shared; run on a quiet machine for stable times)")
 
 

@@ -95,17 +95,17 @@ def main() -> int:
     n_requests = args.requests or (5 if args.small else 50)
     n_cells = args.cells or (1_000 if args.small else 5_000)
 
-    from bridge.calls import CALLS_SCHEMA  # noqa: F401  (imports off the clock)
-    from bridge.engines.reference import build_reference
+    from bridge import build_reference, call_cells
+    from bridge._contract import CALLS_SCHEMA  # noqa: F401  (imports off the clock)
     from bridge.engines.remote import RemoteClient
-    from bridge.server._compute import _call_cells
 
     folder = Path(tempfile.mkdtemp(prefix="scbridge-load-"))
     reference = folder / "reference.parquet"
     build_reference(synthetic(3_000, args.genes, seed=999), label_column="label", out=reference,
                     genes_per_label=40)
     pool = [synthetic(n_cells, args.genes, seed=s) for s in range(8)]
-    expected = [_call_cells(m, "reference", str(reference)).column("label").to_pylist()
+    expected = [call_cells(m, model="reference", atlas=str(reference), progress=False)
+                .column("label").to_pylist()
                 for m in pool]
     nnz = np.mean([m.nnz for m in pool])
     print(f"{args.clients} clients x {n_requests} requests x {n_cells:,} cells "
@@ -131,7 +131,7 @@ def main() -> int:
             matrix = CellMatrix(base.X, cells, base.genes, validate=False)
             started = time.perf_counter()
             try:
-                table = remote.call_cells(matrix, progress=False)
+                table = remote.annotate(matrix, progress=False)
             except Exception as exc:  # every failure counts; keep going
                 with lock:
                     errors.append(f"client {c} request {r}: {type(exc).__name__}: {exc}")

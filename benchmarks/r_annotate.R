@@ -1,11 +1,14 @@
 # A 50,000-cell Seurat object annotated from R through each engine of the scbridge R package,
-# printed beside the Python core alone (bridge.annotate.call_cells on the same matrix, already
+# printed beside the Python core alone (bridge.call_cells on the same matrix, already
 # in Python memory, timed in the same process). Target: the python engine adds <= 1.5x.
 #
 # Usage (from the repository root; the R package must be installed, e.g.
 #   R CMD INSTALL -l /tmp/scb_lib r-package):
 #   SCBRIDGE_PYTHON=.venv/bin/python Rscript benchmarks/r_annotate.R [--cells 50000]
 #     [--genes 2000] [--repeats 5] [--lib /tmp/scb_lib] [--small]
+# The cli and http engines are timed per transport: .rds / JSON always, and Arrow (the rows
+# name the backend) whenever the R package nanoarrow or arrow is installed (e.g. in a library
+# on R_LIBS); the calls of every row are compared with the python engine's.
 suppressPackageStartupMessages({
   args <- commandArgs(trailingOnly = TRUE)
   opt <- function(name, default) {
@@ -58,7 +61,7 @@ best_of <- function(f, n = repeats) {
 
 # -- Python core alone, on the matrix already in Python (no R conversion, no results back) ----
 helper <- scbridge:::python_helper()
-core <- reticulate::import("bridge.annotate")
+core <- reticulate::import("bridge")
 cm <- do.call(helper$`_matrix`, scbridge:::python_matrix_args(counts, "benchmark"))
 core_once <- function() core$call_cells(cm, model = "markers", chunk_size = 50000L, progress = FALSE)
 python_once <- function() annotate_cells(seu, engine = "python", overwrite = TRUE)
@@ -98,10 +101,21 @@ parts <- c(
     scbridge:::store_results(out, "cell_type", list(calls = ref))
   }))
 
-# -- cli engine ------------------------------------------------------------------------------
-cli_result <- NULL
-t_cli <- best_of(function() cli_result <<- annotate_cells(seu, engine = "cli", overwrite = TRUE),
-                 n = 2L)
+# -- cli engine, per transport: .rds always, Arrow CSR when nanoarrow or arrow is installed ----
+arrow_backend <- scbridge:::arrow_backend()
+arrow_label <- if (is.null(arrow_backend)) NULL else sprintf("Arrow via %s", arrow_backend)
+cli_transports <- c("rds", if (!is.null(arrow_backend)) "arrow")
+cli_results <- list()
+t_cli <- vapply(cli_transports, function(transport) {
+  options(scbridge.cli_transport = transport)
+  best_of(function() {
+    cli_results[[transport]] <<- annotate_cells(seu, engine = "cli", overwrite = TRUE)
+  }, n = 2L)
+}, double(1))
+options(scbridge.cli_transport = NULL)
+if (is.null(arrow_backend)) {
+  cat(sprintf("no Arrow rows: %s\n", scbridge:::arrow_backend_missing()))
+}
 
 # -- http engine against scbridge serve on loopback ------------------------------------------
 keyfile <- tempfile()
@@ -118,13 +132,18 @@ for (i in 1:300) {
   if (up) break
   Sys.sleep(0.2)
 }
-http_result <- NULL
-http_once <- function() {
-  http_result <<- annotate_cells(seu, engine = "http", endpoint = endpoint, api_key = "bench-key",
-                                 overwrite = TRUE)
-}
-invisible(http_once())  # warm the server's model
-t_http <- best_of(http_once, n = 2L)
+http_transports <- c("json", if (!is.null(arrow_backend)) "arrow")
+http_results <- list()
+t_http <- vapply(http_transports, function(transport) {
+  options(scbridge.http_transport = transport)
+  http_once <- function() {
+    http_results[[transport]] <<- annotate_cells(seu, engine = "http", endpoint = endpoint,
+                                                 api_key = "bench-key", overwrite = TRUE)
+  }
+  invisible(http_once())  # warm the server's model
+  best_of(http_once, n = 2L)
+}, double(1))
+options(scbridge.http_transport = NULL)
 invisible(server$kill())
 
 same <- function(obj) {
@@ -144,13 +163,17 @@ same <- function(obj) {
   FALSE
 }
 
+cli_paths <- c(rds = "R cli engine (.rds + subprocess + .json)",
+               arrow = sprintf("R cli engine (%s file + subprocess + .json)", arrow_label))
+http_paths <- c(json = "R http engine (JSON, scbridge serve on loopback)",
+                arrow = sprintf("R http engine (%s stream, scbridge serve on loopback)", arrow_label))
 rows <- data.frame(
   path = c("Python core alone (call_cells, matrix already in Python)",
            "R python engine (reticulate), Seurat -> meta.data",
-           "R cli engine (.rds + subprocess + .json)",
-           "R http engine (JSON, scbridge serve on loopback)"),
+           unname(cli_paths[cli_transports]), unname(http_paths[http_transports])),
   seconds = c(t_core, t_python, t_cli, t_http),
-  identical_calls = c(NA, TRUE, same(cli_result), same(http_result)))
+  identical_calls = c(NA, TRUE, vapply(cli_results[cli_transports], same, logical(1)),
+                      vapply(http_results[http_transports], same, logical(1))))
 rows$ratio_vs_core <- rows$seconds / t_core
 cat(sprintf("best of %d interleaved runs for core and python engine (medians %.2f s and %.2f s); cli / http best of %d\n",
             repeats + 2L, stats::median(core_times), stats::median(python_times), 2L))

@@ -4,7 +4,7 @@ On a 20,000 cells x 20,000 genes matrix with 30M non-zeros (counts, float32), ea
 its own fresh process so its peak memory is its own:
 
 - client encode: JSON = the tutorial's ``sparse_to_payload`` + ``json.dumps`` (what
-  ``requests.post(json=...)`` does); Arrow = ``bridge.server._wire.matrix_arrow_body``.
+  ``requests.post(json=...)`` does); Arrow = ``bridge._contract.wire.matrix_arrow_body``.
 - wire: POSTing the body over loopback (httpx, streamed as the client does) to a uvicorn
   server in another process that reads it whole with the service's own body reader.
 - server decode: the service's own parsers (``parse_json`` / ``parse_arrow``: decoding plus
@@ -128,17 +128,17 @@ def encode(kind: str, matrix: Any) -> bytes:
         payload["model"] = "markers"
         payload["reference_atlas"] = None
         return json.dumps(payload, allow_nan=False).encode("utf-8")  # = requests' json=
-    from bridge.server._wire import matrix_arrow_buffer
+    from bridge._contract.wire import matrix_arrow_buffer
 
     return matrix_arrow_buffer(matrix)  # type: ignore[return-value]  (buffer protocol)
 
 
 def decode(kind: str, body: bytes) -> Any:
-    from bridge.server._payload import parse_arrow, parse_json
+    from bridge._contract.wire import decode_arrow_request, decode_json_request
 
     if kind == "json":
-        return parse_json(body, max_cells=10**9).matrix
-    return parse_arrow(body, max_cells=10**9).matrix
+        return decode_json_request(body, max_cells=10**9).matrix
+    return decode_arrow_request(body, max_cells=10**9).matrix
 
 
 def best_of(run: Any, budget: float = 3.0, max_runs: int = 3) -> tuple[float, Any]:
@@ -193,7 +193,8 @@ def step_wire(kind: str, folder: Path) -> dict[str, Any]:
 
     import httpx
 
-    from bridge.server._wire import ARROW_MEDIA_TYPE, body_chunks
+    from bridge._contract.wire import ARROW_MEDIA_TYPE
+    from bridge.engines.remote import body_chunks
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

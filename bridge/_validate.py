@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ._errors import CapacityError, InputError
 
@@ -21,18 +22,19 @@ INT32_MAX = np.iinfo(np.int32).max
 _SLICE = 1 << 22  # elements per slice of the O(nnz) checks: 4M values, 32 MB of float64
 
 
-def check_ids(ids: Sequence[str] | np.ndarray, *, what: str, where: str) -> None:
+def check_ids(ids: Sequence[str] | NDArray[Any], *, what: str, where: str) -> None:
     """Refuse empty, missing or duplicated cell / gene ids, naming a few offenders."""
     n = len(ids)
     if n == 0:
         return
+    code = "invalid_cells" if what == "cell" else "invalid_genes"
     missing = [i for i, v in enumerate(ids) if v is None or v == ""]
     if missing:
         msg = (
             f"{len(missing)} {what} id(s) in {where} are empty or missing (first at position "
             f"{missing[0]}). Give every {what} a unique name before converting."
         )
-        raise InputError(msg)
+        raise InputError(msg, code=code)
     if len(set(ids)) != n:
         dupes = [k for k, c in Counter(ids).items() if c > 1]
         shown = ", ".join(repr(d) for d in dupes[:5])
@@ -43,7 +45,7 @@ def check_ids(ids: Sequence[str] | np.ndarray, *, what: str, where: str) -> None
             "or aggregate the duplicated features"
         )
         msg = f"{len(dupes)} duplicated {what} id(s) in {where}: {shown}. Please {fix}."
-        raise InputError(msg)
+        raise InputError(msg, code=code)
 
 
 def check_shape(n_cells: int, n_genes: int, *, where: str) -> None:
@@ -53,46 +55,59 @@ def check_shape(n_cells: int, n_genes: int, *, where: str) -> None:
             f"{where} has {n_cells} cells and {n_genes} genes; there is nothing to convert. "
             "Check that the assay / layer you asked for is the one holding the data."
         )
-        raise InputError(msg)
+        raise InputError(msg, code="invalid_shape")
 
 
 def check_csr_structure(
-    indptr: np.ndarray, indices: np.ndarray, n_data: int, shape: tuple[int, int], *, where: str
+    indptr: NDArray[Any], indices: NDArray[Any], n_data: int, shape: tuple[int, int], *, where: str
 ) -> None:
-    """Refuse index arrays that do not describe a valid CSR matrix of ``shape``."""
+    """Refuse index arrays that do not describe a valid CSR matrix of ``shape``.
+
+    Each failure has its own code (``indptr_length``, ``shape_mismatch``,
+    ``indptr_not_monotone``, ``index_out_of_range``), which the server reports as is.
+    """
     n_rows, n_cols = shape
     if indptr.ndim != 1 or len(indptr) != n_rows + 1:
         msg = (
             f"{where}: indptr has {len(indptr)} entries but a matrix with {n_rows} cells needs "
-            f"{n_rows + 1}."
+            f"n_cells + 1 = {n_rows + 1}."
         )
-        raise InputError(msg)
+        raise InputError(msg, code="indptr_length")
     if len(indices) != n_data:
-        msg = f"{where}: {len(indices)} indices but {n_data} values; they must be the same length."
-        raise InputError(msg)
-    if n_rows and (indptr[0] != 0 or indptr[-1] != len(indices)):
-        msg = (
-            f"{where}: indptr must start at 0 and end at nnz={len(indices)}, "
-            f"got {int(indptr[0])} .. {int(indptr[-1])}."
-        )
-        raise InputError(msg)
+        msg = (f"{where}: {len(indices)} indices but {n_data} values; they must be the same "
+               "length (one gene index per value).")
+        raise InputError(msg, code="shape_mismatch")
+    if not n_rows:
+        return
+    # Bounds first, so that the differences below cannot overflow.
+    low, high = int(indptr.min()), int(indptr.max())
+    if low < 0 or high > n_data:
+        msg = (f"{where}: indptr values must lie in [0, {n_data}] (the number of values), "
+               f"got {low} .. {high}.")
+        raise InputError(msg, code="indptr_not_monotone")
     steps = np.diff(indptr)
-    if steps.size and steps.min() < 0:
-        row = int(np.argmax(steps < 0))
-        msg = f"{where}: indptr decreases at cell {row}; indptr must be non-decreasing."
-        raise InputError(msg)
+    if indptr[0] != 0 or (steps.size and steps.min() < 0):
+        row = 0 if indptr[0] != 0 else int(np.argmax(steps < 0))
+        msg = (f"{where}: indptr must start at 0 and never decrease (problem at cell {row}); "
+               "it must be non-decreasing.")
+        raise InputError(msg, code="indptr_not_monotone")
+    if indptr[-1] != n_data:
+        msg = (f"{where}: indptr ends at {int(indptr[-1])} but there are {n_data} values; "
+               "indptr must end at nnz.")
+        raise InputError(msg, code="shape_mismatch")
     for start in range(0, len(indices), _SLICE):
         part = indices[start : start + _SLICE]
         if part.size and (part.min() < 0 or part.max() >= n_cols):
             bad = int(part[(part < 0) | (part >= n_cols)][0])
             msg = (
                 f"{where}: gene index {bad} is out of range for {n_cols} genes "
-                "(indices must lie in [0, n_genes))."
+                "(indices must lie in [0, n_genes); is the matrix cells x genes, not genes x "
+                "cells?)."
             )
-            raise InputError(msg)
+            raise InputError(msg, code="index_out_of_range")
 
 
-def indices_sorted(indptr: np.ndarray, indices: np.ndarray) -> bool:
+def indices_sorted(indptr: NDArray[Any], indices: NDArray[Any]) -> bool:
     """Whether the column indices are strictly increasing within every row."""
     n = len(indices)
     if n < 2:
@@ -110,7 +125,7 @@ def indices_sorted(indptr: np.ndarray, indices: np.ndarray) -> bool:
 
 
 def _locate(
-    position: int, indptr: np.ndarray | None, cells: Sequence[str] | np.ndarray | None
+    position: int, indptr: NDArray[Any] | None, cells: Sequence[str] | NDArray[Any] | None
 ) -> str:
     """' (cell NAME)' for the value at ``position``, when rows are known."""
     if indptr is None or cells is None:
@@ -120,12 +135,12 @@ def _locate(
 
 
 def check_values(
-    data: np.ndarray,
+    data: NDArray[Any],
     *,
     value_kind: str,
     where: str,
-    indptr: np.ndarray | None = None,
-    cells: Sequence[str] | np.ndarray | None = None,
+    indptr: NDArray[Any] | None = None,
+    cells: Sequence[str] | NDArray[Any] | None = None,
 ) -> None:
     """Refuse NaN, infinite and negative values, and non-integers in counts.
 
@@ -134,11 +149,11 @@ def check_values(
     if data.dtype.kind in "iu":
         if data.size and data.min() < 0:
             msg = f"{where}: negative values (min {int(data.min())}); expression must be >= 0."
-            raise InputError(msg)
+            raise InputError(msg, code="invalid_values")
         return
     if data.dtype.kind != "f":
         msg = f"{where}: values of dtype {data.dtype} are not numeric expression values."
-        raise InputError(msg)
+        raise InputError(msg, code="invalid_values")
     for start in range(0, len(data), _SLICE):
         part = data[start : start + _SLICE]
         finite = np.isfinite(part)
@@ -148,7 +163,7 @@ def check_values(
                 f"{where}: non-finite values (NaN or Inf){at}. Remove or impute them before "
                 "annotation."
             )
-            raise InputError(msg)
+            raise InputError(msg, code="non_finite_values")
         if part.size and part.min() < 0:
             at = _locate(start + int(np.argmin(part)), indptr, cells)
             msg = (
@@ -157,24 +172,18 @@ def check_values(
                 "scaled data (Seurat scale.data, sc.pp.scale) cannot be used - pass counts or "
                 "log-normalised data instead."
             )
-            raise InputError(msg)
+            raise InputError(msg, code="invalid_values")
         if value_kind == "counts" and not np.array_equal(part, np.rint(part)):
             first = int(np.argmax(part != np.rint(part)))
             at = _locate(start + first, indptr, cells)
             msg = (
                 f"{where}: values are not integers (e.g. {float(part[first]):g}{at}) but this "
                 "layer is meant to hold raw counts. Pass the raw counts, or say the values are "
-                "log-normalised (value_kind='lognorm')."
+                "log-normalised (value_kind='lognorm' in Python, --value-kind lognorm on the "
+                "command line, value_kind = \"lognorm\" in R) or normalised (TPM / CPM: "
+                "'normalized')."
             )
-            raise InputError(msg)
-
-
-def looks_like_counts(data: np.ndarray) -> bool:
-    """Whether every stored value is a whole number (sampled at most 1M values)."""
-    if data.dtype.kind in "iu":
-        return True
-    sample = data[: 1 << 20]
-    return bool(np.array_equal(sample, np.rint(sample)))
+            raise InputError(msg, code="non_integer_counts")
 
 
 def check_fits_int32(nnz: int, *, target: str) -> None:

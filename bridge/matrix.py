@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
+from numpy.typing import NDArray
 
 from . import _validate as validate
 from ._errors import GeneIdError, InputError
+from .numerics import VALUE_KINDS, ValueKind
 
 if TYPE_CHECKING:
     import anndata
@@ -20,12 +22,9 @@ __all__ = ["CellMatrix", "ValueKind", "csr_view"]
 
 logger = logging.getLogger(__name__)
 
-ValueKind = Literal["counts", "lognorm"]
-_VALUE_KINDS = ("counts", "lognorm")
-
 
 def csr_view(
-    data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]
+    data: NDArray[Any], indices: NDArray[Any], indptr: NDArray[Any], shape: tuple[int, int]
 ) -> sp.csr_matrix:
     """A CSR matrix on exactly these arrays.
 
@@ -38,7 +37,7 @@ def csr_view(
     return out
 
 
-def _as_id_array(ids: Sequence[str] | np.ndarray | pa.Array) -> np.ndarray:
+def _as_id_array(ids: Sequence[str] | NDArray[Any] | pa.Array) -> NDArray[Any]:
     if isinstance(ids, pa.ChunkedArray | pa.Array):
         ids = ids.to_pylist()
     arr = np.asarray(ids, dtype=object)
@@ -62,7 +61,9 @@ class CellMatrix:
         Per-cell metadata as a :class:`pyarrow.Table` in cell order (R factors become
         dictionary columns that keep all their levels).
     value_kind
-        ``"counts"`` for raw integer counts, ``"lognorm"`` for log-normalised values.
+        ``"counts"`` for raw integer counts, ``"lognorm"`` for log-normalised values,
+        ``"normalized"`` for depth-normalised values that are not logged (TPM, CPM, FPKM);
+        see :mod:`bridge.numerics`.
     source
         Where the matrix came from, e.g. ``"Seurat RNA counts"``.
     validate
@@ -82,8 +83,8 @@ class CellMatrix:
     def __init__(
         self,
         X: sp.csr_matrix | sp.csr_array,
-        cells: Sequence[str] | np.ndarray | pa.Array,
-        genes: Sequence[str] | np.ndarray | pa.Array,
+        cells: Sequence[str] | NDArray[Any] | pa.Array,
+        genes: Sequence[str] | NDArray[Any] | pa.Array,
         *,
         obs: pa.Table | None = None,
         value_kind: ValueKind = "counts",
@@ -94,9 +95,9 @@ class CellMatrix:
         if not sp.issparse(X) or X.format != "csr":
             msg = f"X must be a scipy CSR matrix, got {type(X).__name__}"
             raise InputError(msg)
-        if value_kind not in _VALUE_KINDS:
-            msg = f"value_kind must be one of {_VALUE_KINDS}, got {value_kind!r}"
-            raise InputError(msg)
+        if value_kind not in VALUE_KINDS:
+            msg = f"value_kind must be one of {', '.join(VALUE_KINDS)}; got {value_kind!r}."
+            raise InputError(msg, code="invalid_parameter")
         if not isinstance(X, sp.csr_matrix):
             X = sp.csr_matrix(X, copy=False)
         self.X = X
@@ -144,7 +145,8 @@ class CellMatrix:
     @property
     def shape(self) -> tuple[int, int]:
         """``(n_cells, n_genes)``."""
-        return self.X.shape  # type: ignore[return-value]
+        n_cells, n_genes = self.X.shape
+        return int(n_cells), int(n_genes)
 
     @property
     def n_cells(self) -> int:

@@ -95,7 +95,7 @@ class LiveServer:
 
 @pytest.fixture(scope="session")
 def reference_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bridge.engines.reference import build_reference
+    from bridge import build_reference
 
     out = tmp_path_factory.mktemp("reference") / "synthetic.parquet"
     build_reference(synthetic_cells(900, seed=1), label_column="label", out=out,

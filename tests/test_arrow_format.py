@@ -85,13 +85,13 @@ def test_chunks_are_views(tmp_path: Path) -> None:
 
 
 def test_64bit_offsets_are_chosen_automatically_past_int32(monkeypatch) -> None:
-    import bridge.io.arrow as arrow
+    import bridge._arrow_csr as arrow_csr
 
-    monkeypatch.setattr(arrow, "INT32_MAX", 10)  # pretend 2**31 - 1 is 10 non-zeros
-    assert arrow._needs_large(11, "auto")
-    assert not arrow._needs_large(10, "auto")
+    monkeypatch.setattr(arrow_csr, "INT32_MAX", 10)  # pretend 2**31 - 1 is 10 non-zeros
+    assert arrow_csr.needs_large(11, "auto")
+    assert not arrow_csr.needs_large(10, "auto")
     with pytest.raises(bridge.InputError, match="do not fit 32-bit offsets"):
-        arrow._needs_large(11, "int32")
+        arrow_csr.needs_large(11, "int32")
 
 
 def test_obs_columns_travel_with_the_matrix(tmp_path: Path) -> None:

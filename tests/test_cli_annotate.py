@@ -18,7 +18,7 @@ import pytest
 from test_marker_engine import synthetic_matrix
 
 import bridge
-from bridge.annotate import annotate
+from bridge._annotate import annotate
 from bridge.cli import main
 from bridge.matrix import CellMatrix
 
@@ -144,25 +144,32 @@ def test_report(inputs, tmp_path: Path) -> None:
     assert html.lstrip().lower().startswith("<!doctype html") and "NK cell" in html
 
 
-@pytest.mark.parametrize(("args", "phrase"), [
-    (["--out", "{tmp}/calls.xlsx"], "unsupported suffix '.xlsx'"),
-    (["--out", "{tmp}/calls.csv", "--model", "nope"], "unknown model 'nope'"),
-    (["--out", "{tmp}/calls.csv", "--groups", "nope"], "not a cell metadata column"),
-    (["--out", "{tmp}/calls.csv", "--min-confidence", "3"], "min_confidence must lie"),
+@pytest.mark.parametrize(("args", "code", "phrase"), [
+    (["--out", "{tmp}/calls.xlsx"], "invalid_input", "unsupported suffix '.xlsx'"),
+    (["--out", "{tmp}/calls.csv", "--model", "nope"], "unknown_model", "unknown model 'nope'"),
+    (["--out", "{tmp}/calls.csv", "--groups", "nope"], "not_found", "not a cell metadata column"),
+    (["--out", "{tmp}/calls.csv", "--min-confidence", "3"], "invalid_parameter",
+     "min_confidence must lie"),
+    (["--out", "{tmp}/calls.csv", "--model", "reference", "--tissue", "blood",
+      "--atlas", "{tmp}/nope.parquet"], "unknown_parameter", "does not take 'tissue'"),
+    (["--out", "{tmp}/calls.csv", "--model", "reference", "--atlas", "{tmp}/nope.parquet"],
+     "not_found", "does not exist"),
 ])
-def test_user_errors_exit_2_with_one_line(inputs, tmp_path: Path, capsys, args, phrase) -> None:
+def test_user_errors_exit_2_with_one_line(inputs, tmp_path: Path, capsys, args, code,
+                                          phrase) -> None:
     argv = ["annotate", str(inputs["h5ad"]), "--quiet", "--no-qc",
             *[a.format(tmp=tmp_path) for a in args]]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("scbridge annotate: error:") and phrase in err
+    assert err.startswith(f"scbridge annotate: error[{code}]:") and phrase in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_missing_input_and_wrong_genes(tmp_path: Path, capsys) -> None:
     assert main(["annotate", str(tmp_path / "nope.h5ad"), "--out", str(tmp_path / "x.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
     matrix, _ = synthetic_matrix(["NK cell"], n_per_type=5)
-    wrong = CellMatrix(matrix.X, matrix.cells, [f"ENSMUSG{i:011d}" for i in range(matrix.n_genes)])
+    wrong = CellMatrix(matrix.X, matrix.cells, [f"ENSMUSG9{i:010d}" for i in range(matrix.n_genes)])
     path = bridge.write(wrong, tmp_path / "mouse.arrow")
     assert main(["annotate", str(path), "--out", str(tmp_path / "x.csv"), "--quiet"]) == 2
     err = capsys.readouterr().err
@@ -198,7 +205,7 @@ def test_endpoint_gives_the_local_calls(inputs, tmp_path: Path, live_server, mon
     monkeypatch.delenv("MY_SCBRIDGE_KEY")
     assert main(["annotate", str(inputs["h5ad"]), "--out", str(remote), "--quiet", "--no-qc",
                  "--endpoint", live_server.url, "--api-key-env", "MY_SCBRIDGE_KEY"]) == 2
-    assert "scbridge annotate: error:" in capsys.readouterr().err
+    assert "scbridge annotate: error[" in capsys.readouterr().err
 
 
 @pytest.mark.needs_r

@@ -122,9 +122,9 @@ def test_package_data_sets_read_like_r() -> None:
     assert "groups" in matrix.obs.column_names
     assert bridge.describe("SeuratObject::pbmc_small")["class"] == "Seurat"
 
-    with pytest.raises(bridge.InputError, match="no data set or object called 'nope'"):
+    with pytest.raises(bridge.NotFoundError, match="no data set or object called 'nope'"):
         bridge.read("SeuratObject::nope")
-    with pytest.raises(bridge.InputError, match="'NoSuchPackage' is not installed"):
+    with pytest.raises(bridge.NotFoundError, match="'NoSuchPackage' is not installed"):
         bridge.read("NoSuchPackage::x")
 
 

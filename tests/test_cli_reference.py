@@ -53,7 +53,7 @@ def test_build_reference_errors(train_file: Path, tmp_path: Path,
                  "--out", str(tmp_path / "r.parquet")])
     assert code == 2
     err = capsys.readouterr().err
-    assert "scbridge build-reference: error:" in err and "'celltype'" in err
+    assert "scbridge build-reference: error[not_found]:" in err and "'celltype'" in err
     assert not (tmp_path / "r.parquet").exists()
     # As a real process, the usage error of a missing required flag exits 2 too.
     done = subprocess.run([sys.executable, "-m", "bridge", "build-reference", str(train_file),
@@ -65,7 +65,7 @@ def test_build_reference_errors(train_file: Path, tmp_path: Path,
 def test_markers_from_groups_and_from_calls(train_file: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "markers.parquet"
-    assert main(["markers", str(train_file), "--groups", "cell_type", "--out", str(out),
+    assert main(["rank-markers", str(train_file), "--groups", "cell_type", "--out", str(out),
                  "--top-n", "8"]) == 0
     printed = capsys.readouterr().out
     assert f"4 labels, 32 marker rows -> {out}" in printed
@@ -81,7 +81,7 @@ def test_markers_from_groups_and_from_calls(train_file: Path, tmp_path: Path,
                               "label": matrix.obs.column("cell_type").to_pylist(),
                               "confidence": np.ones(matrix.n_cells)}), calls_csv)
     out_csv = tmp_path / "markers.csv"
-    assert main(["markers", str(train_file), "--calls", str(calls_csv), "--out", str(out_csv),
+    assert main(["rank-markers", str(train_file), "--calls", str(calls_csv), "--out", str(out_csv),
                  "--top-n", "8", "--method", "wilcoxon", "--quiet"]) == 0
     assert capsys.readouterr().out == ""
     from_calls = pacsv.read_csv(out_csv)
@@ -98,7 +98,7 @@ def test_markers_from_json_calls_with_numeric_labels(train_file: Path, tmp_path:
     calls = tmp_path / "calls.json"
     calls.write_text(json.dumps({"calls": records, "metadata": {}}))
     out = tmp_path / "m.json"
-    assert main(["markers", str(train_file), "--calls", str(calls), "--out", str(out),
+    assert main(["rank-markers", str(train_file), "--calls", str(calls), "--out", str(out),
                  "--top-n", "3", "--quiet"]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert {r["label"] for r in rows} == {"0", "1", "2", "3"}
@@ -106,18 +106,18 @@ def test_markers_from_json_calls_with_numeric_labels(train_file: Path, tmp_path:
 
 def test_markers_errors(train_file: Path, tmp_path: Path,
                         capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["markers", str(train_file), "--groups", "nope", "--out",
+    assert main(["rank-markers", str(train_file), "--groups", "nope", "--out",
                  str(tmp_path / "m.parquet")]) == 2
     assert "no cell metadata column 'nope'" in capsys.readouterr().err
-    assert main(["markers", str(train_file), "--calls", str(tmp_path / "missing.csv"),
+    assert main(["rank-markers", str(train_file), "--calls", str(tmp_path / "missing.csv"),
                  "--out", str(tmp_path / "m.parquet")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["markers", str(train_file), "--groups", "cell_type", "--out",
+    assert main(["rank-markers", str(train_file), "--groups", "cell_type", "--out",
                  str(tmp_path / "m.xlsx")]) == 2
     assert "unknown table format '.xlsx'" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
-    assert main(["markers", str(train_file), "--calls", str(bad), "--out",
+    assert main(["rank-markers", str(train_file), "--calls", str(bad), "--out",
                  str(tmp_path / "m.parquet")]) == 2
     assert "'calls' or 'rows' array" in capsys.readouterr().err
 

@@ -105,3 +105,78 @@ def test_check_genes_found_warns_when_low() -> None:
     with pytest.warns(UserWarning, match="20% of the 10 genes"):
         assert check_genes_found(needed, ["G1", "G2"], kind="symbols_human",
                                  min_fraction=0.1) == pytest.approx(0.2)
+
+
+# -- mouse genes: Ensembl ids and orthologues (tables built by tools/build_gene_tables.py) ----
+RESOLUTIONS = {"one2one", "many2one", "same_symbol", "sole_partner", "unpaired_same_symbol",
+               "ambiguous", "none"}
+
+
+def _ortholog_rows() -> list[list[str]]:
+    with gzip.open(DATA / "orthologs_mouse_human.tsv.gz", "rt") as handle:
+        return [line.rstrip("\n").split("\t") for line in handle if not line.startswith("#")]
+
+
+def test_mouse_tables_are_shipped_compact_and_documented() -> None:
+    readme = (DATA / "README.md").read_text()
+    for name, origin in (("ensembl_mouse.tsv.gz", "10x Genomics"),
+                         ("orthologs_mouse_human.tsv.gz", "celltypist")):
+        path = DATA / name
+        assert path.stat().st_size < 1_000_000, name
+        with gzip.open(path, "rt") as handle:
+            assert origin in handle.readline(), f"{name} has no provenance header"
+        assert name in readme
+    ids = load_table("ensembl_mouse")
+    assert len(ids) > 30_000
+    assert all(key.startswith("ENSMUSG") for key in ids)
+    assert ids["ENSMUSG00000032093"] == "Cd3e"
+
+
+def test_orthologue_table_targets_are_current_human_symbols() -> None:
+    rows = _ortholog_rows()
+    assert len(rows) > 15_000
+    current = human_symbols()
+    for mouse, human, resolution in rows:
+        assert resolution in RESOLUTIONS, (mouse, resolution)
+        assert (human == "") == (resolution in ("ambiguous", "none")), (mouse, human, resolution)
+        assert not human or human in current, (mouse, human)
+    kinds = {resolution for _, _, resolution in rows}
+    assert {"one2one", "many2one", "same_symbol", "ambiguous", "none"} <= kinds
+
+
+@pytest.mark.parametrize(("mouse", "human"), [
+    ("Cd209a", "CD209"),   # one-to-one by Ensembl, not by name (CD209A is no human gene)
+    ("Klrb1c", "KLRB1"),   # NK1.1: many mouse Klrb1 genes, one human KLRB1
+    ("Tpsb2", "TPSB2"),    # two human partners (TPSAB1, TPSB2): the same name wins
+    ("Csnk2b", "CSNK2B"),  # listed unpaired on both sides: the same name
+    ("Cd8b1", "CD8B"),     # a curated exception overrides the table
+    ("Fcgr3", "FCGR3A"),   # curated exception
+])
+def test_mouse_symbols_map_through_the_orthologue_table(mouse: str, human: str) -> None:
+    mapping = map_to_human_symbols([mouse, "Ptprc", "Cd3e"])
+    assert mapping.kind == "symbols_mouse"
+    assert mapping.genes.tolist() == [human, "PTPRC", "CD3E"]
+
+
+def test_mouse_genes_without_a_usable_orthologue_keep_their_symbol() -> None:
+    rows = {mouse: (human, resolution) for mouse, human, resolution in _ortholog_rows()}
+    assert rows["Siglecf"] == ("", "ambiguous")  # SIGLEC6 / CD33 / ...: no single partner
+    # A gene Ensembl calls orphan is not upper-cased into an unrelated human gene.
+    orphan = next(m for m, (h, r) in rows.items()
+                  if r == "none" and m.upper() in human_symbols())
+    genes = ["Siglecf", "Ly6g", "Mcpt8", orphan, "Cd3e"]
+    assert map_to_human_symbols(genes).genes.tolist() == [*genes[:4], "CD3E"]
+
+
+def test_mouse_ensembl_ids_map_to_human_symbols() -> None:
+    ids = load_table("ensembl_mouse")
+    by_symbol = {symbol: gene_id for gene_id, symbol in ids.items()}
+    genes = [by_symbol["Cd3e"] + ".5", by_symbol["Cd8b1"], by_symbol["Cd209a"],
+             by_symbol["Ly6g"], by_symbol["Mcpt8"], "ENSMUSG00000000000"]
+    mapping = map_to_human_symbols(genes)
+    assert mapping.kind == "ensembl_mouse"
+    # Mouse-only genes keep their mouse symbol (how mouse-only markers are named); an id the
+    # table does not know keeps the id.
+    assert mapping.genes.tolist() == ["CD3E", "CD8B", "CD209", "Ly6g", "Mcpt8",
+                                      "ENSMUSG00000000000"]
+    assert mapping.n_mapped == 5

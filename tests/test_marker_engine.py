@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from bridge import FormatError, InputError
-from bridge.calls import UNKNOWN, chunk_table
+from bridge._contract import UNKNOWN, chunk_table
 from bridge.engines import available_models, get_engine
 from bridge.engines.markers import MarkerEngine, load_marker_database
 from bridge.matrix import CellMatrix

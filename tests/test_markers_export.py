@@ -12,10 +12,9 @@ import scipy.sparse as sp
 from scipy import stats
 
 import bridge
-from bridge.calls import ChunkCalls, chunk_table
-from bridge.engines.reference import log_normalize
-from bridge.markers_export import MARKERS_SCHEMA, benjamini_hochberg
+from bridge._contract import MARKERS_SCHEMA, ChunkCalls, chunk_table
 from bridge.matrix import CellMatrix
+from bridge.numerics import benjamini_hochberg, log_normalize
 
 LABELS = ("alpha", "beta", "gamma")
 CELLS_PER_LABEL = 40
@@ -49,7 +48,7 @@ def calls(matrix: CellMatrix) -> pa.Table:
 
 
 def test_schema_and_planted_markers_first(matrix: CellMatrix, calls: pa.Table) -> None:
-    table = bridge.markers(matrix, calls, top_n=10)
+    table = bridge.rank_marker_genes(matrix, calls, top_n=10)
     assert table.schema.remove_metadata() == MARKERS_SCHEMA
     assert table.schema.metadata[b"scbridge.method"] == b"t-test"
     df = table.to_pandas()
@@ -67,8 +66,8 @@ def test_schema_and_planted_markers_first(matrix: CellMatrix, calls: pa.Table) -
 
 
 def test_t_statistics_match_scipy_welch(matrix: CellMatrix, calls: pa.Table) -> None:
-    table = bridge.markers(matrix, calls, top_n=N_GENES, only_up=False).to_pandas()
-    dense = log_normalize(matrix).toarray().astype(np.float64)
+    table = bridge.rank_marker_genes(matrix, calls, top_n=N_GENES, only_up=False).to_pandas()
+    dense = log_normalize(matrix.X, matrix.value_kind).toarray().astype(np.float64)
     truth = np.asarray(matrix.obs.column("truth").to_pylist())
     for name in LABELS:
         rows = table[table.label == name].set_index("gene")
@@ -82,10 +81,10 @@ def test_t_statistics_match_scipy_welch(matrix: CellMatrix, calls: pa.Table) -> 
 
 
 def test_wilcoxon_matches_scipy_mann_whitney(matrix: CellMatrix, calls: pa.Table) -> None:
-    table = bridge.markers(matrix, calls, top_n=N_GENES, method="wilcoxon",
+    table = bridge.rank_marker_genes(matrix, calls, top_n=N_GENES, method="wilcoxon",
                            only_up=False).to_pandas()
     assert set(table.gene[table.label == "beta"].head(10)) == {f"G{j}" for j in range(10, 20)}
-    dense = log_normalize(matrix).toarray().astype(np.float64)
+    dense = log_normalize(matrix.X, matrix.value_kind).toarray().astype(np.float64)
     truth = np.asarray(matrix.obs.column("truth").to_pylist())
     rows = table[table.label == "gamma"].set_index("gene")
     for gene in ("G3", "G25", "G61", "G119"):
@@ -105,13 +104,13 @@ def test_calls_table_label_column_and_n_genes(matrix: CellMatrix) -> None:
     truth = matrix.obs.column("truth").to_pylist()
     calls = chunk_table(matrix.cells, ChunkCalls(labels=truth, confidence=np.ones(len(truth))))
     calls = calls.append_column("label_smoothed", pa.array(truth[::-1]))
-    from_calls = bridge.markers(matrix, calls, n_genes=3)
+    from_calls = bridge.rank_marker_genes(matrix, calls, n_genes=3)
     assert from_calls.num_rows == 3 * len(LABELS)
     # A different label column gives different groups (here: reversed labels).
-    other = bridge.markers(matrix, calls, label_column="label_smoothed", n_genes=3)
+    other = bridge.rank_marker_genes(matrix, calls, label_column="label_smoothed", n_genes=3)
     assert other.column("gene").to_pylist() != from_calls.column("gene").to_pylist()
     # A dict of columns and polars / pandas conversions just work.
-    as_dict = bridge.markers(matrix, {"cell": matrix.cells.tolist(), "label": truth}, n_genes=3)
+    as_dict = bridge.rank_marker_genes(matrix, {"cell": matrix.cells.tolist(), "label": truth}, n_genes=3)
     assert as_dict.equals(from_calls)
     import polars as pl
 
@@ -121,18 +120,18 @@ def test_calls_table_label_column_and_n_genes(matrix: CellMatrix) -> None:
 def test_reads_files_and_lognorm_input(matrix: CellMatrix, calls: pa.Table,
                                        tmp_path: Path) -> None:
     path = bridge.write(matrix, tmp_path / "m.arrow")
-    from_file = bridge.markers(path, calls, top_n=5)
-    assert from_file.equals(bridge.markers(matrix, calls, top_n=5))
-    lognorm = CellMatrix(log_normalize(matrix), matrix.cells, matrix.genes,
+    from_file = bridge.rank_marker_genes(path, calls, top_n=5)
+    assert from_file.equals(bridge.rank_marker_genes(matrix, calls, top_n=5))
+    lognorm = CellMatrix(log_normalize(matrix.X, matrix.value_kind), matrix.cells, matrix.genes,
                          value_kind="lognorm")
-    assert bridge.markers(lognorm, calls, top_n=5).column("gene").equals(
+    assert bridge.rank_marker_genes(lognorm, calls, top_n=5).column("gene").equals(
         from_file.column("gene"))
 
 
 def test_cells_missing_from_calls_are_left_out(matrix: CellMatrix, calls: pa.Table,
                                                caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="bridge.markers_export"):
-        table = bridge.markers(matrix, calls.slice(0, 100), top_n=5)
+    with caplog.at_level(logging.WARNING, logger="bridge._rank_markers"):
+        table = bridge.rank_marker_genes(matrix, calls.slice(0, 100), top_n=5)
     assert "20 of 120 cells have no call" in caplog.text
     assert sorted(set(table.column("label").to_pylist())) == list(LABELS)
 
@@ -140,8 +139,8 @@ def test_cells_missing_from_calls_are_left_out(matrix: CellMatrix, calls: pa.Tab
 def test_small_labels_are_skipped(matrix: CellMatrix, caplog: pytest.LogCaptureFixture) -> None:
     labels = matrix.obs.column("truth").to_pylist()
     labels[0] = "rare"
-    with caplog.at_level(logging.WARNING, logger="bridge.markers_export"):
-        table = bridge.markers(matrix, {"cell": matrix.cells.tolist(), "label": labels},
+    with caplog.at_level(logging.WARNING, logger="bridge._rank_markers"):
+        table = bridge.rank_marker_genes(matrix, {"cell": matrix.cells.tolist(), "label": labels},
                                min_cells=2)
     assert "'rare' has 1 cells" in caplog.text
     assert "rare" not in table.column("label").to_pylist()
@@ -149,17 +148,17 @@ def test_small_labels_are_skipped(matrix: CellMatrix, caplog: pytest.LogCaptureF
 
 def test_errors(matrix: CellMatrix, calls: pa.Table) -> None:
     with pytest.raises(bridge.NotFoundError, match="calls need columns 'cell' and 'label'"):
-        bridge.markers(matrix, calls.drop_columns(["label"]))
+        bridge.rank_marker_genes(matrix, calls.drop_columns(["label"]))
     with pytest.raises(bridge.NotFoundError, match="'cluster'"):
-        bridge.markers(matrix, calls, label_column="cluster")
+        bridge.rank_marker_genes(matrix, calls, label_column="cluster")
     with pytest.raises(bridge.InputError, match="none of the 2 cells"):
-        bridge.markers(matrix, {"cell": ["x", "y"], "label": ["a", "b"]})
+        bridge.rank_marker_genes(matrix, {"cell": ["x", "y"], "label": ["a", "b"]})
     with pytest.raises(bridge.InputError, match="at least 2 labels"):
-        bridge.markers(matrix, {"cell": matrix.cells.tolist(), "label": ["a"] * 120})
+        bridge.rank_marker_genes(matrix, {"cell": matrix.cells.tolist(), "label": ["a"] * 120})
     with pytest.raises(bridge.InputError, match="method must be"):
-        bridge.markers(matrix, calls, method="logreg")  # type: ignore[arg-type]
+        bridge.rank_marker_genes(matrix, calls, method="logreg")  # type: ignore[arg-type]
     with pytest.raises(bridge.InputError, match="top_n must be at least 1"):
-        bridge.markers(matrix, calls, top_n=0)
+        bridge.rank_marker_genes(matrix, calls, top_n=0)
 
 
 def test_known_blood_markers_on_pbmc68k_reduced() -> None:
@@ -168,7 +167,7 @@ def test_known_blood_markers_on_pbmc68k_reduced() -> None:
     matrix = bridge.read(adata, layer="raw", value_kind="lognorm")
     calls = {"cell": matrix.cells.tolist(),
              "label": matrix.obs.column("bulk_labels").to_pylist()}
-    table = bridge.markers(matrix, calls, top_n=25, method="wilcoxon").to_pandas()
+    table = bridge.rank_marker_genes(matrix, calls, top_n=25, method="wilcoxon").to_pandas()
     top = {name: set(g.gene) for name, g in table.groupby("label")}
     assert top["CD19+ B"] & {"CD79A", "CD79B", "MS4A1", "CD74"}
     assert top["CD56+ NK"] & {"GNLY", "NKG7", "GZMB", "PRF1"}
@@ -178,7 +177,7 @@ def test_known_blood_markers_on_pbmc68k_reduced() -> None:
 def test_wilcoxon_with_many_ties_matches_scipy(matrix: CellMatrix, calls: pa.Table) -> None:
     # Small integers used as values: ties among the non-zero values too, not only zeros.
     tied = CellMatrix(matrix.X, matrix.cells, matrix.genes, value_kind="lognorm")
-    table = bridge.markers(tied, calls, top_n=N_GENES, method="wilcoxon",
+    table = bridge.rank_marker_genes(tied, calls, top_n=N_GENES, method="wilcoxon",
                            only_up=False).to_pandas()
     dense = matrix.X.toarray().astype(np.float64)
     truth = np.asarray(matrix.obs.column("truth").to_pylist())
@@ -191,9 +190,9 @@ def test_wilcoxon_with_many_ties_matches_scipy(matrix: CellMatrix, calls: pa.Tab
 
 
 def test_wilcoxon_refuses_negative_values(matrix: CellMatrix, calls: pa.Table) -> None:
-    scaled = log_normalize(matrix)
+    scaled = log_normalize(matrix.X, matrix.value_kind)
     scaled.data -= 10.0
     negative = CellMatrix(scaled, matrix.cells, matrix.genes, value_kind="lognorm",
                           validate=False)
     with pytest.raises(bridge.InputError, match="needs non-negative expression"):
-        bridge.markers(negative, calls, method="wilcoxon")
+        bridge.rank_marker_genes(negative, calls, method="wilcoxon")

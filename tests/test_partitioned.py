@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import bridge
-from bridge.partitioned import annotate_partitions, partition_paths, write_partitions
+from bridge._partitioned import annotate_partitions, partition_paths, write_partitions
 
 distributed = pytest.importorskip("distributed")
 

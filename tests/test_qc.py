@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
+from bridge._qc import QCThresholds, doublet_scores, qc_metrics
 from bridge.matrix import CellMatrix
-from bridge.qc import QCThresholds, doublet_scores, qc_metrics
 
 
 def small_matrix() -> CellMatrix:
@@ -112,3 +112,44 @@ def test_scanpy_scrublet_scores_or_records_why_not() -> None:
         assert notes["doublets"].startswith("scanpy.pp.scrublet failed")
     else:
         assert notes["doublets"].startswith("scanpy")
+
+
+# -- QC as its own step ------------------------------------------------------------------------
+def test_qc_is_a_step_of_its_own_and_annotate_composes_it(tmp_path) -> None:
+    import bridge
+    from bridge.cli import main
+
+    matrix = small_matrix()
+    table = bridge.qc(matrix, doublets=False)
+    assert table.column_names == ["cell", "total_counts", "n_genes", "mito_fraction",
+                                  "doublet_score", "qc_pass", "qc_reason"]
+    assert table.column("cell").to_pylist() == ["a", "b", "c", "d"]
+    assert table.column("qc_pass").to_pylist() == [True, False, False, False]
+    # A QC table computed earlier (and filtered on by the user) is attached, not recomputed.
+    given = table.set_column(5, "qc_pass", pa.array([False] * 4))
+    calls = bridge.annotate(matrix, qc=given, progress=False, min_gene_fraction=0.0)
+    assert calls.column("qc_pass").to_pylist() == [False] * 4
+    assert calls.column("cell").to_pylist() == ["a", "b", "c", "d"]
+    # In another cell order, rows follow the cells, not the table's order.
+    reversed_calls = bridge.annotate(matrix, qc=given.take([3, 2, 1, 0]), progress=False,
+                                     min_gene_fraction=0.0)
+    assert reversed_calls.column("total_counts").to_pylist() == [888, 900, 50, 0]
+    # QC of another data set is refused, never attached silently.
+    other = table.set_column(0, "cell", pa.array(["w", "x", "y", "z"]))
+    with pytest.raises(bridge.InputError, match="no row for 4 of the 4 cells") as info:
+        bridge.annotate(matrix, qc=other, progress=False, min_gene_fraction=0.0)
+    assert info.value.code == "invalid_parameter"
+    with pytest.raises(bridge.InputError, match="lacks"):
+        bridge.annotate(matrix, qc=table.drop_columns(["qc_reason"]), progress=False)
+    # The CLI step writes the same table, and annotate --qc-table attaches it.
+    out = tmp_path / "qc.parquet"
+    source = tmp_path / "m.arrow"
+    bridge.write(matrix, source)
+    assert main(["qc", str(source), "--out", str(out), "--doublets", "none", "--quiet"]) == 0
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out).select(table.column_names).equals(table)
+    calls_file = tmp_path / "calls.parquet"
+    assert main(["annotate", str(source), "--out", str(calls_file), "--qc-table", str(out),
+                 "--quiet", "--min-gene-fraction", "0"]) == 0
+    assert pq.read_table(calls_file).column("n_genes").to_pylist() == [296, 201, 50, 0]

@@ -14,18 +14,18 @@ import pytest
 import scipy.sparse as sp
 
 import bridge
-from bridge.calls import chunk_table, concat_calls
+from bridge import build_reference
+from bridge._contract import chunk_table, concat_calls
 from bridge.engines import available_models, get_engine
 from bridge.engines.reference import (
     FORMAT_NAME,
     ReferenceEngine,
-    build_reference,
     load_reference,
-    log_normalize,
     ontology_for,
     save_reference,
 )
 from bridge.matrix import CellMatrix
+from bridge.numerics import log_normalize
 
 from conftest import run_r
 
@@ -87,7 +87,7 @@ def test_build_save_load_apply(reference_path: Path, query: CellMatrix) -> None:
         scores = [s for _, s in row]
         assert len(row) == 3 and scores == sorted(scores, reverse=True) and scores[0] <= conf
     # Markers: planted genes of the called label, expressed in that cell.
-    Xn = log_normalize(query)
+    Xn = log_normalize(query.X, query.value_kind)
     for i in (0, 70, 130, 200):
         k = LABELS.index(calls.labels[i])
         assert calls.markers[i]
@@ -129,7 +129,7 @@ def test_registered_engine_and_chunking(reference_path: Path, query: CellMatrix)
     chunked = concat_calls([chunk_table(c.cells, engine.annotate_chunk(c))
                             for c in query.iter_chunks(17)])
     assert chunked.equals(whole)
-    assert engine.parameters()["genes_found_fraction"] == 1.0
+    assert engine.gene_fraction == 1.0
 
 
 def test_query_gene_order_extra_and_missing_genes(reference_path: Path,
@@ -153,7 +153,7 @@ def test_query_gene_order_extra_and_missing_genes(reference_path: Path,
 
 def test_lognormalised_query_gives_the_same_calls(reference_path: Path,
                                                   query: CellMatrix) -> None:
-    lognorm = CellMatrix(log_normalize(query), query.cells, query.genes, value_kind="lognorm")
+    lognorm = CellMatrix(log_normalize(query.X, query.value_kind), query.cells, query.genes, value_kind="lognorm")
     engine = ReferenceEngine(reference_path)
     a, b = engine.annotate_chunk(query), engine.annotate_chunk(lognorm)
     assert list(a.labels) == list(b.labels)
@@ -163,15 +163,14 @@ def test_lognormalised_query_gives_the_same_calls(reference_path: Path,
 def test_too_few_genes_found_is_refused(reference_path: Path, query: CellMatrix) -> None:
     ensembl = CellMatrix(query.X, query.cells, [f"ENSG{j:011d}" for j in range(query.n_genes)])
     with pytest.raises(bridge.GeneIdError, match=r"only 0 of the reference's .* genes"):
-        ReferenceEngine(reference_path).annotate_chunk(ensembl)
+        ReferenceEngine(reference_path).annotate(ensembl, progress=False)
     with pytest.raises(bridge.InputError, match="needs atlas=PATH"):
         ReferenceEngine(None)
 
 
 def test_annotate_with_the_reference(reference_path: Path, query: CellMatrix) -> None:
-    annotate = pytest.importorskip("bridge.annotate")
-    table = annotate.annotate(query, model="reference", atlas=str(reference_path), qc=False,
-                              progress=False)
+    table = bridge.annotate(query, model="reference", atlas=str(reference_path), qc=False,
+                            progress=False)
     assert table.column("cell").to_pylist() == query.cells.tolist()
     labels = np.asarray(table.column("label").to_pylist())
     assert (labels == truth(query)).mean() > 0.97

@@ -23,10 +23,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge import CellMatrix, InputError, RemoteClient, RemoteError
-from bridge.calls import ChunkCalls, chunk_table
+from bridge._annotate import annotate, call_cells
+from bridge._contract import ChunkCalls, chunk_table
+from bridge._contract.wire import (
+    ARROW_MEDIA_TYPE,
+    arrow_bytes,
+    decode_arrow_request,
+    json_body,
+)
 from bridge.engines.remote import annotate_url
 from bridge.server import Settings, create_app
-from bridge.server._wire import ARROW_MEDIA_TYPE, arrow_bytes, json_body
 
 pytest.register_assert_rewrite("tests._server")
 from tests._server import (  # noqa: E402
@@ -47,12 +53,6 @@ CORE = ["cell", "label", "ontology_id", "confidence", "alternates", "markers"]
 
 def local_calls(matrix: CellMatrix, reference: Path) -> pa.Table:
     """What the local engine returns for the same model and atlas."""
-    try:
-        from bridge.annotate import call_cells
-    except ImportError:  # until bridge.annotate lands: the server's registry path, run locally
-        from bridge.server._compute import _call_cells as call_cells_fallback
-
-        return call_cells_fallback(matrix, "reference", str(reference))
     return call_cells(matrix, model="reference", atlas=str(reference), progress=False)
 
 
@@ -83,7 +83,7 @@ def test_remote_equals_local_across_chunks(live_server: LiveServer, query: CellM
     client = RemoteClient(live_server.url, api_key=API_KEY, transport=transport,
                           model="reference", atlas="synthetic", chunk_size=130,
                           max_concurrency=3)
-    remote = client.call_cells(query, progress=False)
+    remote = client.annotate(query, progress=False)
     local = local_calls(query, live_server.reference)
     assert remote.column("cell").to_pylist() == query.cells.tolist()  # 8 chunks, order kept
     assert remote.schema.names == local.schema.names
@@ -98,12 +98,10 @@ def test_remote_equals_local_across_chunks(live_server: LiveServer, query: CellM
 
 @pytest.mark.parametrize("transport", ["arrow", "json"])
 def test_default_markers_model_equals_local(live_server: LiveServer, transport: str) -> None:
-    from bridge.annotate import call_cells
-
     cells = marker_gene_cells(450, seed=3)
     client = RemoteClient(live_server.url, api_key=API_KEY, transport=transport,
                           chunk_size=100, max_concurrency=2)
-    remote = client.call_cells(cells, progress=False)
+    remote = client.annotate(cells, progress=False)
     local = call_cells(cells, progress=False)
     assert remote.equals(local)
     assert meta(remote, "atlas") == meta(local, "atlas") == "default"
@@ -113,10 +111,6 @@ def test_default_markers_model_equals_local(live_server: LiveServer, transport: 
 @pytest.mark.parametrize("transport", ["arrow", "json"])
 def test_bridge_annotate_with_endpoint_equals_local(live_server: LiveServer, query: CellMatrix,
                                                     transport: str) -> None:
-    try:
-        from bridge.annotate import annotate
-    except ImportError:
-        pytest.skip("bridge.annotate is not there yet")
     local = annotate(query, model="reference", atlas=str(live_server.reference), progress=False)
     remote = annotate(query, model="reference", atlas="synthetic", endpoint=live_server.url,
                       api_key=API_KEY, transport=transport, chunk_size=300, progress=False)
@@ -128,13 +122,13 @@ def test_api_key_from_the_environment(live_server: LiveServer, query: CellMatrix
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCBRIDGE_API_KEY", API_KEY)
     client = RemoteClient(live_server.url, model="reference", chunk_size=500)
-    assert client.call_cells(query.slice_cells(0, 20), progress=False).num_rows == 20
+    assert client.annotate(query.slice_cells(0, 20), progress=False).num_rows == 20
     assert API_KEY not in repr(client)
 
 
 def test_empty_matrix_needs_no_request(query: CellMatrix) -> None:
     client = RemoteClient(f"http://127.0.0.1:{free_port()}", api_key=API_KEY, retries=0)
-    assert client.call_cells(query.slice_cells(0, 0), progress=False).num_rows == 0
+    assert client.annotate(query.slice_cells(0, 0), progress=False).num_rows == 0
 
 
 # -- the JSON transport is the tutorial's, byte for byte ------------------------------------
@@ -162,7 +156,7 @@ def test_json_body_is_what_requests_sends(scripted_app: Any) -> None:
     with ThreadServer(recorder) as server:
         client = RemoteClient(server.url, api_key=API_KEY, transport="json", model="reference",
                               atlas="synthetic", chunk_size=200)
-        client.call_cells(m, progress=False)
+        client.annotate(m, progress=False)
     assert len(recorder.posts) == 2
     for headers, _ in recorder.posts:
         assert headers["content-type"] == "application/json"
@@ -180,7 +174,7 @@ def test_json_transport_refuses_nan_like_requests(query: CellMatrix) -> None:
     m.X.data[0] = np.nan
     client = RemoteClient("http://127.0.0.1:9", api_key=API_KEY, transport="json", retries=0)
     with pytest.raises(InputError, match="NaN"):
-        client.call_cells(m, progress=False)
+        client.annotate(m, progress=False)
 
 
 # -- retries --------------------------------------------------------------------------------
@@ -191,7 +185,7 @@ def test_retries_503_and_429_then_succeeds(scripted_app: Any, query: CellMatrix,
     with ThreadServer(recorder) as server:
         client = RemoteClient(server.url, api_key=API_KEY, model="reference", chunk_size=250,
                               max_concurrency=2, retries=5, backoff=0.01)
-        table = client.call_cells(query, progress=False)
+        table = client.annotate(query, progress=False)
     assert table.column("cell").to_pylist() == query.cells.tolist()
     assert len(recorder.posts) == 4 + 4  # four failures, then the four chunks
     assert table.equals(local_calls(query, reference_file))
@@ -203,7 +197,7 @@ def test_gives_up_after_the_retries(scripted_app: Any, query: CellMatrix) -> Non
         client = RemoteClient(server.url, api_key=API_KEY, model="reference", retries=2,
                               backoff=0.01)
         with pytest.raises(RemoteError, match="503") as info:
-            client.call_cells(query.slice_cells(0, 10), progress=False)
+            client.annotate(query.slice_cells(0, 10), progress=False)
     assert info.value.status == 503
     assert len(recorder.posts) == 3
 
@@ -214,7 +208,7 @@ def test_client_errors_are_not_retried(scripted_app: Any, query: CellMatrix) -> 
         client = RemoteClient(server.url, api_key="wrong-key-123456", model="reference",
                               retries=5, backoff=0.01)
         with pytest.raises(RemoteError, match="401") as info:
-            client.call_cells(query.slice_cells(0, 10), progress=False)
+            client.annotate(query.slice_cells(0, 10), progress=False)
     assert info.value.code == "invalid_api_key"
     assert "SCBRIDGE_API_KEY" in str(info.value)
     assert len(recorder.posts) == 1
@@ -225,7 +219,7 @@ def test_too_many_cells_tells_the_user_to_chunk(live_server: LiveServer) -> None
     client = RemoteClient(live_server.url, api_key=API_KEY, model="reference",
                           chunk_size=MAX_CELLS + 10, retries=3, split_too_large=False)
     with pytest.raises(RemoteError, match="413") as info:
-        client.call_cells(m, progress=False)
+        client.annotate(m, progress=False)
     assert info.value.code == "too_many_cells"
     assert "chunk_size" in info.value.hint
 
@@ -238,7 +232,7 @@ def test_chunks_the_service_refuses_as_too_large_are_halved(scripted_app: Any,
     with ThreadServer(recorder) as server:
         client = RemoteClient(server.url, api_key=API_KEY, model="reference",
                               chunk_size=m.n_cells, retries=0)
-        table = client.call_cells(m, progress=False)
+        table = client.annotate(m, progress=False)
     assert table.column("cell").to_pylist() == m.cells.tolist()
     assert len(recorder.posts) == 3  # the whole (413), then two halves of 1,250 cells
     assert table.equals(local_calls(m, reference_file))
@@ -247,7 +241,7 @@ def test_chunks_the_service_refuses_as_too_large_are_halved(scripted_app: Any,
 def test_unknown_model_error_reaches_the_user(live_server: LiveServer, query: CellMatrix) -> None:
     client = RemoteClient(live_server.url, api_key=API_KEY, model="geneformer")
     with pytest.raises(RemoteError, match="geneformer") as info:
-        client.call_cells(query.slice_cells(0, 5), progress=False)
+        client.annotate(query.slice_cells(0, 5), progress=False)
     assert info.value.code == "unknown_model"
     assert "request id" in str(info.value)  # what to quote to the service's administrator
 
@@ -260,7 +254,7 @@ def test_connection_errors_are_retried_until_the_server_is_up(scripted_app: Any,
     try:
         client = RemoteClient(server.url, api_key=API_KEY, model="reference", retries=10,
                               backoff=0.2, max_backoff=1.0)
-        table = client.call_cells(query.slice_cells(0, 50), progress=False)
+        table = client.annotate(query.slice_cells(0, 50), progress=False)
     finally:
         starter.join()
         server.__exit__(None, None, None)
@@ -271,7 +265,7 @@ def test_unreachable_endpoint(query: CellMatrix) -> None:
     client = RemoteClient(f"http://127.0.0.1:{free_port()}", api_key=API_KEY, retries=1,
                           backoff=0.01)
     with pytest.raises(RemoteError, match="could not reach") as info:
-        client.call_cells(query.slice_cells(0, 5), progress=False)
+        client.annotate(query.slice_cells(0, 5), progress=False)
     assert info.value.status is None
 
 
@@ -293,9 +287,7 @@ def test_retry_after_is_honoured() -> None:
 # -- replies that do not belong to the request ----------------------------------------------
 def _wrong_cells_app() -> Starlette:
     async def annotate(request: Any) -> Response:
-        from bridge.server._payload import parse_arrow
-
-        matrix = parse_arrow(await request.body(), max_cells=10**6).matrix
+        matrix = decode_arrow_request(await request.body(), max_cells=10**6).matrix
         cells = list(reversed(matrix.cells.tolist()))
         n = len(cells)
         table = chunk_table(cells, ChunkCalls(labels=["B cell"] * n, confidence=np.ones(n)))
@@ -317,10 +309,10 @@ def test_mixed_up_replies_are_refused(query: CellMatrix) -> None:
     with ThreadServer(_wrong_cells_app()) as server:
         client = RemoteClient(server.url, api_key=API_KEY, retries=0)
         with pytest.raises(RemoteError, match="other cells than were sent"):
-            client.call_cells(query.slice_cells(0, 10), progress=False)
+            client.annotate(query.slice_cells(0, 10), progress=False)
         client = RemoteClient(server.url + "/json", api_key=API_KEY, transport="json", retries=0)
         with pytest.raises(RemoteError, match="1 calls for 10 cells"):
-            client.call_cells(query.slice_cells(0, 10), progress=False)
+            client.annotate(query.slice_cells(0, 10), progress=False)
 
 
 # -- endpoints ------------------------------------------------------------------------------
@@ -380,7 +372,7 @@ def test_cli_annotate_through_the_endpoint(live_server: LiveServer, query: CellM
 
 @pytest.mark.parametrize("transport", ["arrow", "json"])
 def test_embed_and_markers_through_the_service(live_server: LiveServer, transport: str) -> None:
-    from bridge import embed, markers
+    from bridge import embed, rank_marker_genes
 
     m = synthetic_cells(150, seed=31)
     labels = m.obs.column("label").to_pylist()
@@ -389,12 +381,12 @@ def test_embed_and_markers_through_the_service(live_server: LiveServer, transpor
     local = embed(m, n_components=6)
     assert remote.schema.field("embedding").type == pa.list_(pa.float32(), 6)
     assert remote.select(["cell", "embedding"]).equals(local.select(["cell", "embedding"]))
-    remote = client.markers(m, labels, top_n=4)
+    remote = client.rank_marker_genes(m, labels, top_n=4)
     calls = pa.table({"cell": m.cells.tolist(), "label": labels})
-    local = markers(m, calls, top_n=4)
+    local = rank_marker_genes(m, calls, top_n=4)
     assert remote.equals(local)
     with pytest.raises(InputError, match="one label per cell"):
-        client.markers(m, labels[:-1])
+        client.rank_marker_genes(m, labels[:-1])
 
 
 def test_slow_service_times_out(query: CellMatrix) -> None:
@@ -413,4 +405,4 @@ def test_slow_service_times_out(query: CellMatrix) -> None:
         client = RemoteClient(server.url, api_key=API_KEY, timeout=0.2, retries=1,
                               backoff=0.01)
         with pytest.raises(RemoteError, match="ReadTimeout"):
-            client.call_cells(query.slice_cells(0, 5), progress=False)
+            client.annotate(query.slice_cells(0, 5), progress=False)

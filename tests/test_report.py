@@ -11,10 +11,11 @@ import pytest
 from test_reference import LABELS, labelled
 
 import bridge
-from bridge.calls import ChunkCalls, chunk_table, with_metadata
-from bridge.engines.reference import ReferenceEngine, build_reference
+from bridge import build_reference
+from bridge._contract import ChunkCalls, chunk_table, with_metadata
+from bridge._report import write_report
+from bridge.engines.reference import ReferenceEngine
 from bridge.matrix import CellMatrix
-from bridge.report import write_report
 
 FIGURES = ("composition", "confidence", "embedding", "dotplot")
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pytest
 
 from bridge import InputError
-from bridge.server._wire import ARROW_MEDIA_TYPE, matrix_arrow_body, sparse_to_payload
+from bridge._contract.wire import ARROW_MEDIA_TYPE, matrix_arrow_body, sparse_to_payload
 
 pytest.register_assert_rewrite("tests._server")
 from tests._server import (  # noqa: E402

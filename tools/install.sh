@@ -27,6 +27,22 @@ echo "scbridge install: apt packages (R ${#R_PACKAGES[@]} packages, Python heade
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q "${R_PACKAGES[@]}" "${PYTHON_PACKAGES[@]}" "${BROWSER_PACKAGES[@]}" >/dev/null
 
+# The R package's Arrow transport needs the R package nanoarrow (>= 0.6.0) or arrow, which
+# Debian does not package: nanoarrow is tried from CRAN, quietly. Where CRAN cannot be reached
+# the R package goes on without it (.rds for the cli engine, JSON for the http engine).
+echo "scbridge install: R package nanoarrow from CRAN (optional: the R package's Arrow transport)"
+$SUDO Rscript -e '
+  if (requireNamespace("nanoarrow", quietly = TRUE) &&
+      utils::packageVersion("nanoarrow") >= "0.6.0") quit(status = 0)
+  repos <- getOption("repos")
+  if (is.null(repos) || !length(repos) || "@CRAN@" %in% repos) {
+    repos <- c(CRAN = "https://cloud.r-project.org")
+  }
+  options(timeout = 60)
+  suppressWarnings(try(utils::install.packages("nanoarrow", repos = repos, quiet = TRUE),
+                       silent = TRUE))
+' >/dev/null 2>&1 || true
+
 PYTHON="${PYTHON:-python3}"
 if ! "$PYTHON" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   # Not 3.11+ with venv / ensurepip: use the distribution's python3 (installed above).
@@ -49,5 +65,6 @@ PY
 echo "scbridge install: R package scbridge"
 $SUDO R CMD INSTALL --no-test-load r-package >/dev/null 2>.venv/r-install.log || {
   cat .venv/r-install.log >&2; echo "scbridge install: R CMD INSTALL r-package failed" >&2; exit 1; }
+echo "scbridge install: the R package will use: $(Rscript -e 'cat(scbridge:::arrow_transport_summary())' 2>/dev/null || echo "unknown (library(scbridge) failed)")"
 echo "scbridge install: done. In R, point the package at this Python core with"
 echo "  options(scbridge.python = \"$(pwd)/.venv/bin/python\", scbridge.cli = \"$(pwd)/.venv/bin/scbridge\")"

@@ -1,8 +1,9 @@
 """The ``scbridge`` command line: one module per subcommand, registered in ``_COMMANDS``.
 
 Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
-Errors a user can cause (:class:`~bridge.BridgeError`) print one clear line and exit 2;
-anything else is a bug and keeps its traceback.
+Errors a user can cause (:class:`~bridge.BridgeError`) print one line,
+``scbridge CMD: error[CODE]: message``, and exit 2 (the code is the error's stable code, which
+wrappers such as the R package read); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ __all__ = ["main"]
 _COMMANDS = [
     "bridge.cli._inspect",
     "bridge.cli._convert",
+    "bridge.cli._qc",
     "bridge.cli._annotate",
     "bridge.cli._build_reference",
-    "bridge.cli._markers",
+    "bridge.cli._rank_markers",
     "bridge.cli._embed",
     "bridge.cli._serve",
     "bridge.cli._workspace",
@@ -33,7 +35,7 @@ _COMMANDS = [
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from .._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="scbridge",
@@ -62,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _one_line_warning(args.command)
             return int(args._run(args) or 0)
     except BridgeError as exc:
-        print(f"scbridge {args.command}: error: {exc}", file=sys.stderr)
+        print(f"scbridge {args.command}: error[{exc.code}]: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"scbridge {args.command}: interrupted", file=sys.stderr)

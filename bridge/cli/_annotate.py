@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .._contract import metadata_dict
 from .._errors import InputError, MissingDependencyError
 
 NAME = "annotate"
@@ -27,13 +28,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="calls file: .parquet, .arrow (IPC file), .csv or .json")
     parser.add_argument("--model", default="markers", help="engine (default: markers)")
     parser.add_argument("--atlas", help="marker database / reference file of the engine")
-    parser.add_argument("--assay", help="Seurat / SCE assay (default: active assay / counts)")
+    parser.add_argument("--tissue", help="tissue context of the markers engine: a tissue name "
+                                         "or UBERON id (e.g. pancreas, UBERON:0001264)")
+    parser.add_argument("--min-gene-fraction", type=float, default=None, metavar="F",
+                        help="refuse inputs holding fewer of the model's genes than this "
+                             "fraction (default: the model's own)")
+    parser.add_argument("--assay", help="Seurat / SCE assay (default: active assay / counts); "
+                                        "altexp:NAME for an SCE's altExp")
     parser.add_argument("--layer", help="layer: counts, data, an AnnData layer, raw")
+    parser.add_argument("--value-kind", choices=("counts", "lognorm", "normalized"),
+                        help="what the values are, when the guess from the layer is wrong "
+                             "(normalized: TPM / CPM / FPKM, not logged)")
     parser.add_argument("--min-confidence", type=float, default=None,
                         help="label cells below this confidence 'Unknown' (raw call kept)")
     parser.add_argument("--groups", help="cell metadata column to smooth labels over "
                                          "(e.g. seurat_clusters)")
     parser.add_argument("--no-qc", action="store_true", help="skip the QC columns")
+    parser.add_argument("--qc-table", metavar="QC",
+                        help="attach this table from `scbridge qc` instead of computing QC")
     parser.add_argument("--chunk-size", type=int, default=None, help="cells per chunk")
     parser.add_argument("--endpoint", help="annotate through this service URL instead")
     parser.add_argument("--api-key-env", default="SCBRIDGE_API_KEY",
@@ -41,7 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", choices=("arrow", "json"), default="arrow")
     parser.add_argument("--write-back", metavar="OUT_OBJECT",
                         help="also write the input with cell_type, cell_type_confidence and "
-                             "cell_type_ontology added (.rds or .h5ad)")
+                             "cell_type_ontology added: .rds (from .rds or .rda), .rda / "
+                             ".RData (from .rda: the file's other objects kept) or .h5ad; "
+                             "checked before the annotation starts")
     parser.add_argument("--report", metavar="HTML", help="write an HTML report")
     parser.add_argument("--partitions", action="store_true",
                         help="input is a folder or glob of Arrow CSR partitions "
@@ -71,21 +85,6 @@ def _flatten_for_csv(table: pa.Table) -> pa.Table:
     return out
 
 
-def metadata_dict(table: pa.Table) -> dict[str, Any]:
-    """The ``scbridge.*`` provenance keys as a plain dict (JSON values decoded)."""
-    out: dict[str, Any] = {}
-    for key, value in (table.schema.metadata or {}).items():
-        name = key.decode()
-        if not name.startswith("scbridge."):
-            continue
-        text = value.decode()
-        try:
-            out[name.removeprefix("scbridge.")] = json.loads(text)
-        except ValueError:
-            out[name.removeprefix("scbridge.")] = text
-    return out
-
-
 def write_calls(table: pa.Table, out: str | Path) -> Path:
     """Write a Calls table by the suffix of ``out``."""
     path = Path(out)
@@ -106,7 +105,7 @@ def write_calls(table: pa.Table, out: str | Path) -> Path:
 
         pcsv.write_csv(_flatten_for_csv(table), path)
     else:
-        from ..calls import calls_to_records
+        from .._contract import calls_to_records
 
         records = calls_to_records(table)
         cells = table.column("cell").to_pylist()
@@ -149,19 +148,21 @@ def summary(table: pa.Table) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..annotate import annotate
-    from ..io import read
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Engine parameters given on the command line (only those set)."""
+    options = {"tissue": args.tissue, "min_gene_fraction": args.min_gene_fraction}
+    return {k: v for k, v in options.items() if v is not None}
 
+
+def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in SUFFIXES:
         msg = f"--out {out}: unsupported suffix {out.suffix!r}; use one of {', '.join(SUFFIXES)}."
         raise InputError(msg)
-    report = None
     if args.report:
         import importlib.util
 
-        if importlib.util.find_spec("bridge.report") is None:
+        if importlib.util.find_spec("bridge._report") is None:
             msg = ("--report needs the bridge.report module, which this installation lacks; "
                    "run without --report or install the full scbridge package.")
             raise MissingDependencyError(msg)
@@ -170,13 +171,32 @@ def run(args: argparse.Namespace) -> int:
     if args.scheduler or args.workers:
         msg = "--scheduler and --workers go with --partitions (a folder of Arrow CSR partitions)."
         raise InputError(msg)
-    matrix = read(args.input, assay=args.assay, layer=args.layer)
+    from ..io.rds import reuse_loaded
+
+    with reuse_loaded():  # an R input is loaded once: write-back check, reading, writing back
+        return _run_one(args, out)
+
+
+def _run_one(args: argparse.Namespace, out: Path) -> int:
+    from .._annotate import annotate
+    from ..io import read
+
+    if args.write_back:
+        from ..io.write_back import check_write_back
+
+        check_write_back(args.input, args.write_back)  # before any computation
+    matrix = read(args.input, assay=args.assay, layer=args.layer, value_kind=args.value_kind)
     api_key = os.environ.get(args.api_key_env) if args.endpoint else None
+    qc: bool | pa.Table = not args.no_qc
+    if args.qc_table:
+        from ._table_io import read_table
+
+        qc = read_table(args.qc_table)
     table = annotate(matrix, model=args.model, atlas=args.atlas,
                      min_confidence=args.min_confidence, groups=args.groups,
-                     qc=not args.no_qc, endpoint=args.endpoint, api_key=api_key,
+                     qc=qc, endpoint=args.endpoint, api_key=api_key,
                      transport=args.transport, chunk_size=args.chunk_size,
-                     progress=not args.quiet)
+                     progress=not args.quiet, **engine_options(args))
     write_calls(table, out)
     if args.write_back:
         from ..io.write_back import write_back
@@ -188,8 +208,9 @@ def run(args: argparse.Namespace) -> int:
             "cell_type_ontology": table.column("ontology_id"),
         })
         write_back(args.input, columns, args.write_back, overwrite=True)
+    report = None
     if args.report:
-        from ..report import write_report
+        from .._report import write_report
 
         report = write_report(args.report, matrix, table)
     if not args.quiet:
@@ -201,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_partitions(args: argparse.Namespace, out: Path) -> int:
     """``--partitions``: annotate a partitioned data set on a Dask cluster."""
-    from ..partitioned import annotate_partitions
+    from .._partitioned import annotate_partitions
 
     refused = [flag for flag, value in (("--endpoint", args.endpoint), ("--groups", args.groups),
                                         ("--write-back", args.write_back),
@@ -214,7 +235,7 @@ def _run_partitions(args: argparse.Namespace, out: Path) -> int:
     table = annotate_partitions(args.input, client=args.scheduler, n_workers=args.workers,
                                 model=args.model, atlas=args.atlas,
                                 min_confidence=args.min_confidence, qc=not args.no_qc,
-                                progress=not args.quiet)
+                                progress=not args.quiet, **engine_options(args))
     write_calls(table, out)
     if not args.quiet:
         print(summary(table))

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engines.reference import build_reference
+    from .._reference import build_reference
 
     out = args.out if args.out.lower().endswith(".parquet") else args.out + ".parquet"
     extra = {"drop_labels": tuple(args.drop_label)} if args.drop_label else {}

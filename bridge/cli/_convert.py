@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 from tqdm.auto import tqdm
 
 NAME = "convert"
@@ -42,7 +44,7 @@ def convert(input: str, output: str, *, assay: str | None = None, layer: str | N
     first = next(chunks)
     schema = arrow_schema(first)
 
-    def batches():
+    def batches() -> Iterator[pa.RecordBatch]:
         progress = tqdm(desc="converting", unit="cells")
         for chunk in (first, *chunks):
             yield from batches_from_matrix(chunk, schema=schema)

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..embed import embed
+    from .._embed import embed
     from ._table_io import write_table
 
     table = embed(args.input, n_components=args.n_components, n_top_genes=args.n_top_genes,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 NAME = "inspect"
 HELP = "show class, assays, layers, dims, nnz, value kind and gene id kind of an input"
@@ -16,13 +17,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
-def inspect(path: str, *, assay: str | None = None, layer: str | None = None) -> dict:
+def inspect(path: str, *, assay: str | None = None, layer: str | None = None) -> dict[str, Any]:
     """Describe ``path`` and read its default (or chosen) matrix for value and gene id kinds."""
     from .. import io
-    from .._gene_ids import detect_gene_id_kind
+    from ..genes import detect_gene_id_kind
+    from ..io.rds import reuse_loaded
 
-    info = io.describe(path)
-    matrix = io.read(path, assay=assay, layer=layer, validate=False)
+    with reuse_loaded():  # an R file is loaded once for both
+        info = io.describe(path)
+        matrix = io.read(path, assay=assay, layer=layer, validate=False)
     info["default"] = {
         "source": matrix.source,
         "cells": matrix.n_cells,
@@ -37,7 +40,7 @@ def inspect(path: str, *, assay: str | None = None, layer: str | None = None) ->
     return info
 
 
-def _text(info: dict) -> str:
+def _text(info: dict[str, Any]) -> str:
     lines = [f"class: {info['class']}"]
     for key in ("seurat_version", "active_assay", "source"):
         if info.get(key):
@@ -52,6 +55,11 @@ def _text(info: dict) -> str:
                 f"  {name or assay}: {layer['class']}, {layer['genes']:,} genes x "
                 f"{layer['cells']:,} cells, nnz {nnz}"
             )
+    for alt, assays in info.get("alt_exps", {}).items():
+        lines.append(f"altExp {alt} (read with --assay altexp:{alt}):")
+        for name, layer in assays.items():
+            lines.append(f"  {name}: {layer['class']}, {layer['genes']:,} genes x "
+                         f"{layer['cells']:,} cells")
     d = info["default"]
     lines += [
         f"default matrix: {d['source']}: {d['cells']:,} cells x {d['genes']:,} genes, "

@@ -44,20 +44,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import NDArray
 
+from .._contract import UNKNOWN, ChunkCalls
 from .._errors import FormatError, InputError
-from ..calls import UNKNOWN, ChunkCalls
+from ..numerics import log_normalize
 from . import register_engine
+from ._base import ChunkedEngine, GeneLayoutCache
 
 if TYPE_CHECKING:
     from ..matrix import CellMatrix
 
-__all__ = ["MarkerDatabase", "MarkerEngine", "load_marker_database", "normalized_block"]
+__all__ = ["MarkerDatabase", "MarkerEngine", "load_marker_database"]
 
 logger = logging.getLogger(__name__)
 
 PRIOR = "__prior__"
-TARGET_SUM = 1e4
+# Matrix columns of the panel genes present, their names, positive and negative weights.
+_PanelLayout = tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]
 _COLUMNS = ("cell_type", "ontology_id", "parent", "level", "tissue", "gene", "direction",
             "weight", "source")
 
@@ -68,21 +72,21 @@ class MarkerDatabase:
 
     types: list[str]  # node names; index = node id
     ontology_ids: list[str | None]
-    parents: np.ndarray  # node -> parent node id (-1 for a compartment)
-    levels: np.ndarray
+    parents: NDArray[Any]  # node -> parent node id (-1 for a compartment)
+    levels: NDArray[Any]
     tissues: list[str]
     sources: list[str]
     genes: list[str]  # panel genes (all genes named anywhere in the database)
-    positive: np.ndarray  # types x panel genes, weights >= 0
-    negative: np.ndarray  # types x panel genes, weights >= 0
-    prior: np.ndarray  # types
+    positive: NDArray[Any]  # types x panel genes, weights >= 0
+    negative: NDArray[Any]  # types x panel genes, weights >= 0
+    prior: NDArray[Any]  # types
     path: str
 
     @property
     def n_types(self) -> int:
         return len(self.types)
 
-    def children(self, node: int) -> np.ndarray:
+    def children(self, node: int) -> NDArray[Any]:
         return np.flatnonzero(self.parents == node)
 
     def lineage_of(self, label: str) -> list[str]:
@@ -163,49 +167,7 @@ def load_marker_database(path: str | None = None) -> MarkerDatabase:
     )
 
 
-def panel_block(X: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
-    """``X[:, columns]`` (float64, sorted indices) without scipy's fancy indexing, which
-    copies the whole ``indices`` array to int64 when ``indptr`` is int64.
-
-    Extra memory: 3 bytes per non-zero of ``X`` (a small column map and a mask), plus the
-    panel's own non-zeros.
-    """
-    n_cells = X.shape[0]
-    if not len(columns) or not X.nnz:
-        return sp.csr_matrix((n_cells, len(columns)))
-    lookup_type = np.int16 if len(columns) < 2**15 else np.int32
-    lookup = np.full(X.shape[1], -1, dtype=lookup_type)
-    lookup[columns] = np.arange(len(columns), dtype=lookup_type)
-    mapped = lookup[X.indices]
-    positions = np.flatnonzero(mapped >= 0)
-    new_columns = mapped[positions].astype(np.int32)
-    del mapped
-    rows = np.searchsorted(X.indptr, positions, side="right") - 1
-    counts = np.bincount(rows, minlength=n_cells)
-    indptr = np.zeros(n_cells + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    out = sp.csr_matrix((X.data[positions].astype(np.float64), new_columns, indptr),
-                        shape=(n_cells, len(columns)))
-    out.sort_indices()  # panel order differs from matrix column order
-    return out
-
-
-def normalized_block(matrix: CellMatrix, columns: np.ndarray) -> sp.csr_matrix:
-    """Sparse cells x ``columns`` block of log1p(CP10k) values (counts) or the values as given.
-
-    Totals use every gene of the cell; only the requested columns are copied.
-    """
-    X = matrix.X
-    block = panel_block(X, columns)
-    if matrix.value_kind == "counts":
-        totals = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
-        scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
-        block.data *= np.repeat(scale, np.diff(block.indptr))
-        np.log1p(block.data, out=block.data)
-    return block
-
-
-class MarkerEngine:
+class MarkerEngine(ChunkedEngine):
     """Hierarchical scoring against the curated marker database.
 
     Parameters
@@ -230,23 +192,27 @@ class MarkerEngine:
         this off.
     n_markers, n_alternates
         Genes and runner-up labels reported per cell.
+    min_gene_fraction
+        Refuse inputs holding fewer of the panel's genes than this fraction.
     """
 
     name = "markers"
-    model = "markers"
 
     def __init__(self, atlas: str | None = None, *, tissue: str | None = None,
                  saturation: float = 2.0, temperature: float = 0.1,
                  min_level_confidence: float = 0.5,
                  child_weight: float | tuple[float, ...] = (1.0, 1.0, 0.5, 0.25),
                  extend_leaves_to_level: int = 2,
-                 n_markers: int = 5, n_alternates: int = 3) -> None:
+                 n_markers: int = 5, n_alternates: int = 3,
+                 min_gene_fraction: float = 0.1) -> None:
         if saturation <= 0 or temperature <= 0:
             msg = "saturation and temperature must be positive."
-            raise InputError(msg)
-        if not 0.0 <= min_level_confidence <= 1.0:
-            msg = f"min_level_confidence must lie in [0, 1], got {min_level_confidence}."
-            raise InputError(msg)
+            raise InputError(msg, code="invalid_parameter")
+        for name, value in (("min_level_confidence", min_level_confidence),
+                            ("min_gene_fraction", min_gene_fraction)):
+            if not 0.0 <= value <= 1.0:
+                msg = f"{name} must lie in [0, 1], got {value}."
+                raise InputError(msg, code="invalid_parameter")
         path = None if atlas in (None, "", "default", "markers") else str(atlas)
         self.db = load_marker_database(path)
         self.atlas: str | None = "default" if path is None else path
@@ -258,9 +224,9 @@ class MarkerEngine:
         self.extend_leaves_to_level = extend_leaves_to_level
         self.n_markers = n_markers
         self.n_alternates = n_alternates
+        self.min_gene_fraction = min_gene_fraction
         self.allowed = self._allowed_types(tissue)
-        self._layout_genes: np.ndarray | None = None
-        self._layout: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._layouts: GeneLayoutCache[_PanelLayout] = GeneLayoutCache()
 
     # -- the public engine surface --------------------------------------------------------
     @property
@@ -275,13 +241,13 @@ class MarkerEngine:
             "temperature": self.temperature, "min_level_confidence": self.min_level_confidence,
             "child_weight": self.child_weight,
             "extend_leaves_to_level": self.extend_leaves_to_level, "n_markers": self.n_markers,
-            "n_alternates": self.n_alternates, "n_types": self.db.n_types,
-            "n_marker_genes": len(self.db.genes),
+            "n_alternates": self.n_alternates, "min_gene_fraction": self.min_gene_fraction,
+            "n_types": self.db.n_types, "n_marker_genes": len(self.db.genes),
         }
 
     def annotate_chunk(self, matrix: CellMatrix) -> ChunkCalls:
-        columns, panel, pos, neg = self._panel_layout(matrix.genes)
-        block = normalized_block(matrix, columns)
+        columns, panel, pos, neg = self._layouts.get(matrix.genes, self._panel_layout)
+        block = log_normalize(matrix.X, matrix.value_kind, columns=columns, dtype=np.float64)
         # Sparse x dense products sum each row on its own, in a fixed order: a cell's scores
         # are bit-identical whatever chunk it is in (dense BLAS blocking would not be).
         evidence = block.copy()
@@ -306,7 +272,7 @@ class MarkerEngine:
                           alternates=alternates, markers=markers)
 
     # -- steps ----------------------------------------------------------------------------
-    def _allowed_types(self, tissue: str | None) -> np.ndarray:
+    def _allowed_types(self, tissue: str | None) -> NDArray[Any]:
         if tissue is None:
             return np.ones(self.db.n_types, dtype=bool)
         wanted = tissue.lower()
@@ -317,22 +283,16 @@ class MarkerEngine:
             ok[self.db.lineage(int(node))] = True
         return ok
 
-    def _panel_layout(self, genes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                         np.ndarray]:
+    def _panel_layout(self, genes: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any],
+                                                         NDArray[Any]]:
         """Matrix columns of the panel genes present, and the weights restricted to them."""
-        cached = self._layout_genes
-        if self._layout is not None and cached is not None and (
-                cached is genes or (len(cached) == len(genes) and np.array_equal(cached, genes))):
-            return self._layout
         position = {str(g): j for j, g in enumerate(genes)}
         present = [k for k, g in enumerate(self.db.genes) if g in position]
         columns = np.array([position[self.db.genes[k]] for k in present], dtype=np.int64)
         panel = np.array([self.db.genes[k] for k in present], dtype=object)
-        layout = (columns, panel, self.db.positive[:, present], self.db.negative[:, present])
-        self._layout_genes, self._layout = genes, layout
-        return layout
+        return columns, panel, self.db.positive[:, present], self.db.negative[:, present]
 
-    def _available(self, pos: np.ndarray) -> np.ndarray:
+    def _available(self, pos: NDArray[Any]) -> NDArray[Any]:
         """Types with a positive marker in the panel, or with such a descendant (allowed only)."""
         available = (pos.sum(axis=1) > 0) & self.allowed
         for level in sorted(set(self.db.levels.tolist()), reverse=True):
@@ -348,7 +308,7 @@ class MarkerEngine:
             return float(weights)
         return float(weights[min(level, len(weights)) - 1])
 
-    def _subtree_scores(self, own: np.ndarray, available: np.ndarray) -> np.ndarray:
+    def _subtree_scores(self, own: NDArray[Any], available: NDArray[Any]) -> NDArray[Any]:
         """Own score plus the best available child's subtree score, deepest level first."""
         subtree = own.copy()
         for level in sorted(set(self.db.levels.tolist()), reverse=True):
@@ -375,8 +335,8 @@ class MarkerEngine:
             total += factor
         return total
 
-    def _descend(self, subtree: np.ndarray, available: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _descend(self, subtree: NDArray[Any], available: NDArray[Any]
+                 ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
         """Top-down winning path per cell.
 
         Returns node ids and cumulative probabilities per depth (cells x depth), and the
@@ -421,8 +381,8 @@ class MarkerEngine:
             current, cumulative = next_current, next_cumulative
         return nodes, probs, alt_nodes, alt_scores
 
-    def _alternates(self, alt_nodes: np.ndarray, alt_scores: np.ndarray, final_depth: np.ndarray
-                    ) -> list[list[tuple[str, float]]]:
+    def _alternates(self, alt_nodes: NDArray[Any], alt_scores: NDArray[Any],
+                    final_depth: NDArray[Any]) -> list[list[tuple[str, float]]]:
         """Runners-up to each cell's label: losers at its level and above, best first."""
         n, depth, k_alt = alt_nodes.shape
         if not k_alt or not n:
@@ -438,9 +398,9 @@ class MarkerEngine:
                 for row_nodes, row_scores in zip(top_nodes.tolist(), top_scores.tolist(),
                                                  strict=True)]
 
-    def _choose_level(self, nodes: np.ndarray, probs: np.ndarray
-                      ) -> tuple[list[str], list[str | None], np.ndarray, np.ndarray,
-                                 np.ndarray]:
+    def _choose_level(self, nodes: NDArray[Any], probs: NDArray[Any]
+                      ) -> tuple[list[str], list[str | None], NDArray[Any], NDArray[Any],
+                                 NDArray[Any]]:
         """The deepest node on each path whose cumulative probability clears the bar."""
         n = nodes.shape[0]
         ok = (nodes >= 0) & (probs >= self.min_level_confidence)
@@ -455,8 +415,8 @@ class MarkerEngine:
         ontology = [self.db.ontology_ids[k] if k >= 0 else None for k in final]
         return labels, ontology, confidence, final, depth
 
-    def _cell_markers(self, evidence: sp.csr_matrix, pos: np.ndarray, final: np.ndarray,
-                      panel: np.ndarray) -> list[list[str]]:
+    def _cell_markers(self, evidence: sp.csr_matrix, pos: NDArray[Any], final: NDArray[Any],
+                      panel: NDArray[Any]) -> list[list[str]]:
         """Per cell, the positive markers of its path that carried the most evidence."""
         if not len(panel) or self.n_markers <= 0:
             return [[] for _ in range(len(final))]
@@ -476,10 +436,6 @@ class MarkerEngine:
         return [genes[a:min(b, a + k)] for a, b in itertools.pairwise(starts.tolist())]
 
 
-def _factory(atlas: str | None = None, **params: Any) -> MarkerEngine:
-    return MarkerEngine(atlas, **params)
-
-
-register_engine("markers", _factory,
+register_engine("markers", MarkerEngine,
                 "embedded curated marker engine: blood, bone marrow and major tissue "
                 "compartments; no reference, no network")

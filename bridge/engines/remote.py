@@ -1,5 +1,9 @@
 """The remote engine: a client for ``scbridge serve`` and any service of the Cell Atlas contract.
 
+Registered as engine ``"remote"``: ``bridge.annotate(..., endpoint=URL)`` builds it with
+the model, atlas and tissue to ask the service for; the raw gene ids are sent (the service
+maps and checks them).
+
 The matrix goes out in chunks (50,000 cells by default), a bounded number at a time, each
 retried with exponential backoff and jitter on connection errors, 429 and 5xx (a
 ``Retry-After`` header wins over the computed delay).  Replies are checked against the cells
@@ -33,14 +37,27 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
+from .._contract import CALLS_SCHEMA, MARKERS_SCHEMA, concat_calls, with_metadata
+from .._contract.wire import (
+    ARROW_MEDIA_TYPE,
+    JSON_MEDIA_TYPE,
+    calls_from_json,
+    json_body,
+    matrix_arrow_buffer,
+    metadata_from_json,
+    table_from_arrow,
+)
 from .._errors import InputError, MissingDependencyError, RemoteError
+from . import DEFAULT_CHUNK_SIZE, register_engine
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import httpx
 
     from ..matrix import CellMatrix
 
-__all__ = ["ENV_API_KEY", "RemoteClient", "annotate_url"]
+__all__ = ["ENV_API_KEY", "RemoteClient", "annotate_url", "body_chunks"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +72,7 @@ def annotate_url(endpoint: str) -> str:
     url = endpoint.rstrip("/")
     if not url.startswith(("http://", "https://")):
         msg = f"endpoint must be an http:// or https:// URL, got {endpoint!r}."
-        raise InputError(msg)
+        raise InputError(msg, code="invalid_parameter")
     if url.endswith(_ANNOTATE_PATH):
         return url
     if url.endswith("/v1"):
@@ -101,8 +118,20 @@ def _error_from(response: httpx.Response, url: str) -> RemoteError:
     return RemoteError(text, status=response.status_code, code=code, hint=hint)
 
 
+def body_chunks(body: bytes | pa.Buffer, size: int = 1 << 20) -> Iterator[memoryview]:
+    """``body`` as memoryview slices, for streaming uploads.
+
+    httpcore sends a ``bytes`` body with ``while buf: n = sock.send(buf); buf = buf[n:]``,
+    which copies the rest of the body on every partial send: quadratic, ~80 MB/s for a
+    240 MB body on loopback.  Slices of at most 1 MiB keep each copy small (~2 GB/s).
+    """
+    view = memoryview(body).cast("B")
+    for start in range(0, len(view), size):
+        yield view[start:start + size]
+
+
 class RemoteClient:
-    """Annotate cells with a remote service.
+    """Annotate cells with a remote service (the ``"remote"`` engine).
 
     Parameters
     ----------
@@ -115,6 +144,8 @@ class RemoteClient:
     model, atlas
         What the service should use (``GET /v1/models`` lists them); ``atlas`` is sent as
         ``reference_atlas``.
+    tissue
+        The tissue context to ask for (a name or UBERON id), sent as ``tissue``.
     chunk_size
         Cells per request.
     max_concurrency
@@ -130,6 +161,10 @@ class RemoteClient:
         bytes), send it again in halves (recursively) instead of failing.
     """
 
+    name = "remote"
+    min_gene_fraction = 0.0  # the service checks the genes against its own model
+    genes = None
+
     def __init__(
         self,
         endpoint: str,
@@ -138,7 +173,8 @@ class RemoteClient:
         transport: Transport | str = "arrow",
         model: str = "markers",
         atlas: str | None = None,
-        chunk_size: int = 50_000,
+        tissue: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_concurrency: int = 4,
         timeout: float = 300.0,
         retries: int = 5,
@@ -148,16 +184,17 @@ class RemoteClient:
     ) -> None:
         if transport not in ("arrow", "json"):
             msg = f"transport must be 'arrow' or 'json', got {transport!r}."
-            raise InputError(msg)
+            raise InputError(msg, code="invalid_parameter")
         if chunk_size < 1 or max_concurrency < 1 or retries < 0 or timeout <= 0:
             msg = ("chunk_size and max_concurrency must be >= 1, retries >= 0 and timeout > 0; "
                    f"got {chunk_size}, {max_concurrency}, {retries}, {timeout}.")
-            raise InputError(msg)
+            raise InputError(msg, code="invalid_parameter")
         self.url = annotate_url(endpoint)
         self.api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY) or None
         self.transport: Transport = "arrow" if transport == "arrow" else "json"
         self.model = model
         self.atlas = atlas
+        self.tissue = tissue
         self.chunk_size = chunk_size
         self.max_concurrency = max_concurrency
         self.timeout = timeout
@@ -167,6 +204,12 @@ class RemoteClient:
         self.split_too_large = split_too_large
         self._rng = random.Random()
         self._rng_lock = threading.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "atlas": self.atlas,
+                "parameters": {"endpoint": self.url, "model": self.model,
+                               "transport": self.transport, "tissue": self.tissue,
+                               "chunk_size": self.chunk_size}}
 
     def __repr__(self) -> str:  # never shows the key
         return (f"RemoteClient({self.url!r}, transport={self.transport!r}, model={self.model!r}, "
@@ -202,8 +245,6 @@ class RemoteClient:
               params: dict[str, Any], what: str, url: str | None = None) -> httpx.Response:
         import httpx
 
-        from ..server._wire import body_chunks
-
         headers = {**headers, "Content-Length": str(len(memoryview(content).cast("B")))}
         for attempt in range(self.retries + 1):
             response: httpx.Response | None = None
@@ -217,7 +258,7 @@ class RemoteClient:
                     msg = (f"could not reach {self.url} for {what} after {attempt + 1} attempts "
                            f"({type(exc).__name__}: {exc}). Check the URL and that the service "
                            "is running.")
-                    raise RemoteError(msg) from None
+                    raise RemoteError(msg, code="remote_unreachable") from None
                 reason = type(exc).__name__
             else:
                 if response.status_code < 400:
@@ -234,30 +275,18 @@ class RemoteClient:
     # -- one chunk ----------------------------------------------------------------------------
     def _request(self, chunk: CellMatrix
                  ) -> tuple[bytes | pa.Buffer, dict[str, str], dict[str, str]]:
-        from ..server._wire import (
-            ARROW_MEDIA_TYPE,
-            JSON_MEDIA_TYPE,
-            json_body,
-            matrix_arrow_buffer,
-        )
-
         if self.transport == "arrow":
             params = {"model": self.model}
             if self.atlas is not None:
                 params["reference_atlas"] = self.atlas
+            if self.tissue is not None:
+                params["tissue"] = self.tissue
             headers = {"Content-Type": ARROW_MEDIA_TYPE, "Accept": ARROW_MEDIA_TYPE}
             return matrix_arrow_buffer(chunk), headers, params
-        try:
-            body = json_body(chunk, model=self.model, atlas=self.atlas)
-        except ValueError as exc:
-            msg = f"the matrix cannot be sent as JSON ({exc}); remove NaN / Inf values."
-            raise InputError(msg) from None
+        body = json_body(chunk, model=self.model, atlas=self.atlas, tissue=self.tissue)
         return body, {"Content-Type": JSON_MEDIA_TYPE, "Accept": JSON_MEDIA_TYPE}, {}
 
     def _annotate_chunk(self, http: httpx.Client, chunk: CellMatrix, index: int) -> pa.Table:
-        from ..calls import concat_calls
-        from ..server._wire import calls_from_arrow, calls_from_json
-
         what = f"chunk {index} ({chunk.n_cells} cells)"
         content, headers, params = self._request(chunk)
         try:
@@ -273,28 +302,31 @@ class RemoteClient:
             return concat_calls([self._annotate_chunk(http, part, index) for part in parts])
         del content
         kind = response.headers.get("content-type", "").split(";")[0].strip()
-        if kind == headers["Accept"] == "application/vnd.apache.arrow.stream":
-            table = calls_from_arrow(response.content)
+        if kind == headers["Accept"] == ARROW_MEDIA_TYPE:
+            table = table_from_arrow(response.content)
             sent = [str(c) for c in chunk.cells]
             if table.num_rows != len(sent) or "cell" not in table.column_names:
                 msg = f"{what}: the service returned {table.num_rows} calls for {len(sent)} cells."
-                raise RemoteError(msg)
+                raise RemoteError(msg, code="remote_reply")
             if table.column("cell").to_pylist() != sent:
                 msg = (f"{what}: the service returned calls for other cells than were sent "
                        "(a mixed-up reply); nothing was merged.")
-                raise RemoteError(msg)
+                raise RemoteError(msg, code="remote_reply")
             return table
         try:
             body = response.json()
         except ValueError:
             msg = (f"{what}: the service replied with {kind or 'no content type'}, neither JSON "
                    "nor Arrow; is the endpoint an annotate URL?")
-            raise RemoteError(msg) from None
+            raise RemoteError(msg, code="remote_reply") from None
         return calls_from_json(body, chunk.cells)
 
     # -- public -------------------------------------------------------------------------------
-    def call_cells(self, matrix: CellMatrix, *, progress: bool = True) -> pa.Table:
+    def annotate(self, matrix: CellMatrix, *, chunk_size: int | None = None,
+                 progress: bool = True) -> pa.Table:
         """Calls for every cell of ``matrix``, in its order (the Calls table of DESIGN §3).
+
+        ``chunk_size`` (cells per request) defaults to the client's own.
 
         Raises
         ------
@@ -304,12 +336,11 @@ class RemoteClient:
         """
         from tqdm.auto import tqdm
 
-        from ..calls import CALLS_SCHEMA, concat_calls, with_metadata
-
         if matrix.n_cells == 0:
             return CALLS_SCHEMA.empty_table()
-        chunks = matrix.iter_chunks(self.chunk_size)
-        n_chunks = -(-matrix.n_cells // self.chunk_size)
+        size = chunk_size or self.chunk_size
+        chunks = matrix.iter_chunks(size)
+        n_chunks = -(-matrix.n_cells // size)
         results: list[pa.Table | None] = [None] * n_chunks
         bar = tqdm(total=matrix.n_cells, unit="cells", desc="annotating (remote)",
                    disable=not progress or n_chunks < 2)
@@ -349,43 +380,14 @@ class RemoteClient:
     # -- companion endpoints (all cells in one request: they need every cell at once) ------------
     def _companion(self, name: str, matrix: CellMatrix, params: dict[str, Any],
                    labels: list[str | None] | None = None) -> Any:
-        import json
-
-        from ..matrix import CellMatrix
-        from ..server._wire import (
-            ARROW_MEDIA_TYPE,
-            JSON_MEDIA_TYPE,
-            calls_from_arrow,
-            matrix_arrow_buffer,
-            sparse_to_payload,
-        )
-
         url = self.url[: -len(_ANNOTATE_PATH)] + f"/v1/singlecell/{name}"
         if self.transport == "arrow":
-            if labels is not None:
-                from ..io.arrow import write_arrow
-
-                labelled = CellMatrix(matrix.X, matrix.cells, matrix.genes,
-                                      obs=pa.table({"label": pa.array(labels, pa.string())}),
-                                      value_kind=matrix.value_kind, validate=False)
-                sink = pa.BufferOutputStream()
-                write_arrow(labelled, sink, stream=True)
-                content: bytes | pa.Buffer = sink.getvalue()
-            else:
-                content = matrix_arrow_buffer(matrix)
+            content = matrix_arrow_buffer(matrix, labels)
             headers = {"Content-Type": ARROW_MEDIA_TYPE, "Accept": ARROW_MEDIA_TYPE}
             with self._http() as http:
                 response = self._post(http, content, headers, params, name, url)
-            return calls_from_arrow(response.content)
-        payload = sparse_to_payload(matrix.X, [str(g) for g in matrix.genes])
-        payload.update(params)
-        if labels is not None:
-            payload["labels"] = labels
-        try:
-            body = json.dumps(payload, allow_nan=False).encode()
-        except ValueError as exc:
-            msg = f"the matrix cannot be sent as JSON ({exc}); remove NaN / Inf values."
-            raise InputError(msg) from None
+            return table_from_arrow(response.content)
+        body = json_body(matrix, model=None, atlas=None, labels=labels, **params)
         headers = {"Content-Type": JSON_MEDIA_TYPE, "Accept": JSON_MEDIA_TYPE}
         with self._http() as http:
             return self._post(http, body, headers, {}, name, url).json()
@@ -395,6 +397,8 @@ class RemoteClient:
         """The service's per-cell embedding (``POST /v1/singlecell/embed``), as
         :func:`bridge.embed` returns it: ``cell`` and ``embedding`` (fixed-size float32 list).
         """
+        from .._contract import embedding_table
+
         params = {"n_components": n_components, "n_top_genes": n_top_genes, "seed": seed}
         reply = self._companion("embed", matrix, params)
         if isinstance(reply, pa.Table):
@@ -402,32 +406,29 @@ class RemoteClient:
         vectors = reply.get("embeddings") if isinstance(reply, dict) else None
         if not isinstance(vectors, list) or len(vectors) != matrix.n_cells:
             msg = f"the service returned no embedding for each of the {matrix.n_cells} cells."
-            raise RemoteError(msg)
-        flat = pa.array([v for row in vectors for v in row], pa.float32())
-        table = pa.table({"cell": pa.array([str(c) for c in matrix.cells], pa.string()),
-                          "embedding": pa.FixedSizeListArray.from_arrays(flat, n_components)})
-        from ..server._wire import metadata_from_json
+            raise RemoteError(msg, code="remote_reply")
+        import numpy as np
 
-        return table.replace_schema_metadata(metadata_from_json(reply.get("metadata")))
+        scores = np.asarray(vectors, dtype=np.float32).reshape(matrix.n_cells, n_components)
+        return embedding_table([str(c) for c in matrix.cells], scores,
+                               metadata_from_json(reply.get("metadata")))
 
-    def markers(self, matrix: CellMatrix, labels: list[str | None], *, top_n: int = 50,
-                method: Literal["t-test", "wilcoxon"] = "t-test") -> pa.Table:
+    def rank_marker_genes(self, matrix: CellMatrix, labels: list[str | None], *,
+                          top_n: int = 50, method: Literal["t-test", "wilcoxon"] = "t-test"
+                          ) -> pa.Table:
         """The service's marker genes per label (``POST /v1/singlecell/markers``), as
-        :func:`bridge.markers` returns them.  ``labels``: one per cell, in cell order."""
+        :func:`bridge.rank_marker_genes` returns them.  ``labels``: one per cell, in order."""
         if len(labels) != matrix.n_cells:
             msg = f"{len(labels)} labels for {matrix.n_cells} cells; give one label per cell."
-            raise InputError(msg)
+            raise InputError(msg, code="invalid_parameter")
         labels = [None if v is None else str(v) for v in labels]
         reply = self._companion("markers", matrix, {"top_n": top_n, "method": method}, labels)
         if isinstance(reply, pa.Table):
             return reply
-        from ..markers_export import MARKERS_SCHEMA
-        from ..server._wire import metadata_from_json
-
         rows = reply.get("markers") if isinstance(reply, dict) else None
         if not isinstance(rows, list):
             msg = "the service's reply has no 'markers' list."
-            raise RemoteError(msg)
+            raise RemoteError(msg, code="remote_reply")
         table = pa.Table.from_pylist(rows, schema=MARKERS_SCHEMA)
         return table.replace_schema_metadata(metadata_from_json(reply.get("metadata")))
 
@@ -445,8 +446,24 @@ class RemoteClient:
             response = http.get(url)
         except httpx.TransportError as exc:
             msg = f"could not reach {url} ({type(exc).__name__}: {exc})."
-            raise RemoteError(msg) from None
+            raise RemoteError(msg, code="remote_unreachable") from None
         if response.status_code >= 400:
             raise _error_from(response, url)
         return response
 
+
+
+def _remote_engine(atlas: str | None = None, *, endpoint: str, model: str = "markers",
+                   api_key: str | None = None, transport: str = "arrow",
+                   tissue: str | None = None, max_concurrency: int = 4,
+                   timeout: float = 300.0, retries: int = 5, backoff: float = 0.5,
+                   max_backoff: float = 60.0, split_too_large: bool = True) -> RemoteClient:
+    return RemoteClient(endpoint, api_key=api_key, transport=transport, model=model, atlas=atlas,
+                        tissue=tissue, max_concurrency=max_concurrency, timeout=timeout,
+                        retries=retries, backoff=backoff, max_backoff=max_backoff,
+                        split_too_large=split_too_large)
+
+
+register_engine("remote", _remote_engine,
+                "a service speaking the Cell Atlas annotate contract (bridge.annotate(..., "
+                "endpoint=URL))", serve=False)

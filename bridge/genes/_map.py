@@ -5,19 +5,21 @@ from __future__ import annotations
 import gzip
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .._errors import GeneIdError
-from .._gene_ids import GeneIdKind, detect_gene_id_kind
+from ._detect import GeneIdKind, count_id_kinds, detect_gene_id_kind, id_kind
 
 __all__ = ["GeneMapping", "check_genes_found", "detect_gene_id_kind", "human_aliases",
-           "human_symbols", "load_table", "map_to_human_symbols"]
+           "human_symbols", "load_table", "map_to_human_symbols", "mouse_orthologs"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +58,31 @@ def human_aliases() -> dict[str, str]:
     return {**load_table("aliases_human"), **load_table("aliases_curated")}
 
 
+@cache
+def mouse_orthologs() -> dict[str, str | None]:
+    """Mouse symbol -> human orthologue (``None``: a known mouse gene without a usable one),
+    from ``orthologs_mouse_human.tsv.gz`` (Ensembl 105; ``tools/build_gene_tables.py``)."""
+    path = Path(str(resources.files("bridge.genes") / "data" / "orthologs_mouse_human.tsv.gz"))
+    if not path.exists():
+        return {}
+    out: dict[str, str | None] = {}
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            if not line.startswith("#"):
+                mouse, human, _ = line.rstrip("\n").split("\t", 2)
+                out[mouse] = human or None
+    return out
+
+
 def _mouse_to_human(symbol: str) -> str | None:
     exception = load_table("mouse_human").get(symbol)
     if exception:
         return exception
+    orthologs = mouse_orthologs()
+    if symbol in orthologs:
+        return orthologs[symbol]
+    # Not in the orthologue table (renamed since Ensembl 105, or none shipped): the
+    # upper-cased symbol where it is a current human symbol.
     upper = symbol.upper()
     current = human_symbols()
     if not current or upper in current:
@@ -75,7 +98,7 @@ class GeneMapping:
     original id, so columns are never merged or lost).
     """
 
-    genes: np.ndarray
+    genes: NDArray[Any]
     kind: GeneIdKind
     n_mapped: int  # columns whose id changed
 
@@ -88,7 +111,8 @@ def _strip_version(gene: str) -> str:
     return gene.split(".", 1)[0] if gene.startswith("ENS") else gene
 
 
-def _apply(genes: Sequence[str], lookup) -> tuple[np.ndarray, int]:
+def _apply(genes: Sequence[str], lookup: Callable[[str], str | None]
+           ) -> tuple[NDArray[Any], int]:
     out = np.empty(len(genes), dtype=object)
     seen: set[str] = set()
     targets = [lookup(str(g)) for g in genes]
@@ -107,11 +131,8 @@ def _apply(genes: Sequence[str], lookup) -> tuple[np.ndarray, int]:
     return out, n
 
 
-def map_to_human_symbols(genes: Sequence[str] | np.ndarray) -> GeneMapping:
-    """Map Ensembl ids (human or mouse), mouse symbols and outdated human symbols to current
-    human symbols where the shipped tables know them."""
-    genes = np.asarray(genes, dtype=object)
-    kind = detect_gene_id_kind(list(genes))
+def _lookup_for(kind: str) -> Callable[[str], str | None]:
+    """How one id of ``kind`` maps to a current human symbol (``None``: it does not)."""
     if kind == "ensembl_human":
         table = load_table("ensembl_human")
         aliases = human_aliases()
@@ -119,27 +140,54 @@ def map_to_human_symbols(genes: Sequence[str] | np.ndarray) -> GeneMapping:
         def lookup(g: str) -> str | None:
             s = table.get(_strip_version(g))
             return aliases.get(s, s) if s else None
-    elif kind == "ensembl_mouse":
-        # No mouse Ensembl table is shipped (none is packaged for Debian); where one is
-        # added as ensembl_mouse.tsv.gz it is used.
+        return lookup
+    if kind == "ensembl_mouse":
         ens = load_table("ensembl_mouse")
 
         def lookup(g: str) -> str | None:
+            # A mouse gene without a human orthologue keeps its mouse symbol (Ly6g, Mcpt8),
+            # which is how mouse-only markers are named.
             s = ens.get(_strip_version(g))
-            return _mouse_to_human(s) if s else None
-    elif kind == "symbols_mouse":
-        def lookup(g: str) -> str | None:
-            return _mouse_to_human(g)
-    else:
-        aliases = human_aliases()
+            return (_mouse_to_human(s) or s) if s else None
+        return lookup
+    if kind == "symbols_mouse":
+        return _mouse_to_human
+    return human_aliases().get
 
-        def lookup(g: str) -> str | None:
-            return aliases.get(g)
-    mapped, n = _apply(list(genes), lookup)
+
+def _mixed_lookup(genes: Sequence[str]) -> Callable[[str], str | None]:
+    """Each id by its own kind: Ensembl ids through their species' table, symbols as the
+    symbols of the object's species (human unless mouse symbols are the majority)."""
+    counts, _ = count_id_kinds(genes)
+    symbols = ("symbols_mouse" if counts["symbols_mouse"] > counts["symbols_human"]
+               else "symbols_human")
+    lookups = {kind: _lookup_for(kind) for kind in ("ensembl_human", "ensembl_mouse", symbols)}
+
+    def lookup(g: str) -> str | None:
+        kind = id_kind(g)
+        if kind in ("ensembl_human", "ensembl_mouse"):
+            return lookups[kind](g)
+        if kind == "ensembl_other":
+            return None
+        return lookups[symbols](g)
+    return lookup
+
+
+def map_to_human_symbols(genes: Sequence[str] | NDArray[Any]) -> GeneMapping:
+    """Map Ensembl ids (human or mouse), mouse symbols and outdated human symbols to current
+    human symbols where the shipped tables know them.
+
+    A mixture (part Ensembl ids, part symbols) is mapped id by id, each by its own kind.
+    """
+    genes = np.asarray(genes, dtype=object)
+    ids = [str(g) for g in genes]
+    kind = detect_gene_id_kind(ids)
+    lookup = _mixed_lookup(ids) if kind == "mixed" else _lookup_for(kind)
+    mapped, n = _apply(ids, lookup)
     return GeneMapping(mapped, kind, n)
 
 
-def check_genes_found(needed: Sequence[str], genes: Sequence[str] | np.ndarray, *,
+def check_genes_found(needed: Sequence[str], genes: Sequence[str] | NDArray[Any], *,
                       kind: str, min_fraction: float = 0.1, where: str = "the matrix",
                       what: str = "the engine") -> float:
     """Fraction of ``needed`` present in ``genes``; refuse below ``min_fraction``.
@@ -155,11 +203,14 @@ def check_genes_found(needed: Sequence[str], genes: Sequence[str] | np.ndarray, 
     fraction = found / len(needed)
     if fraction < min_fraction:
         example = ", ".join(list(map(str, genes[:3])))
+        if kind == "mixed":
+            kind = "a mixture of Ensembl ids and gene symbols"
         msg = (f"only {found} of the {len(needed)} genes {what} uses ({fraction:.0%}) were "
                f"found in {where} (need {min_fraction:.0%}). Its gene ids look like {kind} "
                f"(e.g. {example}). Use human gene symbols, human or mouse Ensembl ids or mouse "
                "symbols as row/column names, check that the gene names were not replaced by "
-               "numbers or shuffled, or lower the bar with min_gene_fraction=.")
+               "numbers or shuffled, or lower the bar (min_gene_fraction= in Python, "
+               "--min-gene-fraction on the command line, min_gene_fraction = in R).")
         raise GeneIdError(msg)
     if fraction < 0.3:
         warnings.warn(f"only {fraction:.0%} of the {len(needed)} genes {what} uses were found "

@@ -1,8 +1,8 @@
-"""Readers and writers, dispatched through one registry.
+"""Readers and writers, each dispatched through a registry.
 
-Adding a container is one module and one :func:`register_reader` call below; nothing else
-branches on file types.  Heavy dependencies (rpy2, anndata, h5py) load only when their reader
-runs, so reading an Arrow file never starts R.
+Adding a container is one module and one :func:`register_reader` / :func:`register_writer`
+call below; nothing else branches on file types.  Heavy dependencies (rpy2, anndata, h5py)
+load only when their reader runs, so reading an Arrow file never starts R.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from .._errors import InputError, UnsupportedError
 from ..matrix import CellMatrix
 
 if TYPE_CHECKING:
-    from ..matrix import ValueKind
+    from ..numerics import ValueKind
 
-__all__ = ["Reader", "describe", "read", "read_chunks", "register_reader", "write"]
+__all__ = ["Reader", "Writer", "describe", "read", "read_chunks", "register_reader",
+           "register_writer", "write"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +112,11 @@ def _arrow_read(path: Path, *, assay: str | None = None, layer: str | None = Non
 def _arrow_describe(path: Path) -> dict[str, Any]:
     import pyarrow as pa
 
-    from .arrow import _check_schema, _open_reader
+    from .._arrow_csr import check_schema, open_reader
 
     source = pa.memory_map(str(path), "r")
-    reader = _open_reader(source, str(path))
-    genes, value_kind, origin = _check_schema(reader.schema, str(path))
+    reader = open_reader(source, str(path))
+    genes, value_kind, origin = check_schema(reader.schema, str(path))
     n_cells = nnz = 0
     for batch in reader:
         n_cells += batch.num_rows
@@ -190,14 +191,16 @@ def read(
     Parameters
     ----------
     source
-        A path (``.rds`` / ``.RData`` with a Seurat, SingleCellExperiment or matrix;
+        A path (``.rds`` / ``.rda`` / ``.RData`` with a Seurat, SingleCellExperiment or
+        matrix, alone, beside objects of other kinds, or as the one such element of a list;
         ``.h5ad``; Arrow CSR ``.arrow`` / ``.arrows``; a 10x ``matrix.mtx`` folder or
         ``.h5``), a data set shipped in an installed R package written as in R
         (``"SeuratObject::pbmc_small"``), a live rpy2 R object, an :class:`anndata.AnnData`,
         or a ``CellMatrix``.
     assay
         Seurat assay (default: the active assay), SingleCellExperiment assay (default
-        ``counts``, falling back to ``logcounts``), or 10x feature type.
+        ``counts``, falling back to ``logcounts``; ``"altexp:HTO"`` for the altExp ``HTO``,
+        whose assay ``layer=`` then names), or 10x feature type.
     layer
         Seurat layer (``counts``, ``data``, a split v5 layer such as ``counts.A``; ``counts``
         joins all ``counts.*`` layers in the object's cell order) or AnnData ``X`` / ``raw`` /
@@ -288,6 +291,49 @@ def describe(source: Any) -> dict[str, Any]:
     return describe_r(source)
 
 
+@dataclass(frozen=True)
+class Writer:
+    """How to write a :class:`CellMatrix` to files of some suffixes."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    write: Callable[..., None]
+
+
+_WRITERS: list[Writer] = []
+
+
+def register_writer(writer: Writer) -> None:
+    """Add a writer for the file suffixes it names (later registrations win)."""
+    _WRITERS.insert(0, writer)
+
+
+def _write_arrow(matrix: CellMatrix, path: Path, *, chunk_size: int | None = None,
+                 **options: Any) -> None:
+    from .arrow import write_arrow
+
+    write_arrow(matrix, path, chunk_size=chunk_size, **options)
+
+
+def _write_h5ad(matrix: CellMatrix, path: Path, *, chunk_size: int | None = None,
+                **options: Any) -> None:
+    from .h5ad import write_h5ad
+
+    write_h5ad(matrix, path, **options)
+
+
+def _write_rds(matrix: CellMatrix, path: Path, *, chunk_size: int | None = None,
+               **options: Any) -> None:
+    from .rds_write import write_rds
+
+    write_rds(matrix, path, **options)
+
+
+register_writer(Writer("Arrow CSR", (".arrow", ".arrows", ".ipc"), _write_arrow))
+register_writer(Writer("AnnData", (".h5ad",), _write_h5ad))
+register_writer(Writer("R object", (".rds",), _write_rds))
+
+
 def write(
     matrix: CellMatrix, path: str | os.PathLike[str], *, chunk_size: int | None = None,
     **options: Any,
@@ -299,19 +345,10 @@ def write(
     """
     out = Path(path)
     suffix = out.suffix.lower()
-    if suffix in (".arrow", ".arrows", ".ipc"):
-        from .arrow import write_arrow
-
-        write_arrow(matrix, out, chunk_size=chunk_size, **options)
-    elif suffix == ".h5ad":
-        from .h5ad import write_h5ad
-
-        write_h5ad(matrix, out)
-    elif suffix == ".rds":
-        from .rds_write import write_rds
-
-        write_rds(matrix, out, **options)
-    else:
-        msg = f"cannot write {suffix!r}: bridge.write() writes .arrow, .arrows, .h5ad and .rds."
-        raise UnsupportedError(msg)
-    return out
+    for writer in _WRITERS:
+        if suffix in writer.suffixes:
+            writer.write(matrix, out, chunk_size=chunk_size, **options)
+            return out
+    known = ", ".join(s for w in reversed(_WRITERS) for s in w.suffixes)
+    msg = f"cannot write {suffix!r}: bridge.write() writes {known}."
+    raise UnsupportedError(msg)

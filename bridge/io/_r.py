@@ -5,17 +5,29 @@ Nothing here runs at import time; reading an Arrow or h5ad file never starts R.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import re
 import shutil
 import sys
+from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from .._errors import InputError, MissingDependencyError, RError
+from .._errors import (
+    CODES,
+    BridgeError,
+    InputError,
+    MissingDependencyError,
+    NotFoundError,
+    RError,
+    UnsupportedError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +56,6 @@ def session() -> Any:
     starts_r = embedded is None or not embedded.isinitialized()
     ld_path_before = os.environ.get("LD_LIBRARY_PATH")
     try:
-        import rpy2.rinterface_lib.callbacks as callbacks
         import rpy2.robjects as ro
     except ImportError as exc:
         msg = (
@@ -55,14 +66,29 @@ def session() -> Any:
         raise MissingDependencyError(msg) from None
     if starts_r:
         _restore_env("LD_LIBRARY_PATH", ld_path_before)
-    # Route R's console output through logging instead of stdout.
-    callbacks.consolewrite_print = lambda s: logger.debug("R: %s", s.rstrip())
-    callbacks.consolewrite_warnerror = lambda s: logger.debug("R: %s", s.rstrip())
-    env = ro.r("new.env()")
-    code = resources.files("bridge.io").joinpath("r", "helpers.R").read_text()
-    ro.r["eval"](ro.r["parse"](text=code), envir=env)
-    ro.r("suppressPackageStartupMessages(requireNamespace('Matrix', quietly = TRUE))")
+    with r_console_to_log():
+        env = ro.r("new.env()")
+        code = resources.files("bridge.io").joinpath("r", "helpers.R").read_text()
+        ro.r["eval"](ro.r["parse"](text=code), envir=env)
+        ro.r("suppressPackageStartupMessages(requireNamespace('Matrix', quietly = TRUE))")
     return env
+
+
+@contextlib.contextmanager
+def r_console_to_log() -> Iterator[None]:
+    """Route R's console output to the log while our own R code runs (and only then): a
+    user's own rpy2 session keeps its console as it was."""
+    import rpy2.rinterface_lib.callbacks as callbacks
+
+    def to_log(text: str) -> None:
+        logger.debug("R: %s", text.rstrip())
+
+    saved = callbacks.consolewrite_print, callbacks.consolewrite_warnerror
+    callbacks.consolewrite_print = callbacks.consolewrite_warnerror = to_log
+    try:
+        yield
+    finally:
+        callbacks.consolewrite_print, callbacks.consolewrite_warnerror = saved
 
 
 def _restore_env(name: str, value: str | None) -> None:
@@ -78,19 +104,36 @@ def _helper(name: str) -> Any:
     return session()[name]
 
 
+# helpers.R refuses with stop("scbridge[CODE]: message"): a user's error with its code.
+_OUR_STOP = re.compile(r"scbridge(?:\[([a-z_]+)\])?: ", re.S)
+_CLASS_OF_FAMILY: dict[str, type[BridgeError]] = {
+    "not_found": NotFoundError, "unsupported": UnsupportedError,
+    "missing_dependency": MissingDependencyError,
+}
+
+
 def call(name: str, *args: Any, **kwargs: Any) -> Any:
-    """Call helper ``name`` from helpers.R, turning R errors into :class:`RError`."""
+    """Call helper ``name`` from helpers.R.
+
+    Our own refusals (``stop("scbridge[CODE]: ...")`` in helpers.R) become the error of their
+    code's family (:class:`InputError`, :class:`NotFoundError`, ...); any other R error is R
+    failing, an :class:`RError`.
+    """
     from rpy2.rinterface_lib.embedded import RRuntimeError
 
     function = _helper(name)
     try:
-        return function(*args, **kwargs)
+        with r_console_to_log():
+            return function(*args, **kwargs)
     except RRuntimeError as exc:
         text = str(exc).strip().removeprefix("Error in").strip()
-        if "scbridge: " in text:
-            # Our own stop() in helpers.R: the message is already the user-facing one.
-            msg = text.split("scbridge: ", 1)[1].strip()
-            raise InputError(msg) from None
+        ours = _OUR_STOP.search(text)
+        if ours:
+            # The message is already the user-facing one.
+            msg = text[ours.end():].strip()
+            code = ours.group(1) if ours.group(1) in CODES else "invalid_input"
+            cls = _CLASS_OF_FAMILY.get(CODES[code][0], InputError)
+            raise cls(msg, code=code) from None
         msg = f"R failed in {name}: {text}"
         raise RError(msg) from None
 
@@ -109,7 +152,7 @@ class RVectorMemory:
     nothing in Python can modify the user's R object in place.
     """
 
-    def __init__(self, rvector: Any, dtype: np.dtype) -> None:
+    def __init__(self, rvector: Any, dtype: np.dtype[Any]) -> None:
         from rpy2.rinterface_lib import openrlib
 
         sexp = rvector.__sexp__._cdata
@@ -128,7 +171,7 @@ _R_TYPES: dict[int, np.dtype[Any]] = {
     14: np.dtype("float64"), 13: np.dtype("int32"), 10: np.dtype("int32")}
 
 
-def r_vector_view(rvector: Any) -> np.ndarray:
+def r_vector_view(rvector: Any) -> NDArray[Any]:
     """A read-only numpy view on an R double / integer / logical vector (no copy)."""
     typeof = rvector.typeof
     dtype = _R_TYPES.get(int(typeof))
@@ -140,7 +183,7 @@ def r_vector_view(rvector: Any) -> np.ndarray:
     return np.asarray(RVectorMemory(rvector, dtype))
 
 
-def r_strings(rvector: Any) -> np.ndarray:
+def r_strings(rvector: Any) -> NDArray[Any]:
     """An R character vector as a numpy object array (NA becomes None)."""
     import rpy2.rinterface as ri
 

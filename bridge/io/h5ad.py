@@ -13,21 +13,19 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from .._errors import InputError, NotFoundError
-from .._validate import looks_like_counts
 from ..matrix import CellMatrix
+from ..numerics import value_kind_for_layer
 
 if TYPE_CHECKING:
     import anndata
     import pandas as pd
 
-    from ..matrix import ValueKind
+    from ..numerics import ValueKind
 
 __all__ = ["describe_h5ad", "iter_h5ad_chunks", "read_anndata", "read_h5ad", "write_h5ad"]
 
 logger = logging.getLogger(__name__)
 
-_COUNT_LAYERS = {"counts", "raw_counts", "raw", "umi", "spliced"}
-_LOGNORM_LAYERS = {"lognorm", "log1p", "logcounts", "data", "normalized"}
 _DENSE_BLOCK = 1 << 24
 
 
@@ -44,14 +42,6 @@ def _to_csr(X: Any, where: str) -> sp.csr_matrix:
     step = max(1, _DENSE_BLOCK // max(dense.shape[1], 1))
     blocks = [sp.csr_matrix(dense[s : s + step]) for s in range(0, dense.shape[0], step)]
     return sp.vstack(blocks, format="csr") if len(blocks) > 1 else blocks[0]
-
-
-def _value_kind(name: str, X: sp.csr_matrix) -> ValueKind:
-    if name.lower() in _COUNT_LAYERS:
-        return "counts"
-    if name.lower() in _LOGNORM_LAYERS:
-        return "lognorm"
-    return "counts" if looks_like_counts(X.data) else "lognorm"
 
 
 def obs_to_arrow(obs: pd.DataFrame) -> pa.Table:
@@ -100,8 +90,7 @@ def read_anndata(
         raise InputError(msg)
     X, genes, name = _select(adata, layer, where)
     X = _to_csr(X, where)
-    kind = value_kind or ("counts" if name == "raw" and looks_like_counts(X.data) else None)
-    kind = kind or _value_kind(name, X)
+    kind = value_kind or value_kind_for_layer(name, X.data)
     return CellMatrix(
         X,
         np.asarray(adata.obs_names, dtype=object),
@@ -137,7 +126,7 @@ def read_h5ad(
             np.asarray(adata.obs_names, dtype=object),
             np.asarray(genes, dtype=object),
             obs=obs_to_arrow(adata.obs),
-            value_kind=value_kind or _value_kind(name, X),
+            value_kind=value_kind or value_kind_for_layer(name, X.data),
             source=f"AnnData {name} ({Path(where).name}, backed)",
             validate=validate,
         )
@@ -171,7 +160,7 @@ def iter_h5ad_chunks(
         for start in range(0, adata.n_obs, chunk_size):
             stop = min(start + chunk_size, adata.n_obs)
             block = _to_csr(X[start:stop], where)
-            kind = kind or _value_kind(name, block)
+            kind = kind or value_kind_for_layer(name, block.data)
             yield CellMatrix(
                 block,
                 cells[start:stop],

@@ -17,8 +17,12 @@ split v5 layers               each layer viewed, then joined in the object's cel
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,17 +30,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
+from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from .._errors import InputError, NotFoundError, UnsupportedError
-from .._validate import check_shape, looks_like_counts
+from .._validate import check_shape
 from ..matrix import CellMatrix
+from ..numerics import value_kind_for_layer
 from . import _r
+from ._layers import choose_layer
 
 if TYPE_CHECKING:
-    from ..matrix import ValueKind
+    from ..numerics import ValueKind
 
-__all__ = ["describe_r", "r_frame_to_arrow", "read_r"]
+__all__ = ["ALTEXP_PREFIX", "describe_r", "locate", "located_object", "r_frame_to_arrow", "read_r",
+           "reuse_loaded"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +59,8 @@ SUPPORTED_CLASSES = (
     "other Matrix classes (coerced to dgCMatrix)",
 )
 _BLOCK_ELEMENTS = 1 << 24  # dense elements per block when realising DelayedArray / dense input
-_COUNT_LAYERS = {"counts", "raw", "umi", "umis"}
-_LOGNORM_LAYERS = {"data", "logcounts", "lognorm", "normcounts", "log1p"}
+#: ``assay="altexp:HTO"`` reads the alternative experiment HTO of a SingleCellExperiment.
+ALTEXP_PREFIX = "altexp:"
 
 
 @dataclass
@@ -60,22 +68,93 @@ class _Matrix:
     """A matrix found inside an R object, before conversion."""
 
     robj: Any
-    cells: np.ndarray
-    genes: np.ndarray
+    cells: NDArray[Any]
+    genes: NDArray[Any]
     label: str  # e.g. "Seurat assay RNA layer counts"
     layer: str
     X: sp.csr_matrix | None = None  # set when the matrix was already assembled (joined layers)
 
 
 # -- entry points ---------------------------------------------------------------------------
+# Files already loaded, by identity, while reuse_loaded() is active (else None).
+_loaded: ContextVar[dict[tuple[str, int, int], Any] | None] = ContextVar("_loaded", default=None)
+
+
+@contextlib.contextmanager
+def reuse_loaded() -> Iterator[None]:
+    """Within this block each R file is loaded once, and reading, the write-back check and
+    the write-back itself share it (``scbridge annotate --write-back`` loads its input once,
+    not three times); outside it nothing is kept.  Nested blocks share the outer one's."""
+    if _loaded.get() is not None:
+        yield
+        return
+    token = _loaded.set({})
+    try:
+        yield
+    finally:
+        _loaded.reset(token)
+
+
+def locate(path: str | os.PathLike[str]) -> Any:
+    """The object in an ``.rds`` / ``.rda`` / ``.RData`` file, as an R list: ``object``, and
+    where it was (``name`` of the ``.rda`` object among ``names``, ``index`` in the plain
+    list that held it, its ``container``, the ``env`` of everything the file holds).
+
+    An ``.rda`` holding several objects gives the only one scbridge can read; a plain list
+    holding exactly one supported object gives that object; several are listed in the error.
+    """
+    where = str(path)
+    cache = _loaded.get()
+    key = None
+    if cache is not None:
+        stat = os.stat(path)
+        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+        if key in cache:
+            return cache[key]
+    located = _r.call("scb_locate", where)
+    names = _names(located.rx2("names"))
+    if len(names) > 1:
+        logger.info("%s: reading its object %r (the others: %s)", where,
+                    str(located.rx2("name")[0]), [n for n in names if n != located.rx2("name")[0]])
+    index = _list_index(located)
+    if index is not None:
+        logger.info("%s: reading element %d of the list it holds", where, index)
+    if cache is not None and key is not None:
+        cache[key] = located
+    return located
+
+
+def _list_index(located: Any) -> int | None:
+    """The 1-based position of the located object in the list that held it, if any."""
+    import rpy2.rinterface as ri
+
+    index = located.rx2("index")[0]
+    return None if index is ri.NA_Integer else int(index)
+
+
+def _unwrap(obj: Any, where: str) -> Any:
+    # Only a plain list is looked into: anything else is returned as it is (converting an S4
+    # object back from R would cost rpy2 a class lookup, ~0.1 s for an SCE).
+    if _r.r_class(obj) != ["list"]:
+        return obj
+    return located_object(_r.call("scb_unwrap", obj, where))
+
+
 def load(source: str | Path | Any) -> Any:
     """The R object behind ``source`` (an ``.rds`` / ``.RData`` path or a live rpy2 object)."""
     if _r.is_r_object(source):
-        return source
+        return _unwrap(source, "the R object")
     package_object = parse_package_object(source)
     if package_object is not None:
-        return _r.call("scb_package_object", *package_object)
-    return _r.call("scb_load", str(source))
+        return _unwrap(_r.call("scb_package_object", *package_object), str(source))
+    return located_object(locate(source))
+
+
+def located_object(located: Any) -> Any:
+    """The object of a :func:`locate` result (converting it may load its R package, whose
+    start-up messages go to the log like those of every other R call of ours)."""
+    with _r.r_console_to_log():
+        return located.rx2("object")
 
 
 _PACKAGE_OBJECT = re.compile(r"^([A-Za-z][A-Za-z0-9.]*)::([A-Za-z.][A-Za-z0-9._]*)$")
@@ -132,7 +211,7 @@ def read_r(
         found.cells,
         found.genes,
         obs=_align_obs(obs, found.cells),
-        value_kind=value_kind or _value_kind_for(found.layer, X),
+        value_kind=value_kind or value_kind_for_layer(found.layer, X.data),
         source=found.label,
         validate=validate,
         keepalive=obj,
@@ -156,14 +235,19 @@ def describe_r(source: str | Path | Any) -> dict[str, Any]:
             for name, a in zip(assays.names, assays, strict=True)
         }
     elif kind == "sce":
-        names = [str(n) for n in _r.call("scb_sce_assay_names", obj)]
-        info["assays"] = {}
-        for name in names:
-            m = _r.call("scb_sce_assay", obj, name).rx2("matrix")
-            info["assays"][name] = _layer_table_one(m)
+        info["assays"] = _sce_assay_tables(obj)
+        alt_exps = _names(_r.call("scb_sce_altexp_names", obj))
+        if alt_exps:
+            info["alt_exps"] = {name: _sce_assay_tables(_r.call("scb_sce_altexp", obj, name))
+                                for name in alt_exps}
     elif kind == "matrix":
         info["assays"] = {"matrix": _layer_table_one(obj)}
     return info
+
+
+def _sce_assay_tables(experiment: Any) -> dict[str, Any]:
+    return {name: _layer_table_one(_r.call("scb_sce_assay", experiment, name).rx2("matrix"))
+            for name in _names(_r.call("scb_sce_assay_names", experiment))}
 
 
 # -- finding the matrix ---------------------------------------------------------------------
@@ -184,10 +268,15 @@ def _find_seurat(
     object_cells = _r.call("scb_seurat_cells", obj)
     obs_cells = _r.r_strings(object_cells)
     obs = _Obs(r_frame_to_arrow(obj.do_slot("meta.data")), obs_cells)
-    if bool(_r.call("scb_assay_is_v5", the_assay)[0]):
-        return _find_seurat_v5(the_assay, assay, layer, where), obs
-    available = _names(_r.call("scb_assay_layers", the_assay).names)
-    chosen = _choose_layer(layer, available, assay, where)
+    v5 = bool(_r.call("scb_assay_is_v5", the_assay)[0])
+    layers = _r.call("scb_assay_layers", the_assay)
+    # Empty layers (the dropped counts of an SCTAssay, a 0 x 0 v5 layer) are absent.
+    available = [name for name, spec in zip(_names(layers.names), layers, strict=True)
+                 if all(d > 0 for d in spec.rx2("dim"))]
+    chosen, covered = choose_layer("seurat", layer, available, split=v5, where=where,
+                                   what=f"assay {assay!r}")
+    if v5:
+        return _find_seurat_v5(the_assay, assay, chosen, covered, where), obs
     part = _r.call("scb_assay_matrix_v3", the_assay, chosen)
     # The assay's cells are the object's cells (in the same order) unless the object is
     # inconsistent: convert the ids once, not twice.
@@ -204,51 +293,9 @@ def _find_seurat(
     )
 
 
-def _choose_layer(layer: str | None, available: list[str], assay: str, where: str) -> str:
-    if layer is None:
-        if "counts" in available:
-            return "counts"
-        if "data" in available:
-            logger.warning(
-                "%s: assay %s has no counts; using its log-normalised 'data' instead", where, assay
-            )
-            return "data"
-        msg = f"{where}: assay {assay!r} holds no counts or data layer (layers: {available})."
-        raise NotFoundError(msg)
-    if layer == "scale.data":
-        msg = (
-            f"{where}: layer 'scale.data' holds scaled (centred, negative) values that "
-            "annotation cannot use; choose 'counts' or 'data'."
-        )
-        raise InputError(msg)
-    if layer not in available:
-        msg = (
-            f"{where}: assay {assay!r} has no layer {layer!r}; available layers: "
-            f"{', '.join(available) or 'none'}."
-        )
-        raise NotFoundError(msg)
-    return layer
-
-
 def _find_seurat_v5(
-    the_assay: Any, assay: str, layer: str | None, where: str
+    the_assay: Any, assay: str, wanted: str, matching: list[str], where: str
 ) -> _Matrix:
-    available = _names(_r.call("scb_assay_layers", the_assay).names)
-    wanted = layer or "counts"
-    if wanted == "counts" and layer is None and not any(
-        n == "counts" or n.startswith("counts.") for n in available
-    ):
-        wanted = "data"
-        logger.warning("%s: assay %s has no counts layer; using 'data'", where, assay)
-    matching = [n for n in available if n == wanted] or [
-        n for n in available if n.startswith(wanted + ".")
-    ]
-    if not matching:
-        msg = (
-            f"{where}: assay {assay!r} has no layer {wanted!r}; available layers: "
-            f"{', '.join(available) or 'none'}."
-        )
-        raise NotFoundError(msg)
     all_cells = _r.r_strings(_r.call("scb_assay_all_cells", the_assay))
     all_genes = _r.r_strings(_r.call("scb_assay_all_genes", the_assay))
     parts = []
@@ -272,12 +319,12 @@ def _find_seurat_v5(
 
 
 def _join_layers(
-    parts: list[_Matrix], all_cells: np.ndarray, all_genes: np.ndarray, where: str
-) -> tuple[sp.csr_matrix, np.ndarray]:
+    parts: list[_Matrix], all_cells: NDArray[Any], all_genes: NDArray[Any], where: str
+) -> tuple[sp.csr_matrix, NDArray[Any]]:
     """Stack split layers into one CSR over all genes, rows in the assay's cell order."""
     gene_pos = {g: i for i, g in enumerate(all_genes)}
     blocks: list[sp.csr_matrix] = []
-    block_cells: list[np.ndarray] = []
+    block_cells: list[NDArray[Any]] = []
     for part in parts:
         X = _to_csr(part, where)
         remap = np.fromiter((gene_pos[g] for g in part.genes), dtype=np.int32,
@@ -301,32 +348,38 @@ def _join_layers(
 def _find_sce(
     obj: Any, assay: str | None, layer: str | None, where: str
 ) -> tuple[_Matrix, _Obs]:
+    # altExps are looked up only when one is named or a name is not found: nothing extra on
+    # the common path.
+    experiment, what, label = obj, "the SingleCellExperiment", "SingleCellExperiment"
+    if assay is not None and assay.lower().startswith(ALTEXP_PREFIX):
+        alt = assay[len(ALTEXP_PREFIX):]
+        alt_exps = _names(_r.call("scb_sce_altexp_names", obj))
+        if alt not in alt_exps:
+            msg = (f"{where}: the SingleCellExperiment has no altExp {alt!r}; its altExps: "
+                   f"{', '.join(alt_exps) or 'none'}.")
+            raise NotFoundError(msg)
+        experiment = _r.call("scb_sce_altexp", obj, alt)
+        what, label = f"altExp {alt!r}", f"SingleCellExperiment altExp {alt}"
+        assay = None  # within the altExp, layer= names its assay
     if assay and layer and assay != layer:
         msg = f"{where}: for a SingleCellExperiment give the assay name once (assay={assay!r})."
         raise InputError(msg)
-    available = _names(_r.call("scb_sce_assay_names", obj))
-    name = assay or layer
-    if name is None:
-        name = next((n for n in ("counts", "logcounts") if n in available), None)
-        if name is None:
-            msg = (
-                f"{where}: the SingleCellExperiment has neither a 'counts' nor a 'logcounts' "
-                f"assay; choose one of: {', '.join(available) or 'none'} (assay=...)."
-            )
-            raise NotFoundError(msg)
-        if name == "logcounts":
-            logger.warning("%s: no 'counts' assay; using 'logcounts'", where)
-    elif name not in available:
-        msg = (
-            f"{where}: the SingleCellExperiment has no assay {name!r}; available assays: "
-            f"{', '.join(available) or 'none'}."
-        )
-        raise NotFoundError(msg)
-    part = _r.call("scb_sce_assay", obj, name)
+    available = _names(_r.call("scb_sce_assay_names", experiment))
+    try:
+        name, _ = choose_layer("sce", assay or layer, available, where=where, what=what)
+    except NotFoundError as exc:
+        requested = assay or layer
+        if experiment is obj and requested in _names(_r.call("scb_sce_altexp_names", obj)):
+            msg = (f"{exc} {requested!r} is an altExp (alternative experiment) of this object: "
+                   f"read it with assay='{ALTEXP_PREFIX}{requested}' (the same in R and on the "
+                   f"command line: --assay {ALTEXP_PREFIX}{requested}).")
+            raise NotFoundError(msg) from None
+        raise
+    part = _r.call("scb_sce_assay", experiment, name)
     cells = _r.r_strings(part.rx2("cells"))
     genes = _r.r_strings(part.rx2("genes"))
     n_genes, n_cells = (int(d) for d in _r.call("scb_dims", part.rx2("matrix")))
-    check_shape(n_cells, n_genes, where=f"{where} (assay {name})")
+    check_shape(n_cells, n_genes, where=f"{where} ({label} assay {name})")
     if len(cells) == 0 or len(genes) == 0:
         msg = (
             f"{where}: the SingleCellExperiment has no "
@@ -335,8 +388,7 @@ def _find_sce(
         )
         raise InputError(msg)
     obs = _Obs(r_frame_to_arrow(_r.call("scb_sce_coldata", obj)), cells)
-    label = f"SingleCellExperiment assay {name}"
-    return _Matrix(part.rx2("matrix"), cells, genes, label, name), obs
+    return _Matrix(part.rx2("matrix"), cells, genes, f"{label} assay {name}", name), obs
 
 
 def _find_bare(obj: Any, where: str) -> _Matrix:
@@ -439,16 +491,6 @@ def _blockwise_to_csr(m: Any, n_cells: int, n_genes: int, cls: str, where: str) 
     return sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_genes), copy=False)
 
 
-def _value_kind_for(layer: str, X: sp.csr_matrix) -> ValueKind:
-    base = layer.split(".", 1)[0].lower()
-    if base in _COUNT_LAYERS:
-        return "counts"
-    if base in _LOGNORM_LAYERS:
-        return "lognorm"
-    return "counts" if looks_like_counts(X.data) else "lognorm"
-
-
-# -- metadata -------------------------------------------------------------------------------
 def r_frame_to_arrow(frame: Any) -> pa.Table:
     """An R data.frame as an Arrow table; factors keep their levels (unused ones included)."""
     specs = _r.call("scb_columns", frame)
@@ -482,10 +524,10 @@ class _Obs:
     """Per-cell metadata as read from R, and the cell ids its rows belong to."""
 
     table: pa.Table
-    cells: np.ndarray
+    cells: NDArray[Any]
 
 
-def _align_obs(obs: _Obs | None, cells: np.ndarray) -> pa.Table | None:
+def _align_obs(obs: _Obs | None, cells: NDArray[Any]) -> pa.Table | None:
     """Metadata rows in the matrix's cell order (matched by cell id)."""
     if obs is None or obs.table.num_columns == 0:
         return None

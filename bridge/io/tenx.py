@@ -57,7 +57,7 @@ def is_10x(path: Path) -> bool:
 
 def _read_lines(path: Path) -> list[list[str]]:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as fh:  # type: ignore[operator]
+    with opener(path, "rt") as fh:
         return [line.rstrip("\n").split("\t") for line in fh if line.strip()]
 
 

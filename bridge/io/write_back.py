@@ -1,4 +1,10 @@
-"""Add per-cell columns to a Seurat / SCE ``.rds`` or an ``.h5ad``, leaving the rest untouched."""
+"""Add per-cell columns to a Seurat / SCE ``.rds`` / ``.rda`` or an ``.h5ad``, leaving the rest
+untouched.
+
+:func:`check_write_back` refuses what cannot succeed (an input or output of the wrong kind, a
+missing folder, an object that is no Seurat or SingleCellExperiment) before any computation,
+so that ``scbridge annotate --write-back`` fails in seconds, not after the annotation.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +18,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .._errors import InputError, UnsupportedError
+from .._errors import InputError, NotFoundError, UnsupportedError
 from . import _r
 
-__all__ = ["as_arrow_table", "write_back"]
+__all__ = ["as_arrow_table", "check_write_back", "write_back"]
+
+_R_SUFFIXES = (".rds", ".rda", ".rdata")
+#: Input suffix -> the suffixes its write-back may be saved as.  An .rda's object can be saved
+#: alone (.rds) or with the file's other objects (.rda / .RData).
+_OUTPUTS: dict[str, tuple[str, ...]] = {
+    ".rds": (".rds",), ".rda": _R_SUFFIXES, ".rdata": _R_SUFFIXES, ".h5ad": (".h5ad",)}
 
 logger = logging.getLogger(__name__)
 
@@ -152,25 +164,35 @@ def _r_specs(table: pa.Table) -> Any:
     return ro.ListVector(specs)
 
 
+def _located_object(source: Path) -> tuple[Any, Any]:
+    """The file's located object (see :func:`bridge.io.rds.locate`), refused unless it is a
+    Seurat object or a SingleCellExperiment."""
+    from .rds import locate, located_object
+
+    located = locate(source)
+    obj = located_object(located)
+    if str(_r.call("scb_kind", obj)[0]) not in ("seurat", "sce"):
+        msg = (f"{source} holds a {_r.r_class(obj)[0]}; write-back needs a Seurat or "
+               "SingleCellExperiment object (the calls themselves can still be saved, e.g. "
+               "with --out calls.csv).")
+        raise UnsupportedError(msg)
+    return located, obj
+
+
 def _write_back_rds(
     source: Path, table: pa.Table, cells: list[str], out: Path, overwrite: bool
 ) -> None:
     import rpy2.robjects as ro
 
     where = str(source)
-    obj = _r.call("scb_load", where)
-    kind = str(_r.call("scb_kind", obj)[0])
-    if kind not in ("seurat", "sce"):
-        msg = (f"{where} holds a {_r.r_class(obj)[0]}; "
-               "write-back needs a Seurat or SingleCellExperiment.")
-        raise UnsupportedError(msg)
+    located, obj = _located_object(source)
     object_cells = list(_r.r_strings(_r.call("scb_object_cells", obj)))
     _check_cells(cells, object_cells, where)
     existing = list(_r.r_strings(_r.call("scb_existing_columns", obj)))
     _check_clash(table.column_names, existing, overwrite, where)
     frame = _r.call("scb_frame", _r_specs(table), ro.StrVector(cells))
     updated = _r.call("scb_add_columns", obj, frame, ro.BoolVector([overwrite]))
-    ro.r["saveRDS"](updated, file=str(out))
+    _r.call("scb_save_updated", located, updated, str(out))
 
 
 def _write_back_h5ad(
@@ -202,6 +224,57 @@ def _write_back_h5ad(
         write_elem(f, "obs", obs)
 
 
+def check_write_back(source_path: str | os.PathLike[str],
+                     out_path: str | os.PathLike[str]) -> None:
+    """Refuse, before any computation, a write-back of ``source_path`` to ``out_path`` that
+    cannot succeed.
+
+    Checks that the input is a file write-back handles (``.rds``, ``.rda`` / ``.RData``,
+    ``.h5ad``), that the output's suffix suits it, that the output's folder exists and is
+    writable, and, for R files, that the object the reader chooses is a Seurat object or a
+    SingleCellExperiment (this loads the file: inside :func:`bridge.io.rds.reuse_loaded` it
+    is loaded once for the check, the reading and the write-back).
+
+    Raises
+    ------
+    InputError, NotFoundError, UnsupportedError
+        With what was wrong and what to do.
+    """
+    from .rds import parse_package_object
+
+    source, out = Path(source_path), Path(out_path)
+    if parse_package_object(str(source_path)) is not None:
+        msg = (f"write-back needs an input file; {source_path} is a data set of an R package. "
+               f"Save it first (in R: saveRDS({source_path}, \"object.rds\")) and annotate "
+               "that file.")
+        raise UnsupportedError(msg)
+    if not source.exists():
+        msg = f"{source} does not exist."
+        raise InputError(msg)
+    suffix = source.suffix.lower()
+    if suffix not in _OUTPUTS or not source.is_file():
+        msg = (f"write-back adds columns to Seurat / SingleCellExperiment objects in .rds, .rda "
+               f"or .RData files and to .h5ad files, not to {source}. Keep the calls table "
+               "(--out), or convert the input to one of those first.")
+        raise UnsupportedError(msg)
+    allowed = _OUTPUTS[suffix]
+    if out.suffix.lower() not in allowed:
+        msg = (f"the write-back of {source.name} must be saved as {' or '.join(allowed)}, not "
+               f"{out.name!r}"
+               + ("; an .rda output keeps the file's other objects, an .rds one holds the "
+                  "annotated object alone." if len(allowed) > 1 else "."))
+        raise UnsupportedError(msg)
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        msg = f"cannot write {out}: the folder {folder} does not exist; create it first."
+        raise NotFoundError(msg)
+    if not os.access(folder, os.W_OK):
+        msg = f"cannot write {out}: the folder {folder} is not writable."
+        raise InputError(msg)
+    if suffix in _R_SUFFIXES:
+        _located_object(source)
+
+
 def write_back(
     source_path: str | os.PathLike[str],
     columns: Any,
@@ -214,27 +287,37 @@ def write_back(
     Parameters
     ----------
     source_path
-        A Seurat or SingleCellExperiment ``.rds`` (columns go to ``meta.data`` / ``colData``)
-        or an ``.h5ad`` (columns go to ``obs``).  The source file is never modified.
+        A Seurat or SingleCellExperiment in an ``.rds``, ``.rda`` or ``.RData`` (columns go to
+        ``meta.data`` / ``colData``; the object is the one :func:`bridge.read` reads: the only
+        readable object of an ``.rda``, the one supported element of a list) or an ``.h5ad``
+        (columns go to ``obs``).  The source file is never modified.
     columns
         A pyarrow, polars or pandas table with a ``cell`` column of cell ids (any order) and
         the columns to add.  Cells missing from it get ``NA``; unknown cells are an error.
     out_path
-        Where to write the updated object (same format as the source).
+        Where to write the updated object: an ``.rds`` input as ``.rds`` (a list stays that
+        list); an ``.rda`` / ``.RData`` input as ``.rda`` / ``.RData`` (every other object
+        of the file kept) or as ``.rds`` (the annotated object alone); an ``.h5ad`` as
+        ``.h5ad``.
     overwrite
         Replace existing columns of the same name instead of refusing.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_path``.
     """
     source, out = Path(source_path), Path(out_path)
     if not source.exists():
         msg = f"{source} does not exist."
         raise InputError(msg)
     table, cells = _prepare(columns)
-    suffix = source.suffix.lower()
-    if suffix == ".rds":
-        _write_back_rds(source, table, cells, out, overwrite)
-    elif suffix == ".h5ad":
-        _write_back_h5ad(source, table, cells, out, overwrite)
-    else:
-        msg = f"write-back supports .rds (Seurat, SingleCellExperiment) and .h5ad, not {suffix!r}."
-        raise UnsupportedError(msg)
+    from .rds import reuse_loaded
+
+    with reuse_loaded():  # the check and the write-back share one load of an R file
+        check_write_back(source, out)
+        if source.suffix.lower() in _R_SUFFIXES:
+            _write_back_rds(source, table, cells, out, overwrite)
+        else:
+            _write_back_h5ad(source, table, cells, out, overwrite)
     return out

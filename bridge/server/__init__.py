@@ -1,9 +1,11 @@
 """``scbridge serve``: the annotation service (Cell Atlas contract, JSON and Arrow).
 
-Layout: ``_wire`` (the bytes on the wire, shared with the remote client, no web framework),
-``_settings`` (keys, limits, catalogue), ``_payload`` (bodies -> validated matrices),
-``_compute`` (calls, embeddings, markers), ``_problems`` (error replies), ``_context``
-(request ids, access log), ``_openapi`` (documented schemas), ``_app`` (routes).
+HTTP only: parse, admit, map error codes to statuses.  The bytes on the wire and their
+validation live in :mod:`bridge._contract.wire` (shared with the remote engine, which never
+imports the server).  Layout: ``_settings`` (keys, limits, catalogue), ``_body`` (bounded body
+reading), ``_compute`` (the catalogue of built engines; calls, embeddings, markers),
+``_problems`` (error code -> HTTP status, error replies), ``_context`` (request ids, access
+log), ``_openapi`` (documented schemas), ``_app`` (routes).
 
 FastAPI loads only when :func:`create_app` is first used, so the client never imports it.
 """

@@ -24,23 +24,27 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
-from .._errors import BridgeError, InputError
-from . import _compute, _openapi
-from ._body import read_limited
-from ._context import RequestContext, current_request_id
-from ._payload import Parsed, parse_arrow, parse_json
-from ._problems import ApiError, error_body, from_bridge_error
-from ._settings import Settings, load_api_keys
-from ._wire import (
+from .._contract.wire import (
     ARROW_MEDIA_TYPE,
     JSON_MEDIA_TYPE,
     arrow_bytes,
     calls_json_body,
+    decode_arrow_request,
+    decode_json_request,
     json_reply,
     metadata_to_json,
     wants_arrow,
 )
+from .._contract.wire import (
+    Request as Decoded,
+)
+from .._errors import BridgeError, InputError
+from .._version import __version__
+from . import _compute, _openapi
+from ._body import read_limited
+from ._context import RequestContext, current_request_id
+from ._problems import ApiError, error_body, from_bridge_error
+from ._settings import Settings, load_api_keys
 
 __all__ = ["create_app"]
 
@@ -117,6 +121,28 @@ def _int_field(fields: dict[str, Any], name: str, default: int, low: int, high: 
     return value
 
 
+def _engine_options(model: str, fields: dict[str, Any], query: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """Per-request engine options (``tissue``) from the JSON body or the query, for engines
+    that take them; a string of sane length or a 422."""
+    from ..engines import engine_parameters
+
+    accepted = engine_parameters(model)
+    options: dict[str, Any] = {}
+    for name, value in query.items():
+        value = fields.get(name, value)
+        if value is None:
+            continue
+        if name not in accepted:
+            raise ApiError(422, "unknown_parameter", f"model {model!r} does not take {name!r}.",
+                           "leave it out, or choose a model that takes it (GET /v1/models)")
+        if not isinstance(value, str) or not 0 < len(value) <= 200:
+            raise ApiError(422, "invalid_parameter", f"{name} must be a string of 1 to 200 "
+                           "characters.", f"send {name} as a name or an ontology id")
+        options[name] = value
+    return options
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The scbridge annotation service as an ASGI app.
 
@@ -191,10 +217,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         return await anyio.to_thread.run_sync(guarded, limiter=limiter[0])
 
-    def parse(kind: str, body: bytes | bytearray, label_column: str | None = None) -> Parsed:
+    def parse(kind: str, body: bytes | bytearray, label_column: str | None = None) -> Decoded:
         if kind == "json":
-            return parse_json(body, max_cells=settings.max_cells)
-        return parse_arrow(body, max_cells=settings.max_cells, label_column=label_column)
+            return decode_json_request(body, max_cells=settings.max_cells)
+        return decode_arrow_request(body, max_cells=settings.max_cells, label_column=label_column)
 
     def reply(content: bytes, arrow: bool) -> Response:
         return Response(content, media_type=ARROW_MEDIA_TYPE if arrow else JSON_MEDIA_TYPE)
@@ -243,6 +269,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model: str | None = Query(None, max_length=200, description="Arrow bodies: the model"),
         reference_atlas: str | None = Query(None, max_length=200,
                                             description="Arrow bodies: the atlas name"),
+        tissue: str | None = Query(None, max_length=200,
+                                   description="Arrow bodies: the tissue context (a name or "
+                                               "UBERON id), for models that take one"),
     ) -> Response:
         kind = _content_kind(request)
         with admission.slot():
@@ -251,10 +280,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             def work() -> bytes:
                 parsed = parse(kind, body)
-                chosen = catalog.resolve(parsed.fields.get("model", model),
-                                         parsed.fields.get("reference_atlas", reference_atlas))
-                table = _compute.annotate(parsed.matrix, *chosen)
-                logger.info("annotated %d cells with model %s", parsed.matrix.n_cells, chosen[0])
+                chosen_model, chosen_atlas = catalog.resolve(
+                    parsed.fields.get("model", model),
+                    parsed.fields.get("reference_atlas", reference_atlas))
+                params = _engine_options(chosen_model, parsed.fields, {"tissue": tissue})
+                table = _compute.annotate(parsed.matrix, catalog, chosen_model, chosen_atlas,
+                                          **params)
+                logger.info("annotated %d cells with model %s", parsed.matrix.n_cells,
+                            chosen_model)
                 return arrow_bytes(table) if arrow else calls_json_body(table)
 
             return reply(await run_cpu(work), arrow)
@@ -318,7 +351,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if fields["method"] not in ("t-test", "wilcoxon"):
                     raise ApiError(422, "invalid_parameter", "method must be 't-test' or "
                                    "'wilcoxon'.", "pick one of the two")
-                table = _compute.markers(parsed.matrix, labels,
+                table = _compute.rank_marker_genes(parsed.matrix, labels,
                                          top_n=_int_field(fields, "top_n", 50, 1, 1000),
                                          method=fields["method"])
                 if arrow:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from numpy.typing import NDArray
 
 from ._problems import ApiError
 
@@ -44,7 +45,7 @@ def _label(value: Any, what: str) -> str:
     return text
 
 
-def check_edit(edit: Any, current: np.ndarray, cell_rows: dict[str, int]) -> dict[str, Any]:
+def check_edit(edit: Any, current: NDArray[Any], cell_rows: dict[str, int]) -> dict[str, Any]:
     """A validated, normalised edit, or a 422 saying what is wrong with it.
 
     ``current`` is every cell's curated label before this edit; ``cell_rows`` maps cell ids
@@ -95,8 +96,8 @@ def check_edit(edit: Any, current: np.ndarray, cell_rows: dict[str, int]) -> dic
     return out
 
 
-def apply_edits(base: np.ndarray, cell_rows: dict[str, int], edits: list[dict[str, Any]]
-                ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def apply_edits(base: NDArray[Any], cell_rows: dict[str, int], edits: list[dict[str, Any]]
+                ) -> tuple[NDArray[Any], list[dict[str, Any]]]:
     """``label_curated`` (object array) and, per edit, the labels it changed and how many
     cells: what the edits table reports."""
     curated = base.astype(object, copy=True)

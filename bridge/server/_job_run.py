@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from numpy.typing import NDArray
 
 from .._errors import BridgeError, InputError, UnsupportedError
 from ._jobs import read_json, write_json
@@ -56,11 +57,11 @@ class Progress:
         logger.info("%s (%.0f%%): %s", stage, 100 * fraction, message)
 
 
-def layout_cells(matrix: Any, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
+def layout_cells(matrix: Any, method: str = "auto", seed: int = 0) -> tuple[NDArray[Any], str]:
     """The workspace's 2-D layout of the cells: ``bridge.embed`` (PCA) then
     ``bridge.embed.layout_2d`` (UMAP when installed).  The one place it is made, so a faster
     layout can replace it here."""
-    from ..embed import embed, layout_2d
+    from .._embed import embed, layout_2d
 
     n_components = min(30, matrix.n_cells - 2, matrix.n_genes - 2)
     for components in dict.fromkeys((n_components, 2)):
@@ -85,7 +86,7 @@ def _numbers(column: pa.ChunkedArray) -> list[float | None]:
     return [None if not np.isfinite(v) else float(v) for v in rounded.tolist()]
 
 
-def build_view(calls: pa.Table, obs: pa.Table, coords: np.ndarray, method: str
+def build_view(calls: pa.Table, obs: pa.Table, coords: NDArray[Any], method: str
                ) -> dict[str, Any]:
     """The page's columnar JSON: ids, layout and every column it can colour or group by."""
     columns: list[dict[str, Any]] = []
@@ -127,17 +128,9 @@ def build_view(calls: pa.Table, obs: pa.Table, coords: np.ndarray, method: str
 
 def provenance(table: pa.Table) -> dict[str, Any]:
     """The ``scbridge.*`` schema metadata as a dict (JSON values decoded)."""
-    import json
+    from .._contract import metadata_dict
 
-    out: dict[str, Any] = {}
-    for key, value in (table.schema.metadata or {}).items():
-        name = key.decode(errors="replace")
-        if name.startswith("scbridge."):
-            try:
-                out[name.removeprefix("scbridge.")] = json.loads(value)
-            except ValueError:
-                out[name.removeprefix("scbridge.")] = value.decode(errors="replace")
-    return out
+    return metadata_dict(table)
 
 
 def _obs_table(matrix: Any) -> pa.Table:
@@ -153,7 +146,7 @@ def _obs_table(matrix: Any) -> pa.Table:
 def _pipeline(folder: Path, job: dict[str, Any], progress: Progress) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    from ..annotate import annotate
+    from .._annotate import annotate
     from ..io import read, write
 
     results = folder / "results"
@@ -276,7 +269,7 @@ def _write_back_columns(table: pa.Table) -> pa.Table:
                      for k, v in columns.items()})
 
 
-def _add_layout_to_h5ad(path: Path, cells: list[str], coords: np.ndarray, method: str) -> None:
+def _add_layout_to_h5ad(path: Path, cells: list[str], coords: NDArray[Any], method: str) -> None:
     import h5py
 
     try:
@@ -310,7 +303,7 @@ def run_export(folder: Path, kind: str, out: Path) -> int:
     table = results.calls_with_curation()
     try:
         if kind == "report":
-            from ..report import write_report
+            from .._report import write_report
 
             label = CURATED if CURATED in table.column_names else "label"
             write_report(out, results.matrix(), table, label_column=label,

@@ -1,14 +1,14 @@
 """OpenAPI pieces of the contract (bodies are parsed by hand, so they are described by hand).
 
 Pydantic would hold 30M numbers as Python objects and validate each; the real parsing lives in
-``_payload`` and these schemas only document it.
+:mod:`bridge._contract.wire` and these schemas only document it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ._wire import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE
+from .._contract.wire import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE
 
 _INT_LIST = {"type": "array", "items": {"type": "integer", "minimum": 0}}
 MATRIX_SCHEMA: dict[str, Any] = {

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.typing import NDArray
 
 from ._curation import apply_edits, edits_table, empty_doc
 from ._jobs import locked, read_json
@@ -53,7 +54,7 @@ def is_label_column(name: str, kind: pa.DataType) -> bool:
                                          or pa.types.is_large_string(value_type))
 
 
-def as_text(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+def as_text(column: pa.ChunkedArray | pa.Array) -> NDArray[Any]:
     """A text / dictionary / bool / number column as an object array of str (None kept)."""
     if pa.types.is_dictionary(column.type):
         column = pc.cast(column, column.type.value_type)
@@ -142,7 +143,7 @@ class JobResults:
         return [f.name for f in calls.schema if is_label_column(f.name, f.type)]
 
     def curated(self, doc: dict[str, Any] | None = None
-                ) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, int]]:
+                ) -> tuple[NDArray[Any], list[dict[str, Any]], dict[str, int]]:
         """``label_curated`` per cell, each edit's effect, and the cell -> row map."""
         doc = doc or self.edits_doc()
         calls = self.calls()
@@ -194,7 +195,7 @@ class JobResults:
         return edits_table(doc, effects)
 
     # -- groupings ------------------------------------------------------------------------
-    def grouping(self, column: str) -> np.ndarray:
+    def grouping(self, column: str) -> NDArray[Any]:
         """Every cell's group in ``column``: a label column, ``label_curated`` or ``meta:X``."""
         if column == CURATED:
             return self.curated()[0]
@@ -216,8 +217,8 @@ class JobResults:
     def dotplot(self, column: str, *, genes_per_label: int = 3, top_n: int = 10
                 ) -> dict[str, Any]:
         """Marker genes of every group of ``column`` and the dot plot of the top ones."""
-        from ..engines.reference import group_moments, log_normalize
-        from ..markers_export import markers
+        from .._rank_markers import rank_marker_genes
+        from ..numerics import group_moments, log_normalize
 
         groups = self.grouping(column)
         keep = np.array([g is not None for g in groups])
@@ -234,7 +235,7 @@ class JobResults:
                                  "fraction": [], "mean": [], "scaled": [], "markers": {}}
         if len(label_order) < 2:
             return reply
-        found = markers(matrix, table, top_n=top_n, min_cells=1).to_pylist()
+        found = rank_marker_genes(matrix, table, top_n=top_n, min_cells=1).to_pylist()
         genes: list[str] = []
         for label in label_order:  # genes grouped by the label they mark, as scanpy draws them
             rows = [r for r in found if r["label"] == label]
@@ -248,7 +249,8 @@ class JobResults:
         if not genes:
             return reply
         position = {g: j for j, g in enumerate(matrix.genes.astype(str).tolist())}
-        Xn = log_normalize(matrix, columns=np.array([position[g] for g in genes]))
+        Xn = log_normalize(matrix.X, matrix.value_kind,
+                           columns=np.array([position[g] for g in genes]))
         code_of = {label: k for k, label in enumerate(label_order)}
         codes = np.array([code_of.get(g, len(label_order)) if s else len(label_order)
                           for g, s in zip(groups.tolist(), shown, strict=True)])
@@ -264,7 +266,7 @@ class JobResults:
         return reply
 
 
-def category_codes(values: np.ndarray) -> tuple[list[str], list[int]]:
+def category_codes(values: NDArray[Any]) -> tuple[list[str], list[int]]:
     """Levels (most frequent first) and per-cell codes (-1 for no label)."""
     present = np.array([v is not None for v in values.tolist()])
     text = np.where(present, values, "").astype(str)

@@ -44,12 +44,12 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
+from .._contract.wire import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE
 from ._body import read_limited
 from ._curation import check_edit, empty_doc
 from ._jobs import FINISHED, JobManager, WorkspaceLimits, owner_of, read_json, start_child
 from ._problems import ApiError
 from ._results import CURATED, JobResults, flatten_for_csv
-from ._wire import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE
 
 if TYPE_CHECKING:
     from ._compute import Catalog
@@ -174,8 +174,9 @@ async def _json_body(request: Request) -> dict[str, Any]:
 def job_options(fields: dict[str, Any], catalog: Catalog
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """What the client asked for (shown back) and how the job runs it (kept server-side)."""
-    model, atlas, atlas_name = catalog.resolve(fields.get("model") or None,
-                                               fields.get("reference_atlas") or None)
+    model, atlas_name = catalog.resolve(fields.get("model") or None,
+                                        fields.get("reference_atlas") or None)
+    atlas = catalog.atlases[model][atlas_name]  # the server-side value; never shown
     tissue = fields.get("tissue") or None
     if tissue is not None:
         if model != "markers":

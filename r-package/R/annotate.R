@@ -24,10 +24,15 @@
 #' @param atlas The reference atlas the model uses (a file path for the local
 #'   engines, an atlas name the server offers for `http`), or `NULL`.
 #' @param assay For Seurat: the assay (default: the active assay). For a
-#'   SingleCellExperiment: the assay name (same as `layer`).
-#' @param layer The layer: `"counts"` (default) or `"data"`; for Seurat v5 a
-#'   layer name matches its split layers too (`"counts"` joins `counts.A`,
-#'   `counts.B`, ...).
+#'   SingleCellExperiment: the assay name (same as `layer`), or
+#'   `"altexp:NAME"` for its alternative experiment `NAME` (then `layer` names
+#'   the altExp's assay).
+#' @param layer The layer, e.g. `"counts"` or `"data"`; for Seurat v5 a layer
+#'   name matches its split layers too (`"counts"` joins `counts.A`,
+#'   `counts.B`, ...). `NULL` (default): `counts`, or, with a warning, `data`
+#'   (SCE: `logcounts`) when there are no counts, as in an `SCTAssay` whose
+#'   counts were dropped. These rules are the Python core's own (one file,
+#'   `system.file("extdata", "layer_rules.tsv", package = "scbridge")`).
 #' @param engine One of `"auto"`, `"python"`, `"cli"`, `"http"`.
 #' @param endpoint For `http`: the server's base URL, e.g.
 #'   `"http://127.0.0.1:8000"` (default: `options(scbridge.endpoint)` or env
@@ -40,7 +45,10 @@
 #' @param prefix Names of the added columns: `prefix`,
 #'   `paste0(prefix, "_confidence")`, `paste0(prefix, "_ontology")`.
 #' @param overwrite Replace existing columns of those names (else an error).
-#' @param ... Engine parameters passed to the core's engine (python and http).
+#' @param ... Engine parameters passed to the core's engine, e.g.
+#'   `min_gene_fraction = 0.05` to annotate a small gene panel (the share of the
+#'   model's genes an object must hold; python and cli engines) or
+#'   `tissue = "lung"`. The cli engine passes `min_gene_fraction` and `tissue`.
 #' @return For a Seurat object or SingleCellExperiment: the object, with the
 #'   three columns added to `meta.data` / `colData` and the full calls in
 #'   `object@misc$scbridge` / `metadata(object)$scbridge` (see [calls()]). For a
@@ -55,7 +63,7 @@
 #' }
 #' @export
 annotate_cells <- function(object, model = "markers", atlas = NULL, assay = NULL,
-                           layer = "counts", engine = c("auto", "python", "cli", "http"),
+                           layer = NULL, engine = c("auto", "python", "cli", "http"),
                            endpoint = NULL, api_key = Sys.getenv("SCBRIDGE_API_KEY"),
                            chunk_size = 50000, min_confidence = NULL, prefix = "cell_type",
                            ...) {
@@ -65,7 +73,7 @@ annotate_cells <- function(object, model = "markers", atlas = NULL, assay = NULL
 #' @rdname annotate_cells
 #' @export
 annotate_cells.Seurat <- function(object, model = "markers", atlas = NULL, assay = NULL,
-                                  layer = "counts", engine = c("auto", "python", "cli", "http"),
+                                  layer = NULL, engine = c("auto", "python", "cli", "http"),
                                   endpoint = NULL, api_key = Sys.getenv("SCBRIDGE_API_KEY"),
                                   chunk_size = 50000, min_confidence = NULL,
                                   prefix = "cell_type", overwrite = FALSE, ...) {
@@ -76,7 +84,7 @@ annotate_cells.Seurat <- function(object, model = "markers", atlas = NULL, assay
 #' @rdname annotate_cells
 #' @export
 annotate_cells.SummarizedExperiment <- function(object, model = "markers", atlas = NULL,
-                                                assay = NULL, layer = "counts",
+                                                assay = NULL, layer = NULL,
                                                 engine = c("auto", "python", "cli", "http"),
                                                 endpoint = NULL,
                                                 api_key = Sys.getenv("SCBRIDGE_API_KEY"),
@@ -90,7 +98,7 @@ annotate_cells.SummarizedExperiment <- function(object, model = "markers", atlas
 #' @rdname annotate_cells
 #' @export
 annotate_cells.Matrix <- function(object, model = "markers", atlas = NULL, assay = NULL,
-                                  layer = "counts", engine = c("auto", "python", "cli", "http"),
+                                  layer = NULL, engine = c("auto", "python", "cli", "http"),
                                   endpoint = NULL, api_key = Sys.getenv("SCBRIDGE_API_KEY"),
                                   chunk_size = 50000, min_confidence = NULL,
                                   prefix = "cell_type", overwrite = FALSE, ...) {

@@ -21,7 +21,7 @@
 #' head(annotation_markers(seu))
 #' }
 #' @export
-annotation_markers <- function(object, labels = NULL, assay = NULL, layer = "counts",
+annotation_markers <- function(object, labels = NULL, assay = NULL, layer = NULL,
                                top_n = 50, method = c("t-test", "wilcoxon"),
                                engine = c("auto", "python", "cli", "http"), endpoint = NULL,
                                api_key = Sys.getenv("SCBRIDGE_API_KEY"), prefix = "cell_type",
@@ -57,7 +57,7 @@ annotation_markers <- function(object, labels = NULL, assay = NULL, layer = "cou
 #' seu[["scbridge"]]
 #' }
 #' @export
-cell_embedding <- function(object, n_components = 30, assay = NULL, layer = "counts",
+cell_embedding <- function(object, n_components = 30, assay = NULL, layer = NULL,
                            engine = c("auto", "python", "cli", "http"), endpoint = NULL,
                            api_key = Sys.getenv("SCBRIDGE_API_KEY"), reduction = "scbridge",
                            overwrite = FALSE, ...) {

@@ -1,8 +1,9 @@
 # The cli engine: `scbridge annotate IN --out calls.json` in a subprocess.
 #
-# IN is an Arrow CSR file (docs/format.md) when the R package arrow is installed, otherwise an
-# uncompressed .rds of the dgCMatrix (with its cell and gene names) that the core reads
-# through rpy2. The .json result is the Calls contract, which jsonlite reads natively.
+# IN is an Arrow CSR file (docs/format.md) when the R package nanoarrow or arrow is installed
+# (R/arrow.R), otherwise an uncompressed .rds of the dgCMatrix (with its cell and gene names)
+# that the core reads through rpy2. The .json result is the Calls contract, which jsonlite
+# reads natively.
 
 cli_path <- function() {
   path <- getOption("scbridge.cli") %||% Sys.getenv("SCBRIDGE_CLI")
@@ -37,7 +38,7 @@ cli_transport <- function() {
   }
   wanted <- match.arg(wanted, c("arrow", "rds"))
   if (wanted == "arrow" && is.null(arrow_backend())) {
-    need_package("nanoarrow", "The Arrow transport (options(scbridge.cli_transport = \"arrow\"))")
+    need_arrow_backend("The Arrow transport (options(scbridge.cli_transport = \"arrow\"))")
   }
   wanted
 }
@@ -50,6 +51,7 @@ write_cli_input <- function(m, source, dir) {
     # Uncompressed: the core's readRDS of it is then a plain read.
     saveRDS(m, path, compress = FALSE)
   }
+  inform("cli: the matrix goes to the subprocess as ", basename(path))
   path
 }
 
@@ -71,7 +73,7 @@ run_cli <- function(args, what) {
   if (status != 0L) {
     text <- trimws(stderr)
     lines <- strsplit(text, "\n", fixed = TRUE)[[1L]]
-    said <- grep("error:", lines, value = TRUE)
+    said <- grep("error(\\[[a-z_]+\\])?:", lines, value = TRUE)
     message <- if (length(said)) said[[length(said)]] else utils::tail(lines, 5L)
     abort(c(sprintf("`scbridge %s` failed (exit status %d):", what, status), message),
           kind = cli_error_kind(text), stderr = text)
@@ -91,6 +93,27 @@ cli_error_kind <- function(text) {
   "engine"
 }
 
+# Engine parameters the command line takes, as its flags (min_gene_fraction = 0.05 becomes
+# --min-gene-fraction 0.05); any other parameter is refused, naming these.
+cli_param_flags <- c(min_gene_fraction = "--min-gene-fraction", tissue = "--tissue")
+
+cli_engine_flags <- function(params) {
+  unknown <- setdiff(names(params), names(cli_param_flags))
+  if (length(unknown) || (length(params) && is.null(names(params)))) {
+    abort(sprintf(
+      "The cli engine passes the engine parameters %s; not %s. Use the python engine for the others.",
+      paste(names(cli_param_flags), collapse = " and "),
+      paste(unknown, collapse = ", ") %||% "unnamed ones"), kind = "unsupported")
+  }
+  unlist(lapply(names(params), function(name) {
+    value <- params[[name]]
+    if (length(value) != 1L || is.na(value)) {
+      abort(sprintf("`%s` must be one value.", name), kind = "input")
+    }
+    c(cli_param_flags[[name]], format(value, scientific = FALSE))
+  }), use.names = FALSE)
+}
+
 cli_annotate <- function(m, source, model, atlas, chunk_size, params) {
   cli_check()
   check_nnz(m, "cli")
@@ -102,10 +125,7 @@ cli_annotate <- function(m, source, model, atlas, chunk_size, params) {
   args <- c("annotate", input, "--out", out, "--model", model, "--no-qc",
             "--chunk-size", format(as.integer(chunk_size), scientific = FALSE), "--quiet")
   if (!is.null(atlas)) args <- c(args, "--atlas", atlas)
-  if (length(params)) {
-    abort("Engine parameters (...) are passed by the python and http engines only; the cli engine takes model and atlas.",
-          kind = "unsupported")
-  }
+  args <- c(args, cli_engine_flags(params))
   run_cli(args, "annotate")
   body <- jsonlite::parse_json(paste(readLines(out, warn = FALSE), collapse = "\n"),
                                simplifyVector = FALSE)
@@ -242,10 +262,10 @@ cli_markers <- function(m, source, labels, top_n, method, params) {
   utils::write.csv(data.frame(cell = colnames(m)[labelled], label = labels[labelled]),
                    calls_file, row.names = FALSE)
   out <- file.path(dir, "markers.json")
-  args <- c("markers", input, "--calls", calls_file, "--out", out, "--top-n", as.integer(top_n),
+  args <- c("rank-markers", input, "--calls", calls_file, "--out", out, "--top-n", as.integer(top_n),
             "--method", method, "--quiet")
   if (!is.null(params$min_cells)) args <- c(args, "--min-cells", as.integer(params$min_cells))
-  run_cli(args, "markers")
+  run_cli(args, "rank-markers")
   rows <- cli_rows(out)
   columns <- unique(unlist(lapply(rows, names)))
   out <- lapply(stats::setNames(columns, columns), function(name) {

@@ -2,8 +2,9 @@
 # same contract, with the public tutorial's JSON body (genes, matrix {indptr, indices, data,
 # shape} of the cells x genes CSR, model, reference_atlas) and a Bearer key. The CSR arrays are
 # the dgCMatrix slots. Cells go in chunks of `chunk_size`, in order; 429 and 5xx replies are
-# retried with exponential backoff. With the R package arrow installed, the body and reply are
-# Arrow streams instead (about 4x smaller, no number formatting).
+# retried with exponential backoff. With the R package nanoarrow or arrow installed, the body
+# is an Arrow CSR stream instead (about 4x smaller, no number formatting), and so is the reply
+# with arrow (R/arrow.R).
 
 http_status <- function(endpoint) {
   for (package in c("httr2", "jsonlite")) {
@@ -17,14 +18,20 @@ http_status <- function(endpoint) {
   NULL
 }
 
-http_transport <- function() {
+# Engine parameters (...) travel in the JSON body only, so they make "auto" pick JSON.
+http_transport <- function(params = list()) {
   wanted <- getOption("scbridge.http_transport", "auto")
   if (identical(wanted, "auto")) {
-    return(if (is.null(arrow_backend())) "json" else "arrow")
+    return(if (is.null(arrow_backend()) || length(params)) "json" else "arrow")
   }
   wanted <- match.arg(wanted, c("arrow", "json"))
   if (wanted == "arrow" && is.null(arrow_backend())) {
-    need_package("nanoarrow", "The Arrow transport (options(scbridge.http_transport = \"arrow\"))")
+    need_arrow_backend("The Arrow transport (options(scbridge.http_transport = \"arrow\"))")
+  }
+  if (wanted == "arrow" && length(params)) {
+    abort(paste("Engine parameters (...) travel in the JSON body only; use",
+                "options(scbridge.http_transport = \"json\") or \"auto\" to pass them."),
+          kind = "unsupported")
   }
   wanted
 }
@@ -61,9 +68,10 @@ json_body <- function(block, genes_json, model, atlas, extra = list()) {
 max_request_bytes <- function() getOption("scbridge.max_request_bytes", .Machine$integer.max)
 
 # Refuse, before building it, a body that R (one string < 2^31 bytes) or the configured limit
-# cannot hold, and say which chunk_size would fit.
-check_body_size <- function(nnz, n_cells, n_genes_bytes) {
-  estimate <- 30 * nnz + 12 * n_cells + n_genes_bytes + 200
+# cannot hold, and say which chunk_size would fit. `per_nonzero`: about 30 bytes in JSON, 12
+# in Arrow (an int32 index and a float64 value).
+check_body_size <- function(nnz, n_cells, n_genes_bytes, per_nonzero = 30) {
+  estimate <- per_nonzero * nnz + 12 * n_cells + n_genes_bytes + 200
   limit <- max_request_bytes()
   if (estimate > limit) {
     fit <- floor(n_cells * (limit - n_genes_bytes - 200) / (estimate - n_genes_bytes - 200))
@@ -140,26 +148,35 @@ http_concurrency <- function() max(1L, as.integer(getOption("scbridge.http_concu
 
 http_annotate <- function(m, source, model, atlas, chunk_size, params, endpoint, api_key,
                           timeout = http_timeout(), retries = http_retries()) {
-  transport <- http_transport()
+  if (!is.null(params$min_gene_fraction)) {
+    # A service applies its own genes-found check; sent along, the value would be ignored.
+    abort("The http engine cannot pass `min_gene_fraction`: the service checks the genes against its own model. Use the python or cli engine to lower the bar.",
+          kind = "unsupported")
+  }
+  transport <- http_transport(params)
   n <- ncol(m)
   genes_json <- as.character(jsonlite::toJSON(rownames(m)))
   starts <- chunk_starts(n, chunk_size)
   request_for <- function(k) {
     from <- starts[[k]]
     to <- min(from + chunk_size - 1L, n)
-    block <- csr_block(m, from, to)
-    block$n_genes <- nrow(m)
     req <- http_request(endpoint, "v1/singlecell/annotate", api_key, timeout, retries)
     if (transport == "arrow") {
-      body <- arrow_csr_stream(m[, from:to, drop = FALSE], source)
+      check_body_size(m@p[[to + 1L]] - m@p[[from]], to - from + 1L,
+                      nchar(genes_json, "bytes"), per_nonzero = 12)
+      # One chunk: the matrix itself (its slots become the batch without a copy).
+      block_matrix <- if (from == 1L && to == n) m else m[, from:to, drop = FALSE]
       req <- httr2::req_url_query(req, model = model, reference_atlas = atlas)
-      req <- httr2::req_headers(req, Accept = "application/vnd.apache.arrow.stream")
-      req <- httr2::req_body_raw(req, body, type = "application/vnd.apache.arrow.stream")
-    } else {
-      check_body_size(length(block$data), length(block$cells), nchar(genes_json, "bytes"))
-      req <- httr2::req_body_raw(req, json_body(block, genes_json, model, atlas, params),
-                                 type = "application/json")
+      req <- httr2::req_headers(req, Accept = arrow_reply_type())
+      req <- httr2::req_body_raw(req, arrow_csr_stream(block_matrix, source),
+                                 type = arrow_media_type)
+      return(list(req = req, cells = colnames(block_matrix)))
     }
+    block <- csr_block(m, from, to)
+    block$n_genes <- nrow(m)
+    check_body_size(length(block$data), length(block$cells), nchar(genes_json, "bytes"))
+    req <- httr2::req_body_raw(req, json_body(block, genes_json, model, atlas, params),
+                               type = "application/json")
     list(req = req, cells = block$cells)
   }
   parts <- vector("list", length(starts))
@@ -188,8 +205,9 @@ http_annotate <- function(m, source, model, atlas, chunk_size, params, endpoint,
   out
 }
 
+# The reply is read as what it is (Content-Type), whatever was asked for.
 http_calls <- function(resp, cells, transport, endpoint) {
-  if (transport == "arrow") {
+  if (identical(httr2::resp_content_type(resp), arrow_media_type)) {
     return(calls_from_json(arrow_calls_records(httr2::resp_body_raw(resp)), cells = cells))
   }
   reply <- jsonlite::parse_json(httr2::resp_body_string(resp), simplifyVector = FALSE)

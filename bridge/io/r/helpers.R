@@ -7,7 +7,7 @@
 # A data set or object exported by an installed package, e.g. SeuratObject::pbmc_small.
 scb_package_object <- function(package, name) {
   if (!requireNamespace(package, quietly = TRUE)) {
-    stop("scbridge: R package '", package, "' is not installed; install it or pass a file path")
+    stop("scbridge[not_found]: R package '", package, "' is not installed; install it or pass a file path")
   }
   ns <- asNamespace(package)
   lazy <- ns[[".__NAMESPACE__."]][["lazydata"]]
@@ -18,26 +18,68 @@ scb_package_object <- function(package, name) {
   env <- new.env()
   found <- suppressWarnings(utils::data(list = name, package = package, envir = env))
   if (exists(name, envir = env, inherits = FALSE)) return(get(name, envir = env))
-  stop("scbridge: package '", package, "' has no data set or object called '", name, "'")
+  stop("scbridge[not_found]: package '", package, "' has no data set or object called '", name, "'")
 }
 
-scb_load <- function(path) {
+# Where the object to read sits in a file, as the reader and write-back both see it:
+# `object`, the .rda object's `name` among all `names` the file holds (NA / empty for .rds),
+# and, when the object was unwrapped from a plain list, its `index` there and the `container`.
+scb_locate <- function(path) {
   ext <- tolower(tools::file_ext(path))
   if (ext %in% c("rdata", "rda")) {
     env <- new.env(parent = emptyenv())
     names <- load(path, envir = env)
-    if (length(names) == 0L) stop("scbridge: ", path, " holds no objects")
-    if (length(names) > 1L) {
-      ok <- names[vapply(names, function(n) scb_kind(get(n, envir = env)) != "other", logical(1))]
-      if (length(ok) != 1L) {
-        stop("scbridge: ", path, " holds several objects (", paste(names, collapse = ", "),
-             "); save the one to convert alone with saveRDS()")
-      }
-      names <- ok
-    }
-    return(get(names[[1L]], envir = env))
+    name <- scb_choose_name(names, env, path)
+    where <- if (length(names) > 1L) sprintf("%s (object '%s')", path, name) else path
+    found <- scb_unwrap(get(name, envir = env), where)
+    return(c(found, list(env = env, name = name, names = names)))
   }
-  readRDS(path)
+  c(scb_unwrap(readRDS(path), path), list(env = NULL, name = NA_character_, names = character(0)))
+}
+
+scb_load <- function(path) scb_locate(path)$object
+
+# A plain list holding one supported object (a common saveRDS(list(obj))) stands for it.
+scb_is_plain_list <- function(x) is.list(x) && !is.object(x)
+
+scb_supported <- function(x) {
+  scb_kind(x) != "other" || (scb_is_plain_list(x) && length(scb_list_candidates(x)) == 1L)
+}
+
+scb_list_candidates <- function(x) which(vapply(x, function(el) scb_kind(el) != "other", logical(1)))
+
+scb_describe_elements <- function(objects, labels) {
+  classes <- vapply(objects, scb_class, character(1))
+  paste(sprintf("%s (%s)", labels, classes), collapse = ", ")
+}
+
+# A list without any supported element stays as it is (the reader then names what it reads).
+scb_unwrap <- function(x, where) {
+  ok <- if (scb_is_plain_list(x)) scb_list_candidates(x) else integer(0)
+  if (!length(ok)) return(list(object = x, index = NA_integer_, container = NULL))
+  if (length(ok) == 1L) return(list(object = x[[ok]], index = unname(ok), container = x))
+  labels <- sprintf("[[%d]]", seq_along(x))
+  if (!is.null(names(x))) labels <- ifelse(nzchar(names(x)), sprintf("[[\"%s\"]]", names(x)), labels)
+  stop("scbridge[ambiguous_object]: ", where, " holds a list of ", length(ok), " objects scbridge ",
+       "could read: ", scb_describe_elements(x[ok], labels[ok]), ". Save the one to use alone, ",
+       "e.g. in R: saveRDS(x", labels[ok[[1L]]], ", \"one.rds\")")
+}
+
+# The object of an .rda / .RData to read: the only one, or the only supported one.
+scb_choose_name <- function(names, env, path) {
+  if (length(names) == 0L) stop("scbridge[not_found]: ", path, " holds no objects")
+  if (length(names) == 1L) return(names[[1L]])
+  ok <- names[vapply(names, function(n) scb_supported(get(n, envir = env)), logical(1))]
+  if (length(ok) == 1L) return(ok)
+  objects <- lapply(names, get, envir = env)
+  listing <- scb_describe_elements(objects, sprintf("'%s'", names))
+  if (!length(ok)) {
+    stop("scbridge[unsupported]: ", path, " holds ", length(names), " objects, none of them a ",
+         "Seurat object, SingleCellExperiment or matrix: ", listing)
+  }
+  stop("scbridge[ambiguous_object]: ", path, " holds several objects scbridge could read (",
+       listing, "); save the one to use alone, e.g. in R: saveRDS(", ok[[1L]], ", \"",
+       ok[[1L]], ".rds\")")
 }
 
 scb_class <- function(x) as.character(class(x))[[1L]]
@@ -129,6 +171,17 @@ scb_sce_assay <- function(sce, name) {
   list(matrix = m, cells = colnames(sce), genes = genes)
 }
 
+# Alternative experiments (altExps: HTO, ADT, spike-ins) of a SingleCellExperiment.
+scb_sce_altexp_names <- function(sce) {
+  if (!methods::is(sce, "SingleCellExperiment")) return(character(0))
+  # The internal column holding them: ~2 ms, where altExpNames() takes ~0.1 s.
+  stored <- tryCatch(names(SingleCellExperiment::int_colData(sce)[["altExps"]]),
+                     error = function(e) NULL)
+  if (is.null(stored)) SingleCellExperiment::altExpNames(sce) else stored
+}
+
+scb_sce_altexp <- function(sce, name) SingleCellExperiment::altExp(sce, name, withDimnames = TRUE)
+
 scb_sce_coldata <- function(sce) {
   cd <- SummarizedExperiment::colData(sce)
   if (ncol(cd) == 0L) return(data.frame())
@@ -201,7 +254,7 @@ scb_object_cells <- function(obj) {
   kind <- scb_kind(obj)
   if (kind == "seurat") return(rownames(attr(obj, "meta.data")))
   if (kind == "sce") return(colnames(obj))
-  stop("scbridge: write-back needs a Seurat or SingleCellExperiment object, got ", scb_class(obj))
+  stop("scbridge[unsupported]: write-back needs a Seurat or SingleCellExperiment object, got ", scb_class(obj))
 }
 
 scb_add_columns <- function(obj, df, overwrite) {
@@ -219,6 +272,29 @@ scb_add_columns <- function(obj, df, overwrite) {
     SummarizedExperiment::colData(obj) <- cd
   }
   obj
+}
+
+# Save `updated` (the located object with its new columns) to `out`, keeping what the source
+# file held around it where the format can: an .rds of a list stays that list, an .rda keeps
+# the file's other objects; an .rds written from an .rda holds the object alone.
+scb_save_updated <- function(located, updated, out) {
+  in_container <- function(container) {
+    if (is.na(located$index)) return(updated)
+    container[[located$index]] <- updated
+    container
+  }
+  ext <- tolower(tools::file_ext(out))
+  if (ext %in% c("rda", "rdata")) {
+    env <- new.env(parent = emptyenv())
+    for (n in located$names) assign(n, get(n, envir = located$env), envir = env)
+    assign(located$name, in_container(located$container), envir = env)
+    save(list = located$names, envir = env, file = out)
+  } else if (is.null(located$env)) {
+    saveRDS(in_container(located$container), out)
+  } else {
+    saveRDS(updated, out)
+  }
+  invisible(out)
 }
 
 scb_existing_columns <- function(obj) {
@@ -239,13 +315,13 @@ scb_make_container <- function(m, container, meta) {
   if (identical(container, "dgCMatrix")) return(m)
   if (identical(container, "SingleCellExperiment")) {
     if (!requireNamespace("SingleCellExperiment", quietly = TRUE)) {
-      stop("scbridge: writing a SingleCellExperiment needs the Bioconductor package SingleCellExperiment")
+      stop("scbridge[missing_dependency]: writing a SingleCellExperiment needs the Bioconductor package SingleCellExperiment")
     }
     cd <- if (is.null(meta)) S4Vectors::DataFrame(row.names = colnames(m)) else S4Vectors::DataFrame(meta, check.names = FALSE)
     return(SingleCellExperiment::SingleCellExperiment(assays = list(counts = m), colData = cd))
   }
   if (!requireNamespace("SeuratObject", quietly = TRUE)) {
-    stop("scbridge: writing a Seurat object needs the R package SeuratObject")
+    stop("scbridge[missing_dependency]: writing a Seurat object needs the R package SeuratObject")
   }
   SeuratObject::CreateSeuratObject(counts = m, meta.data = meta)
 }

@@ -23,14 +23,14 @@ def _strings(values: Any) -> list[str]:
 def _matrix(p: Any, i: Any, x: Any, n_genes: int, n_cells: int, genes: Any, cells: Any,
             source: str) -> Any:
     from bridge import CellMatrix
-    from bridge._validate import looks_like_counts
     from bridge.matrix import csr_view
+    from bridge.numerics import detect_value_kind
 
     indptr = np.atleast_1d(np.asarray(p, dtype=np.int32))
     indices = np.atleast_1d(np.asarray(i, dtype=np.int32))
     data = np.atleast_1d(np.asarray(x, dtype=np.float64))
     X = csr_view(data, indices, indptr, (int(n_cells), int(n_genes)))
-    kind = "counts" if looks_like_counts(data) else "lognorm"
+    kind = detect_value_kind(data)
     return CellMatrix(X, _strings(cells), _strings(genes), value_kind=kind, source=source)
 
 
@@ -109,7 +109,7 @@ def annotate(p: Any, i: Any, x: Any, n_genes: int, n_cells: int, genes: Any, cel
              source: str, model: str, atlas: str | None, chunk_size: int,
              params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Raw calls (no QC, no threshold: R applies ``min_confidence`` for every engine alike)."""
-    from bridge.annotate import call_cells
+    from bridge import call_cells
 
     matrix = _matrix(p, i, x, n_genes, n_cells, genes, cells, source)
     table = call_cells(matrix, model=model, atlas=atlas, chunk_size=int(chunk_size),
@@ -120,8 +120,8 @@ def annotate(p: Any, i: Any, x: Any, n_genes: int, n_cells: int, genes: Any, cel
 
 def embed(p: Any, i: Any, x: Any, n_genes: int, n_cells: int, genes: Any, cells: Any,
           source: str, n_components: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    from bridge.embed import embed as embed_cells
-    from bridge.embed import embedding_array
+    from bridge import embed as embed_cells
+    from bridge._contract import embedding_array
 
     matrix = _matrix(p, i, x, n_genes, n_cells, genes, cells, source)
     table = embed_cells(matrix, n_components=int(n_components), **(params or {}))
@@ -134,7 +134,7 @@ def markers(p: Any, i: Any, x: Any, n_genes: int, n_cells: int, genes: Any, cell
             params: dict[str, Any] | None = None) -> dict[str, Any]:
     import pyarrow as pa
 
-    from bridge.markers_export import markers as find_markers
+    from bridge import rank_marker_genes as find_markers
 
     matrix = _matrix(p, i, x, n_genes, n_cells, genes, cells, source)
     labelled = pa.table({"cell": pa.array(_strings(cells), pa.string()),

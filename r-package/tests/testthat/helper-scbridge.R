@@ -42,6 +42,19 @@ skip_if_no_cli <- function() {
   invisible(TRUE)
 }
 
+# The Arrow transport needs the R package nanoarrow (>= 0.6.0) or arrow, which Debian does not
+# package. Its tests skip without them, with a message that starts "Arrow transport:" and
+# names the missing package: the one skip CI allows (tests/test_r_package.py and
+# r-package/tools/check.sh print it). `backend`: a test that needs that backend in particular.
+skip_if_no_arrow <- function(backend = NULL) {
+  found <- scbridge:::arrow_backends()
+  wanted <- if (is.null(backend)) c("nanoarrow", "arrow") else backend
+  if (!any(wanted %in% found)) {
+    testthat::skip(paste("Arrow transport:", scbridge:::arrow_backend_missing(wanted)))
+  }
+  invisible(intersect(wanted, found))
+}
+
 # -- simulated data -------------------------------------------------------------------------
 marker_sets <- list(
   T = c("CD3D", "CD3E", "IL7R", "CD2"),

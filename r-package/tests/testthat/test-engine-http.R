@@ -35,6 +35,8 @@ test_that("429 and 5xx replies are retried with backoff, chunks stay in order", 
   skip_if_not_installed("processx")
   py <- test_python_path()
   if (!nzchar(py)) skip_engine("http retry test: no Python (set SCBRIDGE_PYTHON)")
+  # The stand-in speaks the JSON contract only, whatever Arrow backend is installed.
+  withr::local_options(scbridge.http_transport = "json")
   for (status in c(503L, 429L)) {
     log <- tempfile()
     port <- sample(45001:55000, 1L)

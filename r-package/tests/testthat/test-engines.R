@@ -160,3 +160,25 @@ test_that("an unknown model is a not-found error on every engine", {
   expect_error(annotate_cells(m, model = "no-such-model", engine = "cli"),
                class = "scbridge_error_not_found")
 })
+
+test_that("min_gene_fraction lowers the genes-found bar on the python and cli engines", {
+  skip_if_no_python()
+  m <- plain(sim_counts())
+  filler <- Matrix::rsparsematrix(300L, ncol(m), density = 0.05,
+                                  rand.x = function(n) as.double(rpois(n, 1) + 1))
+  dimnames(filler) <- list(sprintf("PANEL%03d", 1:300), colnames(m))
+  small <- rbind(m[1:8, ], filler)  # 8 of the model's genes: a small targeted panel
+  expect_error(annotate_cells(small, engine = "python"), class = "scbridge_error_gene_ids")
+  expect_error(annotate_cells(small, engine = "python"), "min_gene_fraction = in R", fixed = TRUE)
+  out <- annotate_cells(small, engine = "python", min_gene_fraction = 0.01)
+  expect_identical(out$cell, colnames(m))
+  expect_identical(attr(out, "provenance")$parameters$min_gene_fraction, 0.01)
+  # The http engine cannot pass it on: refused before anything is sent.
+  expect_error(annotate_cells(small, engine = "http", endpoint = closed_port_endpoint(),
+                              min_gene_fraction = 0.01), class = "scbridge_error_unsupported")
+  skip_if_no_cli()
+  expect_error(annotate_cells(small, engine = "cli"), class = "scbridge_error_gene_ids")
+  expect_same_calls(annotate_cells(small, engine = "cli", min_gene_fraction = 0.01), out)
+  expect_error(annotate_cells(small, engine = "cli", saturation = 3),
+               class = "scbridge_error_unsupported")
+})

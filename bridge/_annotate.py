@@ -1,24 +1,27 @@
 """Cell-type annotation: ``annotate`` (the user's entry point) and ``call_cells`` (the engine run).
 
-``call_cells`` is what the local path, the server and the remote client all share: gene-id
-mapping, the genes-found check, the engine over chunk views, one Calls table in cell order.
-``annotate`` wraps it with reading, QC, smoothing, the confidence threshold and provenance.
+``call_cells`` is what the local path and the server share: the engine from the catalogue,
+gene-id mapping, the engine's genes-found check, the engine over chunk views, one Calls table
+in cell order with provenance.  ``annotate`` wraps it with reading, QC, smoothing, the
+confidence threshold, and the choice of a remote service (``endpoint=``, the ``"remote"``
+engine).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import sys
-import types
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
+from numpy.typing import NDArray
 
-from ._errors import InputError
-from .calls import apply_min_confidence, chunk_table, concat_calls, with_metadata
+from ._contract import apply_min_confidence, with_metadata
+from ._errors import InputError, NotFoundError
+from .engines import DEFAULT_CHUNK_SIZE
 from .matrix import CellMatrix
 
 if TYPE_CHECKING:
@@ -28,23 +31,13 @@ __all__ = ["annotate", "call_cells"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_SIZE = 50_000
-_DEFAULT_MIN_GENE_FRACTION = 0.1
 # Genes detected in nearly every cell of any scRNA-seq data set; used to notice shuffled names.
 _HOUSEKEEPING = ("ACTB", "B2M", "MALAT1", "TMSB4X", "EEF1A1", "RPL13", "RPS27", "RPLP1",
                  "RPS12", "TPT1", "FTL", "GAPDH", "MT-CO1", "RPL41", "RPS18")
 
 
-def _engine_genes(engine: Engine) -> list[str] | None:
-    """The genes an engine needs (for the genes-found check), when it says."""
-    genes = getattr(engine, "genes", None)
-    if genes is None and getattr(engine, "reference", None) is not None:
-        genes = engine.reference.genes  # type: ignore[attr-defined]
-    return None if genes is None else [str(g) for g in genes]
-
-
 def _resolve_genes(matrix: CellMatrix, needed: list[str] | None
-                   ) -> tuple[np.ndarray, str, int]:
+                   ) -> tuple[NDArray[Any], str, int]:
     """Gene ids for the engine: the matrix's own, or mapped to human symbols if that finds more."""
     from .genes import map_to_human_symbols
 
@@ -62,7 +55,7 @@ def _resolve_genes(matrix: CellMatrix, needed: list[str] | None
     return matrix.genes, mapping.kind, 0
 
 
-def _check_gene_order(matrix: CellMatrix, genes: np.ndarray) -> None:
+def _check_gene_order(matrix: CellMatrix, genes: NDArray[Any]) -> None:
     """Warn when ubiquitous genes look absent while others look ubiquitous (shuffled names)."""
     if matrix.n_cells < 50 or matrix.nnz == 0:
         return
@@ -79,19 +72,18 @@ def _check_gene_order(matrix: CellMatrix, genes: np.ndarray) -> None:
                f"{np.median(detected[cols]):.0%} of cells while other genes reach {top:.0%}: "
                "the gene names may not match the matrix columns (wrong order or a shifted "
                "feature list). Calls will be wrong if so.")
-        logger.warning(msg)
-        warnings.warn(msg, stacklevel=4)
+        warnings.warn(msg, stacklevel=4)  # one message: the CLI shows warnings as one line
 
 
 def call_cells(matrix: CellMatrix, *, model: str = "markers", atlas: str | None = None,
                chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = True,
-               **engine_params: Any) -> pa.Table:
+               engine: Engine | None = None, **engine_params: Any) -> pa.Table:
     """Run an annotation engine over ``matrix`` and return the Calls table.
 
     Parameters
     ----------
     matrix
-        Cells x genes matrix (counts or log-normalised).
+        Cells x genes matrix (counts, log-normalised or normalised values).
     model
         Engine name (see :func:`bridge.engines.available_models`); ``"markers"`` is the
         embedded curated marker engine.
@@ -101,8 +93,11 @@ def call_cells(matrix: CellMatrix, *, model: str = "markers", atlas: str | None 
         Cells per chunk; chunks are views, and calls do not depend on the chunk size.
     progress
         Show a progress bar on long inputs.
+    engine
+        An engine already built (``model``, ``atlas`` and ``engine_params`` are then unused).
     **engine_params
-        Passed to the engine (for example ``tissue="blood"`` or ``min_gene_fraction=0.3``).
+        Passed to the engine (for example ``tissue="blood"`` or ``min_gene_fraction=0.3``);
+        a parameter the engine does not take is refused, naming the ones it does.
 
     Returns
     -------
@@ -116,55 +111,42 @@ def call_cells(matrix: CellMatrix, *, model: str = "markers", atlas: str | None 
     GeneIdError
         When too few of the engine's genes are found, even after mapping the ids.
     """
-    from tqdm.auto import tqdm
-
     from .engines import get_engine
-    from .genes import check_genes_found
 
     if chunk_size <= 0:
         msg = f"chunk_size must be positive, got {chunk_size}."
-        raise InputError(msg)
-    engine = get_engine(model, atlas=atlas, **engine_params)
-    needed = _engine_genes(engine)
-    genes, kind, n_mapped = _resolve_genes(matrix, needed)
-    if kind == "other" and matrix.n_genes:
+        raise InputError(msg, code="invalid_parameter")
+    if engine is None:
+        engine = get_engine(model, atlas=atlas, **engine_params)
+    needed = engine.genes
+    genes, kind, n_mapped = _resolve_genes(matrix, None if needed is None else list(needed))
+    if kind == "other" and matrix.n_genes and needed is not None:
         msg = (f"{matrix.source or 'the matrix'}: the gene ids (e.g. "
                f"{', '.join(map(str, matrix.genes[:3]))}) look like neither gene symbols nor "
                "Ensembl ids.")
-        logger.warning(msg)
-        warnings.warn(msg, stacklevel=2)
-    fraction = 1.0
+        warnings.warn(msg, stacklevel=2)  # one message: the CLI shows warnings as one line
+    if genes is not matrix.genes:
+        matrix = CellMatrix(matrix.X, matrix.cells, genes, value_kind=matrix.value_kind,
+                            source=matrix.source, validate=False, keepalive=matrix.keepalive)
     if needed is not None:
-        fraction = check_genes_found(
-            needed, genes, kind=kind, where=matrix.source or "the matrix",
-            min_fraction=float(getattr(engine, "min_gene_fraction", _DEFAULT_MIN_GENE_FRACTION)),
-            what=f"the {model!r} model")
-    _check_gene_order(matrix, genes)
-    tables = []
-    bar = tqdm(total=matrix.n_cells, unit="cells", desc=f"annotating ({model})",
-               disable=not progress or matrix.n_cells < 2 * min(chunk_size, 10_000),
-               leave=False)
-    for chunk in matrix.iter_chunks(chunk_size):
-        if genes is not matrix.genes:
-            chunk = CellMatrix(chunk.X, chunk.cells, genes, value_kind=chunk.value_kind,
-                               source=chunk.source, validate=False, keepalive=chunk.keepalive)
-        tables.append(chunk_table(chunk.cells, engine.annotate_chunk(chunk)))
-        bar.update(chunk.n_cells)
-    bar.close()
-    if not tables:
-        tables = [chunk_table([], engine.annotate_chunk(matrix))]
-    return with_metadata(
-        concat_calls(tables), engine=engine.name, model=model, atlas=engine.atlas or "",
-        parameters=engine.parameters(), genes_matched=round(fraction, 4),
-        gene_id_kind=kind, genes_mapped=n_mapped, value_kind=matrix.value_kind,
-    )
+        _check_gene_order(matrix, genes)
+    table = engine.annotate(matrix, chunk_size=chunk_size, progress=progress)
+    described = engine.describe()
+    provenance = {
+        "engine": described["name"], "model": model, "atlas": engine.atlas or "",
+        "parameters": described["parameters"], "gene_id_kind": kind, "genes_mapped": n_mapped,
+        "value_kind": matrix.value_kind,
+    }
+    # A remote engine's table already names the service's engine, model and parameters:
+    # those are kept, not overwritten with the client's view.
+    present = {key.decode() for key in (table.schema.metadata or {})}
+    return with_metadata(table, **{k: v for k, v in provenance.items()
+                                   if f"scbridge.{k}" not in present})
 
 
-def _group_labels(matrix: CellMatrix, groups: str | Sequence[Any] | np.ndarray) -> np.ndarray:
+def _group_labels(matrix: CellMatrix, groups: str | Sequence[Any] | NDArray[Any]) -> NDArray[Any]:
     if isinstance(groups, str):
         if groups not in matrix.obs.column_names:
-            from ._errors import NotFoundError
-
             have = ", ".join(matrix.obs.column_names) or "none"
             msg = f"groups={groups!r} is not a cell metadata column (columns: {have})."
             raise NotFoundError(msg)
@@ -175,16 +157,18 @@ def _group_labels(matrix: CellMatrix, groups: str | Sequence[Any] | np.ndarray) 
     values = np.asarray(groups, dtype=object)
     if len(values) != matrix.n_cells:
         msg = f"groups has {len(values)} values for {matrix.n_cells} cells."
-        raise InputError(msg)
+        raise InputError(msg, code="invalid_parameter")
     return values
 
 
 def annotate(source: Any, *, model: str = "markers", atlas: str | None = None,
              min_confidence: float | None = None,
-             groups: str | Sequence[Any] | np.ndarray | None = None, qc: bool = True,
+             groups: str | Sequence[Any] | NDArray[Any] | None = None,
+             qc: bool | pa.Table = True,
              smooth: Literal["knn"] | int | bool | None = None, endpoint: str | None = None,
-             api_key: str | None = None, transport: str = "arrow",
+             api_key: str | None = None, transport: Literal["arrow", "json"] = "arrow",
              chunk_size: int | None = None, assay: str | None = None, layer: str | None = None,
+             value_kind: Literal["counts", "lognorm", "normalized"] | None = None,
              progress: bool = True, **engine_params: Any) -> pa.Table:
     """Cell-type calls for every cell, as an Arrow table.
 
@@ -202,21 +186,26 @@ def annotate(source: Any, *, model: str = "markers", atlas: str | None = None,
         A cell metadata column (e.g. ``"seurat_clusters"``) or one value per cell: adds
         ``label_smoothed`` / ``smoothed_confidence`` by majority vote within each group.
     qc
-        Add QC metrics and ``qc_pass`` / ``qc_reason`` (recorded, never applied).
+        ``True``: compute the QC metrics (:func:`bridge.qc` without doublet scores, which cost
+        far more than the annotation) and append them, recorded, never applied; a table from
+        :func:`bridge.qc` (with doublet scores, or filtered by you): append that one;
+        ``False``: none.
     smooth
         ``"knn"`` (15 neighbours) or a neighbour count: majority vote over a kNN graph, in the
         same separate columns; ignored when ``groups`` is given.
     endpoint, api_key, transport
-        Annotate through a remote service instead of locally (the raw gene ids are sent; the
-        service maps them).
+        Annotate through a remote service instead of locally (the ``"remote"`` engine: the
+        raw gene ids are sent; the service maps and checks them).
     chunk_size
         Cells per chunk (default 50,000); the calls do not depend on it.
-    assay, layer
-        Which matrix of the source to read.
+    assay, layer, value_kind
+        Which matrix of the source to read, and what its values are when the reader's guess
+        is wrong (``"normalized"`` for TPM / CPM / FPKM).
     progress
         Show progress bars on long inputs.
     **engine_params
-        Passed to the engine.
+        Passed to the engine (``tissue=``, ``min_gene_fraction=``, ...); a parameter the
+        engine does not take is refused with the list of those it does.
 
     Returns
     -------
@@ -225,31 +214,36 @@ def annotate(source: Any, *, model: str = "markers", atlas: str | None = None,
         input cell order, then ``label_raw`` (with ``min_confidence``), ``label_smoothed`` and
         ``smoothed_confidence`` (with ``groups`` / ``smooth``) and the QC columns.
     """
-    matrix = source if isinstance(source, CellMatrix) else _read(source, assay, layer)
-    size = chunk_size or DEFAULT_CHUNK_SIZE
-    qc_table = None
-    if qc:
-        from .qc import qc_metrics
+    from .engines import get_engine
 
-        qc_table = qc_metrics(matrix)
-    if endpoint:
-        from .engines.remote import RemoteClient
-
-        client = RemoteClient(endpoint, api_key=api_key, transport=transport, model=model,
-                              atlas=atlas, chunk_size=size)
-        table = client.call_cells(matrix, progress=progress)
+    if isinstance(source, CellMatrix):
+        matrix = source
+        if value_kind is not None and value_kind != matrix.value_kind:
+            matrix = CellMatrix(matrix.X, matrix.cells, matrix.genes, obs=matrix.obs,
+                                value_kind=value_kind, source=matrix.source,
+                                keepalive=matrix.keepalive)
     else:
-        table = call_cells(matrix, model=model, atlas=atlas, chunk_size=size,
-                           progress=progress, **engine_params)
-    metadata = dict(table.schema.metadata or {})
+        matrix = _read(source, assay, layer, value_kind)
+    size = chunk_size or DEFAULT_CHUNK_SIZE
+    # Everything that can be refused is checked before any computation.
+    if min_confidence is not None and not 0.0 <= float(min_confidence) <= 1.0:
+        msg = f"min_confidence must lie in [0, 1], got {min_confidence}"
+        raise InputError(msg, code="invalid_parameter")
+    group_values = _group_labels(matrix, groups) if groups is not None else None
+    if endpoint:
+        engine = get_engine("remote", endpoint=endpoint, api_key=api_key, transport=transport,
+                            model=model, atlas=atlas, cache=False, **engine_params)
+    else:
+        engine = get_engine(model, atlas=atlas, **engine_params)
+    qc_table = _qc_columns(matrix, qc)
+    table = call_cells(matrix, model=model, engine=engine, chunk_size=size, progress=progress)
     provenance: dict[str, Any] = {"source": matrix.source, "n_cells": matrix.n_cells,
-                                  "qc": bool(qc)}
+                                  "qc": qc_table is not None}
     if endpoint:
         provenance["endpoint"] = endpoint
     if groups is not None or (smooth is not None and smooth is not False):
-        from .smoothing import DEFAULT_K, smooth_labels
+        from ._smoothing import DEFAULT_K, smooth_labels
 
-        group_values = _group_labels(matrix, groups) if groups is not None else None
         smoothed = smooth_labels(table, matrix=matrix, groups=group_values, k=smooth)
         for name in smoothed.column_names:
             table = table.append_column(name, smoothed.column(name))
@@ -260,27 +254,38 @@ def annotate(source: Any, *, model: str = "markers", atlas: str | None = None,
         table = apply_min_confidence(table, float(min_confidence))
         provenance["min_confidence"] = float(min_confidence)
     if qc_table is not None:
+        metadata = dict(table.schema.metadata or {})
         for name in qc_table.column_names:
             table = table.append_column(name, qc_table.column(name))
+        table = table.replace_schema_metadata(metadata)
         provenance["qc_thresholds"] = (qc_table.schema.metadata or {}).get(
             b"scbridge.qc_thresholds", b"{}").decode()
-    table = table.replace_schema_metadata(metadata)
     return with_metadata(table, **provenance)
 
 
-def _read(source: Any, assay: str | None, layer: str | None) -> CellMatrix:
+def _qc_columns(matrix: CellMatrix, qc: bool | pa.Table) -> pa.Table | None:
+    """The QC columns for ``annotate(qc=...)``: computed, taken from a QC table, or none."""
+    from ._qc import qc_for_cells, qc_metrics
+
+    if isinstance(qc, pa.Table):
+        return qc_for_cells(qc, matrix.cells).replace_schema_metadata(qc.schema.metadata)
+    if qc is True:
+        # Doublet scores take seconds per 10,000 cells (a simulation, a PCA and a kNN search):
+        # they come from bridge.qc(), whose table annotate(qc=table) attaches.
+        table = qc_metrics(matrix, doublets=False)
+        notes = json.loads((table.schema.metadata or {}).get(b"scbridge.qc_thresholds", b"{}"))
+        notes["doublets"] = ("not computed by annotate: run bridge.qc() (scbridge qc) and pass "
+                             "its table as qc= (--qc-table)")
+        return table.replace_schema_metadata(
+            {b"scbridge.qc_thresholds": json.dumps(notes).encode()})
+    if qc is False or qc is None:
+        return None
+    msg = f"qc must be True, False or a table from bridge.qc(), got {type(qc).__name__}."
+    raise InputError(msg, code="invalid_parameter")
+
+
+def _read(source: Any, assay: str | None, layer: str | None,
+          value_kind: str | None) -> CellMatrix:
     from .io import read
 
-    return read(source, assay=assay, layer=layer)
-
-
-class _CallableModule(types.ModuleType):
-    """``bridge.annotate`` is both this module and the function: once any code has imported
-    the module (``from bridge.annotate import call_cells``), Python binds the module to the
-    package attribute, so the module itself must be callable as ``annotate``."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> pa.Table:
-        return annotate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+    return read(source, assay=assay, layer=layer, value_kind=value_kind)  # type: ignore[arg-type]

@@ -1,8 +1,12 @@
-"""Per-cell quality control, recorded beside the calls and never applied silently.
+"""Per-cell quality control: a step of its own, recorded beside the calls, never applied
+silently.
 
-Columns: ``total_counts``, ``n_genes``, ``mito_fraction``, ``doublet_score`` (the Scrublet
-algorithm; null with the reason in the metadata where it cannot run), ``qc_pass`` and
-``qc_reason`` (``;``-separated failed checks, empty when the cell passes).
+:func:`qc` gives the QC table of any input (``cell`` first) for a user to inspect and filter
+on before annotating; :func:`bridge.annotate` appends the same columns (``qc=True``, or a QC
+table computed earlier).  Columns: ``total_counts``, ``n_genes``, ``mito_fraction``,
+``doublet_score`` (the Scrublet algorithm; null with the reason in the metadata where it
+cannot run), ``qc_pass`` and ``qc_reason`` (``;``-separated failed checks, empty when the cell
+passes).
 """
 
 from __future__ import annotations
@@ -10,19 +14,24 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
+from numpy.typing import NDArray
 
 from .matrix import CellMatrix
+from .numerics import log_normalize, panel_block
 
-__all__ = ["QCThresholds", "doublet_scores", "qc_metrics", "scanpy_doublet_scores"]
+__all__ = ["QC_COLUMNS", "QCThresholds", "doublet_scores", "qc", "qc_metrics",
+           "scanpy_doublet_scores"]
 
 logger = logging.getLogger(__name__)
 
 _MIN_CELLS_FOR_DOUBLETS = 100
+QC_COLUMNS = ("total_counts", "n_genes", "mito_fraction", "doublet_score", "qc_pass",
+              "qc_reason")
 
 
 @dataclass(frozen=True)
@@ -35,7 +44,7 @@ class QCThresholds:
     max_doublet_score: float = 0.3
 
 
-def _mito_columns(matrix: CellMatrix) -> np.ndarray:
+def _mito_columns(matrix: CellMatrix) -> NDArray[Any]:
     genes = [str(g) for g in matrix.genes]
     mito = np.array([g.upper().startswith("MT-") for g in genes], dtype=bool)
     if not mito.any() and genes and genes[0].startswith("ENS"):
@@ -47,17 +56,13 @@ def _mito_columns(matrix: CellMatrix) -> np.ndarray:
 
 
 def _log_normalise(X: sp.csr_matrix) -> sp.csr_matrix:
-    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
-    scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
-    out = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ X)
-    out.data = np.log1p(out.data)
-    return out
+    return log_normalize(X, "counts", dtype=np.float32)
 
 
 def doublet_scores(matrix: CellMatrix, *, expected_rate: float = 0.06, sim_ratio: float = 2.0,
                    n_genes: int = 2000, n_components: int = 30,
                    max_reference: int = 20_000, seed: int = 0
-                   ) -> tuple[np.ndarray | None, str]:
+                   ) -> tuple[NDArray[Any] | None, str]:
     """Scrublet doublet scores (Wolock et al. 2019, Cell Syst 8:281), or ``(None, why not)``.
 
     The algorithm of ``scanpy.pp.scrublet``, run with scipy / scikit-learn directly (scanpy
@@ -77,8 +82,6 @@ def doublet_scores(matrix: CellMatrix, *, expected_rate: float = 0.06, sim_ratio
         from sklearn.neighbors import NearestNeighbors
     except ImportError:
         return None, "scikit-learn is not installed (pip install scikit-learn)"
-    from .engines.markers import panel_block
-
     rng = np.random.default_rng(seed)
     n_obs = matrix.n_cells
     # Large inputs: genes, embedding and the neighbour reference come from a random subset of
@@ -128,7 +131,7 @@ def doublet_scores(matrix: CellMatrix, *, expected_rate: float = 0.06, sim_ratio
 
 
 def scanpy_doublet_scores(matrix: CellMatrix, *, threshold: float = 0.3, seed: int = 0
-                          ) -> tuple[np.ndarray | None, str]:
+                          ) -> tuple[NDArray[Any] | None, str]:
     """Doublet scores from ``scanpy.pp.scrublet`` itself, or ``(None, why not)``.
 
     scanpy 1.10 with scipy >= 1.14 fails in its neighbour step; the reason is recorded.
@@ -182,9 +185,7 @@ def qc_metrics(matrix: CellMatrix, *, thresholds: QCThresholds | None = None,
         detected -= np.bincount(rows, minlength=matrix.n_cells)
     mito = _mito_columns(matrix)
     if mito.any():
-        from .engines.markers import panel_block
-
-        mito_totals = np.asarray(panel_block(X, np.flatnonzero(mito)).sum(axis=1)).ravel()
+            mito_totals = np.asarray(panel_block(X, np.flatnonzero(mito)).sum(axis=1)).ravel()
     else:
         mito_totals = np.zeros(matrix.n_cells)
     mito_fraction = np.divide(mito_totals, totals, out=np.zeros_like(totals), where=totals > 0)
@@ -219,3 +220,59 @@ def qc_metrics(matrix: CellMatrix, *, thresholds: QCThresholds | None = None,
     })
     notes = {**asdict(limits), "doublets": doublet_note, "mito_genes": int(mito.sum())}
     return table.replace_schema_metadata({b"scbridge.qc_thresholds": json.dumps(notes).encode()})
+
+
+def qc(source: Any, *, thresholds: QCThresholds | None = None,
+       doublets: bool | Literal["builtin", "scanpy"] = True, assay: str | None = None,
+       layer: str | None = None) -> pa.Table:
+    """The QC table of every cell: run, inspect and filter before annotating.
+
+    Parameters
+    ----------
+    source
+        Anything :func:`bridge.read` accepts, or a :class:`~bridge.CellMatrix`.
+    thresholds
+        Limits a cell must meet to pass (defaults: :class:`QCThresholds`).
+    doublets
+        ``True`` / ``"builtin"``: Scrublet doublet scores computed here; ``"scanpy"``:
+        ``scanpy.pp.scrublet``; ``False``: none.
+    assay, layer
+        Which matrix of the source to read.
+
+    Returns
+    -------
+    pyarrow.Table
+        ``cell`` and the QC columns, in input cell order; thresholds and how the doublet
+        scores were made in the ``scbridge.qc_thresholds`` metadata.  Pass it to
+        ``bridge.annotate(..., qc=table)`` to attach it to the calls without recomputing.
+    """
+    from .io import read
+
+    matrix = source if isinstance(source, CellMatrix) else read(source, assay=assay, layer=layer)
+    table = qc_metrics(matrix, thresholds=thresholds, doublets=doublets)
+    cells = pa.array([str(c) for c in matrix.cells], pa.string())
+    return table.add_column(0, "cell", cells)
+
+
+def qc_for_cells(table: pa.Table, cells: NDArray[Any]) -> pa.Table:
+    """The QC columns of ``table`` (from :func:`qc`) for ``cells``, in their order.
+
+    Refuses a table that does not cover every cell or lacks QC columns, so QC computed on
+    another data set is never attached silently.
+    """
+    from ._errors import InputError
+
+    missing = [c for c in ("cell", *QC_COLUMNS) if c not in table.column_names]
+    if missing:
+        msg = (f"qc= must be True, False or a table from bridge.qc(); this table lacks "
+               f"{', '.join(missing)}.")
+        raise InputError(msg, code="invalid_parameter")
+    position = {c: i for i, c in enumerate(table.column("cell").to_pylist())}
+    wanted = [str(c) for c in cells]
+    absent = [c for c in wanted if c not in position]
+    if absent:
+        msg = (f"the QC table has no row for {len(absent)} of the {len(wanted)} cells (e.g. "
+               f"{absent[0]!r}); compute it on the same data with bridge.qc().")
+        raise InputError(msg, code="invalid_parameter")
+    rows = pa.array([position[c] for c in wanted], pa.int64())
+    return table.select(list(QC_COLUMNS)).take(rows)

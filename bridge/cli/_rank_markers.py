@@ -1,10 +1,10 @@
-"""``scbridge markers IN (--calls CALLS | --groups COL) --out OUT``: marker genes per label."""
+"""``scbridge rank-markers IN (--calls CALLS | --groups COL) --out OUT``: marker genes per label."""
 
 from __future__ import annotations
 
 import argparse
 
-NAME = "markers"
+NAME = "rank-markers"
 HELP = "top differentially expressed genes per label (label, gene, score, log2FC, adjusted p)"
 
 
@@ -36,15 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
+    from .._errors import NotFoundError
+    from .._rank_markers import rank_marker_genes
     from ..io import read
-    from ..markers_export import markers
     from ._table_io import read_table, write_table
 
     matrix = read(args.input, assay=args.assay, layer=args.layer)
     if args.groups:
         if args.groups not in matrix.obs.column_names:
-            from .._errors import NotFoundError
-
             columns = ", ".join(matrix.obs.column_names) or "none"
             msg = f"{args.input} has no cell metadata column {args.groups!r}; available: {columns}."
             raise NotFoundError(msg)
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         label_column = "label"
     else:
         calls, label_column = read_table(args.calls), args.label_column
-    table = markers(matrix, calls, label_column=label_column, top_n=args.top_n,
+    table = rank_marker_genes(matrix, calls, label_column=label_column, top_n=args.top_n,
                     method=args.method, min_cells=args.min_cells,
                     only_up=not args.both_directions)
     path = write_table(table, args.out)

@@ -9,25 +9,25 @@ result is the same on every run.
 from __future__ import annotations
 
 import logging
-import sys
-import types
 from importlib.util import find_spec
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
+from numpy.typing import NDArray
 from scipy.sparse.linalg import LinearOperator, svds
 
+from ._contract import embedding_array, embedding_table
 from ._errors import InputError
-from .engines.reference import log_normalize
+from .numerics import log_normalize
 
 __all__ = ["embed", "embedding_array", "highly_variable_genes", "layout_2d"]
 
 logger = logging.getLogger(__name__)
 
 
-def highly_variable_genes(Xn: sp.csr_matrix, n_top: int = 2000, n_bins: int = 20) -> np.ndarray:
+def highly_variable_genes(Xn: sp.csr_matrix, n_top: int = 2000, n_bins: int = 20) -> NDArray[Any]:
     """Column indices of the ``n_top`` genes with the highest binned, z-scored dispersion."""
     n_cells = Xn.shape[0]
     mean = np.asarray(Xn.mean(axis=0)).ravel().astype(np.float64)
@@ -50,25 +50,25 @@ def highly_variable_genes(Xn: sp.csr_matrix, n_top: int = 2000, n_bins: int = 20
     return np.sort(np.argsort(-z, kind="stable")[:n_top])
 
 
-def _pca(X: sp.csr_matrix, n_components: int, seed: int) -> np.ndarray:
+def _pca(X: sp.csr_matrix, n_components: int, seed: int) -> NDArray[Any]:
     """Scores of the first components of the column-centred ``X`` (never densified)."""
     n_cells, n_genes = X.shape
     mu = np.asarray(X.mean(axis=0)).ravel()
     Xt = X.T.tocsr()
     ones = np.ones(n_cells)
 
-    def matvec(v: np.ndarray) -> np.ndarray:
+    def matvec(v: NDArray[Any]) -> NDArray[Any]:
         v = np.ravel(v)
         return X @ v - mu @ v
 
-    def matmat(V: np.ndarray) -> np.ndarray:
+    def matmat(V: NDArray[Any]) -> NDArray[Any]:
         return X @ V - np.outer(ones, mu @ V)
 
-    def rmatvec(u: np.ndarray) -> np.ndarray:
+    def rmatvec(u: NDArray[Any]) -> NDArray[Any]:
         u = np.ravel(u)
         return Xt @ u - mu * u.sum()
 
-    def rmatmat(U: np.ndarray) -> np.ndarray:
+    def rmatmat(U: NDArray[Any]) -> NDArray[Any]:
         return Xt @ U - np.outer(mu, U.sum(axis=0))
 
     operator = LinearOperator((n_cells, n_genes), matvec=matvec, rmatvec=rmatvec,
@@ -120,8 +120,8 @@ def embed(
     n_cells = matrix.n_cells
     if n_components < 1:
         msg = f"n_components must be at least 1, got {n_components}"
-        raise InputError(msg)
-    Xn = log_normalize(matrix)
+        raise InputError(msg, code="invalid_parameter")
+    Xn = log_normalize(matrix.X, matrix.value_kind)
     genes = highly_variable_genes(Xn, n_top_genes)
     limit = min(n_cells, len(genes)) - 1
     if n_components > limit:
@@ -134,30 +134,18 @@ def embed(
     sd = np.sqrt(np.maximum(np.asarray(Xg.multiply(Xg).mean(axis=0)).ravel() - mean**2, 0.0))
     sd[sd < 1e-8] = 1.0
     scores = _pca((Xg @ sp.diags(1.0 / sd)).tocsr(), n_components, seed)
-    flat = pa.array(scores.ravel(), pa.float32())
-    table = pa.table({
-        "cell": pa.array(matrix.cells.astype(str).tolist(), pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(flat, n_components),
-    })
     meta = {b"scbridge.embedding": b"pca", b"scbridge.n_top_genes": str(len(genes)).encode(),
             b"scbridge.seed": str(seed).encode(), b"scbridge.source": matrix.source.encode()}
-    return table.replace_schema_metadata(meta)
-
-
-def embedding_array(table: pa.Table) -> np.ndarray:
-    """The ``embedding`` column of an embedding table as a cells x components float32 array."""
-    column = table.column("embedding").combine_chunks()
-    width = column.type.list_size
-    return column.values.to_numpy(zero_copy_only=False).reshape(-1, width)
+    return embedding_table(matrix.cells.astype(str).tolist(), scores, meta)
 
 
 def layout_2d(
-    embedding: pa.Table | np.ndarray,
+    embedding: pa.Table | NDArray[Any],
     *,
     method: Literal["auto", "umap", "tsne", "pca"] = "auto",
     seed: int = 0,
     max_cells: int = 200_000,
-) -> tuple[np.ndarray, str]:
+) -> tuple[NDArray[Any], str]:
     """Two coordinates per cell for plotting, and the method that made them.
 
     ``"auto"`` uses UMAP when umap-learn is installed and there are at most ``max_cells``
@@ -187,18 +175,3 @@ def layout_2d(
     if X.shape[1] < 2:
         X = np.column_stack([X[:, 0], np.zeros(n_cells)])
     return X[:, :2].astype(np.float32), "PC 1 / PC 2"
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``bridge.embed(...)`` work even after ``import bridge.embed``.
-
-    Importing this submodule makes Python bind the module object to ``bridge.embed``,
-    shadowing the lazily exported function of the same name; calling the module calls the
-    function, so both spellings keep working whatever was imported first.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> pa.Table:
-        return embed(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

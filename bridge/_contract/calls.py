@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.typing import NDArray
 
 __all__ = [
     "ALTERNATE_TYPE",
@@ -38,6 +39,7 @@ __all__ = [
     "calls_to_records",
     "chunk_table",
     "concat_calls",
+    "metadata_dict",
     "with_metadata",
 ]
 
@@ -61,20 +63,20 @@ class ChunkCalls:
     """What an engine returns for one chunk of cells (rows in the chunk's cell order)."""
 
     labels: Sequence[str]
-    confidence: np.ndarray
+    confidence: NDArray[Any]
     ontology_ids: Sequence[str | None] | None = None
     alternates: Sequence[Sequence[tuple[str, float]]] | None = None
     markers: Sequence[Sequence[str]] | None = None
     extra: dict[str, pa.Array] = field(default_factory=dict)
 
 
-def chunk_table(cells: Sequence[str] | np.ndarray, calls: ChunkCalls) -> pa.Table:
+def chunk_table(cells: Sequence[str] | NDArray[Any], calls: ChunkCalls) -> pa.Table:
     """A Calls table for one chunk."""
     n = len(cells)
     confidence = np.clip(np.asarray(calls.confidence, dtype=np.float32), 0.0, 1.0)
     if len(calls.labels) != n or len(confidence) != n:
         msg = f"engine returned {len(calls.labels)} labels for {n} cells"
-        raise RuntimeError(msg)
+        raise RuntimeError(msg)  # a bug in an engine, not a user error
     alternates = calls.alternates if calls.alternates is not None else [[] for _ in range(n)]
     markers = calls.markers if calls.markers is not None else [[] for _ in range(n)]
     ontology = calls.ontology_ids if calls.ontology_ids is not None else [None] * n
@@ -112,7 +114,7 @@ def concat_calls(tables: Sequence[pa.Table]) -> pa.Table:
 
 def with_metadata(table: pa.Table, **provenance: Any) -> pa.Table:
     """Attach provenance (engine, model, atlas, version, parameters) as ``scbridge.*`` keys."""
-    from . import __version__
+    from .._version import __version__
 
     meta = dict(table.schema.metadata or {})
     provenance.setdefault("package_version", __version__)
@@ -125,10 +127,10 @@ def with_metadata(table: pa.Table, **provenance: Any) -> pa.Table:
 def apply_min_confidence(table: pa.Table, threshold: float) -> pa.Table:
     """Cells below ``threshold`` get label ``Unknown``; the raw call is kept in ``label_raw``."""
     if not 0.0 <= threshold <= 1.0:
-        from ._errors import InputError
+        from .._errors import InputError
 
         msg = f"min_confidence must lie in [0, 1], got {threshold}"
-        raise InputError(msg)
+        raise InputError(msg, code="invalid_parameter")
     raw = pc.cast(table.column("label"), pa.string())
     low = pc.less(table.column("confidence"), pa.scalar(threshold, pa.float32()))
     thresholded = pc.if_else(low, pa.scalar(UNKNOWN), raw)
@@ -147,10 +149,10 @@ def calls_to_records(table: pa.Table) -> list[dict[str, Any]]:
 def calls_from_records(records: Sequence[Mapping[str, Any]], cells: Sequence[str]) -> pa.Table:
     """A Calls table from the JSON contract's ``calls`` array (extra fields kept as columns)."""
     if len(records) != len(cells):
-        from ._errors import RemoteError
+        from .._errors import RemoteError
 
         msg = f"the service returned {len(records)} calls for {len(cells)} cells"
-        raise RemoteError(msg)
+        raise RemoteError(msg, code="remote_reply")
     core = ChunkCalls(
         labels=[r["label"] for r in records],
         confidence=np.array([r.get("confidence", np.nan) for r in records], dtype=np.float32),
@@ -165,3 +167,18 @@ def calls_from_records(records: Sequence[Mapping[str, Any]], cells: Sequence[str
     extra_names = [k for k in (records[0] if records else {}) if k not in _CORE]
     core.extra = {k: pa.array([r.get(k) for r in records]) for k in extra_names}
     return chunk_table(cells, core)
+
+
+def metadata_dict(table: pa.Table) -> dict[str, Any]:
+    """The ``scbridge.*`` provenance keys as a plain dict (JSON values decoded)."""
+    out: dict[str, Any] = {}
+    for key, value in (table.schema.metadata or {}).items():
+        name = key.decode(errors="replace")
+        if not name.startswith("scbridge."):
+            continue
+        text = value.decode(errors="replace")
+        try:
+            out[name.removeprefix("scbridge.")] = json.loads(text)
+        except ValueError:
+            out[name.removeprefix("scbridge.")] = text
+    return out

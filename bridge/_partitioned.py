@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ._contract import with_metadata
 from ._errors import BridgeError, InputError, MissingDependencyError, UnsupportedError
-from .calls import with_metadata
 from .matrix import CellMatrix
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def annotate_partitions(
 
 def _annotate_one(path: str, options: dict[str, Any]) -> pa.Table:
     """One task: annotate one partition (memory-mapped on the worker)."""
-    from .annotate import annotate
+    from ._annotate import annotate
 
     try:
         return annotate(path, progress=False, **options)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.typing import NDArray
 
 from ._errors import InputError
 
@@ -70,7 +71,7 @@ def composition_svg(labels: Sequence[str], counts: Sequence[int],
     return "".join(parts)
 
 
-def confidence_svg(labels: Sequence[str], confidence_by_label: Sequence[np.ndarray],
+def confidence_svg(labels: Sequence[str], confidence_by_label: Sequence[NDArray[Any]],
                    colours: dict[str, str]) -> str:
     """Box plots of confidence per label: 5-95% whiskers, quartile box, median line."""
     left, row_h, width = 170, 20, 420
@@ -107,7 +108,7 @@ def confidence_svg(labels: Sequence[str], confidence_by_label: Sequence[np.ndarr
     return "".join(parts)
 
 
-def embedding_svg(coords: np.ndarray, point_labels: np.ndarray, labels: Sequence[str],
+def embedding_svg(coords: NDArray[Any], point_labels: NDArray[Any], labels: Sequence[str],
                   colours: dict[str, str], axis_name: str) -> str:
     """A scatter of the 2-D layout coloured by label, with a legend."""
     size, pad, legend_w = 480, 12, 190
@@ -135,8 +136,8 @@ def embedding_svg(coords: np.ndarray, point_labels: np.ndarray, labels: Sequence
     return "".join(parts)
 
 
-def dotplot_svg(labels: Sequence[str], genes: Sequence[str], fraction: np.ndarray,
-                scaled_mean: np.ndarray) -> str:
+def dotplot_svg(labels: Sequence[str], genes: Sequence[str], fraction: NDArray[Any],
+                scaled_mean: NDArray[Any]) -> str:
     """Labels x marker genes: dot area = fraction expressing, colour = scaled mean."""
     left, top, cell = 170, 90, 18
     width = left + cell * len(genes) + 150
@@ -182,7 +183,7 @@ def _blues(value: float) -> str:
 
 # -- data for the figures ------------------------------------------------------------------
 def _aligned_labels(matrix: CellMatrix, calls: pa.Table, label_column: str
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     """Matrix row, label and confidence of every called cell that is in the matrix."""
     for name in ("cell", label_column):
         if name not in calls.column_names:
@@ -204,7 +205,8 @@ def _aligned_labels(matrix: CellMatrix, calls: pa.Table, label_column: str
     return rows[keep], labels[keep].astype(str), confidence[keep]
 
 
-def _subsample(rows: np.ndarray, labels: np.ndarray, max_points: int, seed: int) -> np.ndarray:
+def _subsample(rows: NDArray[Any], labels: NDArray[Any], max_points: int,
+               seed: int) -> NDArray[Any]:
     """Positions of at most ``max_points`` cells, each label keeping its share (at least 1)."""
     if len(rows) <= max_points:
         return np.arange(len(rows))
@@ -217,9 +219,9 @@ def _subsample(rows: np.ndarray, labels: np.ndarray, max_points: int, seed: int)
     return np.sort(np.concatenate(picked))
 
 
-def _layout(matrix: CellMatrix, rows: np.ndarray, layout: str, seed: int
-            ) -> tuple[np.ndarray, str] | None:
-    from .embed import embed, layout_2d
+def _layout(matrix: CellMatrix, rows: NDArray[Any], layout: str, seed: int
+            ) -> tuple[NDArray[Any], str] | None:
+    from ._embed import embed, layout_2d
     from .matrix import CellMatrix
 
     sub = CellMatrix(matrix.X[rows], matrix.cells[rows], matrix.genes,
@@ -236,19 +238,19 @@ def _layout(matrix: CellMatrix, rows: np.ndarray, layout: str, seed: int
     return layout_2d(table, method=layout, seed=seed)  # type: ignore[arg-type]
 
 
-def _dotplot_data(matrix: CellMatrix, rows: np.ndarray, labels: np.ndarray,
+def _dotplot_data(matrix: CellMatrix, rows: NDArray[Any], labels: NDArray[Any],
                   label_order: Sequence[str], genes_per_label: int
-                  ) -> tuple[list[str], np.ndarray, np.ndarray] | None:
-    from .engines.reference import group_moments, log_normalize
-    from .markers_export import markers
+                  ) -> tuple[list[str], NDArray[Any], NDArray[Any]] | None:
+    from ._rank_markers import rank_marker_genes
     from .matrix import CellMatrix
+    from .numerics import group_moments, log_normalize
 
     sub = CellMatrix(matrix.X[rows], matrix.cells[rows], matrix.genes,
                      value_kind=matrix.value_kind, validate=False, source=matrix.source)
     calls = pa.table({"cell": sub.cells.astype(str).tolist(), "label": labels.tolist()})
     if len(label_order) < 2:
         return None
-    table = markers(sub, calls, top_n=50, min_cells=1).to_pydict()
+    table = rank_marker_genes(sub, calls, top_n=50, min_cells=1).to_pydict()
     genes: list[str] = []
     for label in label_order:  # genes grouped by the label they mark, as scanpy draws them
         rows_of_label = [(g, fc) for lab, g, fc in zip(table["label"], table["gene"],
@@ -262,7 +264,7 @@ def _dotplot_data(matrix: CellMatrix, rows: np.ndarray, labels: np.ndarray,
         return None
     position = {g: j for j, g in enumerate(sub.genes.astype(str).tolist())}
     columns = np.array([position[g] for g in genes])
-    Xn = log_normalize(sub)[:, columns]
+    Xn = log_normalize(sub.X, sub.value_kind, columns=np.asarray(columns))
     code_of = {label: k for k, label in enumerate(label_order)}
     codes = np.array([code_of[lab] for lab in labels])
     _, mean, _ = group_moments(Xn, codes, len(label_order))
@@ -359,7 +361,7 @@ def write_report(
     return out
 
 
-def _summary(matrix: CellMatrix, calls: pa.Table, rows: np.ndarray, confidence: np.ndarray,
+def _summary(matrix: CellMatrix, calls: pa.Table, rows: NDArray[Any], confidence: NDArray[Any],
              label_order: Sequence[str]) -> list[tuple[str, str]]:
     items = [("input", matrix.source or "in-memory matrix"),
              ("cells", f"{matrix.n_cells:,} ({len(rows):,} with a call)"),

@@ -1,4 +1,5 @@
-"""Marker genes per label: one-vs-rest differential expression as an Arrow table.
+"""Marker genes per label (``bridge.rank_marker_genes``): one-vs-rest differential expression
+as an Arrow table, like scanpy's ``rank_genes_groups`` and Seurat's ``FindAllMarkers``.
 
 Statistics come from per-label sums over the sparse matrix (a labels x cells indicator
 times the cells x genes matrix), so neither test builds a dense cells x genes matrix: the
@@ -14,45 +15,26 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import scipy.sparse as sp
+from numpy.typing import NDArray
 
+from ._contract import MARKERS_SCHEMA
 from ._errors import InputError, NotFoundError
-from .engines.reference import group_moments, log_normalize, one_vs_rest_t
+from .numerics import (
+    benjamini_hochberg,
+    group_moments,
+    log_normalize,
+    one_vs_rest_t,
+    rank_sum_test,
+)
 
 if TYPE_CHECKING:
     from .matrix import CellMatrix
 
-__all__ = ["MARKERS_SCHEMA", "markers"]
+__all__ = ["MARKERS_SCHEMA", "rank_marker_genes"]
 
 logger = logging.getLogger(__name__)
 
-MARKERS_SCHEMA = pa.schema([
-    pa.field("label", pa.string()),
-    pa.field("gene", pa.string()),
-    pa.field("score", pa.float32()),
-    pa.field("log2_fold_change", pa.float32()),
-    pa.field("p_value", pa.float64()),
-    pa.field("p_value_adjusted", pa.float64()),
-    pa.field("fraction_in_label", pa.float32()),
-    pa.field("fraction_in_rest", pa.float32()),
-])
-
-
-def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (same order as ``p``)."""
-    p = np.asarray(p, dtype=float)
-    n = len(p)
-    if n == 0:
-        return p
-    order = np.argsort(p)
-    ranked = p[order] * n / np.arange(1, n + 1)
-    adjusted = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(n)
-    out[order] = np.minimum(adjusted, 1.0)
-    return out
-
-
-def _labels_for_cells(matrix: CellMatrix, calls: Any, label_column: str) -> np.ndarray:
+def _labels_for_cells(matrix: CellMatrix, calls: Any, label_column: str) -> NDArray[Any]:
     """The label of every cell of ``matrix`` (None where the calls do not name it)."""
     table = calls if isinstance(calls, pa.Table) else pa.table(calls)
     for name in ("cell", label_column):
@@ -75,51 +57,7 @@ def _labels_for_cells(matrix: CellMatrix, calls: Any, label_column: str) -> np.n
     return out
 
 
-def _wilcoxon(Xn: Any, codes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rank-sum z scores and two-sided p-values (groups x genes), tie-corrected.
-
-    Expression is never negative, so every zero of a gene shares the lowest average rank;
-    only the non-zero values are ranked (one sort of the non-zeros, genes side by side), and
-    the rank sums per group come from one sparse product.  No dense cells x genes matrix.
-    """
-    from scipy.stats import norm
-
-    n_cells, n_genes = Xn.shape
-    n_groups = len(counts)
-    Xc = Xn.tocsc()
-    Xc.sort_indices()
-    nnz_per_gene = np.diff(Xc.indptr)
-    zeros = n_cells - nnz_per_gene
-    gene_of = np.repeat(np.arange(n_genes), nnz_per_gene)
-    order = np.lexsort((Xc.data, gene_of))  # by gene, then by value
-    values, genes_sorted = Xc.data[order], gene_of[order]
-    position = np.arange(len(order)) - Xc.indptr[genes_sorted]  # 0-based within the gene
-    starts = np.ones(len(order), dtype=bool)
-    starts[1:] = (genes_sorted[1:] != genes_sorted[:-1]) | (values[1:] != values[:-1])
-    first = np.flatnonzero(starts)
-    last = np.append(first[1:], len(order)) - 1
-    tie_size = (last - first + 1).astype(np.float64)
-    average = (position[first] + position[last]) / 2.0 + 1.0  # 1-based rank among non-zeros
-    ranks = np.empty(len(order))
-    ranks[order] = np.repeat(average, last - first + 1) + zeros[genes_sorted]
-    tie_term = np.bincount(genes_sorted[first], weights=tie_size**3 - tie_size,
-                           minlength=n_genes) + zeros.astype(np.float64) ** 3 - zeros
-
-    G = sp.csr_matrix((np.ones(n_cells), (codes, np.arange(n_cells))), shape=(n_groups, n_cells))
-    R = sp.csc_matrix((ranks, Xc.indices, Xc.indptr), shape=Xc.shape)
-    B = sp.csc_matrix((np.ones_like(ranks), Xc.indices, Xc.indptr), shape=Xc.shape)
-    nonzero_rank_sums = np.asarray((G @ R).todense())
-    nonzeros_in_group = np.asarray((G @ B).todense())
-    n1 = counts[:, None].astype(np.float64)
-    rank_sums = nonzero_rank_sums + (n1 - nonzeros_in_group) * (zeros[None, :] + 1) / 2.0
-    n2 = n_cells - n1
-    u = rank_sums - n1 * (n1 + 1) / 2.0
-    var_u = n1 * n2 / 12.0 * ((n_cells + 1) - tie_term[None, :] / (n_cells * (n_cells - 1.0)))
-    z = (u - n1 * n2 / 2.0) / np.sqrt(np.maximum(var_u, 1e-12))
-    return z, 2 * norm.sf(np.abs(z))
-
-
-def markers(
+def rank_marker_genes(
     source: Any,
     calls: Any,
     *,
@@ -185,7 +123,7 @@ def markers(
     if len(names) < 2:
         msg = f"marker genes need at least 2 labels to compare; the calls have {len(names)}."
         raise InputError(msg)
-    Xn = log_normalize(matrix)[np.flatnonzero(has_label)]
+    Xn = log_normalize(matrix.X, matrix.value_kind)[np.flatnonzero(has_label)]
     counts, mean, var = group_moments(Xn, codes, len(names))
     t, rest_mean, df = one_vs_rest_t(counts, mean, var)
     if method == "t-test":
@@ -196,7 +134,7 @@ def markers(
                    "log-normalised values); this input has negative values (scaled data?). "
                    "Pass the counts or the log-normalised layer.")
             raise InputError(msg)
-        score, p = _wilcoxon(Xn, codes, counts)
+        score, p = rank_sum_test(Xn, codes, counts)
     # Fold change of the linear-scale means, as scanpy reports it.
     log2fc = np.log2((np.expm1(mean) + 1e-9) / (np.expm1(rest_mean) + 1e-9))
     binary = Xn.copy()

@@ -8,11 +8,12 @@ Columns: ``label_smoothed`` (the majority label of the cell's group or neighbour
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.typing import NDArray
 
 from ._errors import InputError
 
@@ -26,7 +27,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_K = 15
 
 
-def _majority_by_group(labels: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _majority_by_group(labels: NDArray[Any], groups: NDArray[Any]
+                       ) -> tuple[NDArray[Any], NDArray[Any]]:
     group_keys = np.array(["" if g is None else str(g) for g in groups], dtype=object)
     _, group_code = np.unique(group_keys, return_inverse=True)
     label_values, label_code = np.unique(labels.astype(str), return_inverse=True)
@@ -38,19 +40,15 @@ def _majority_by_group(labels: np.ndarray, groups: np.ndarray) -> tuple[np.ndarr
 
 
 def knn_graph(matrix: CellMatrix, k: int = DEFAULT_K, *, n_components: int = 30,
-              seed: int = 0) -> np.ndarray:
+              seed: int = 0) -> NDArray[Any]:
     """Indices (cells x k) of each cell's nearest neighbours (itself included) in a sparse
     PCA of log-normalised expression."""
-    import scipy.sparse as sp
     from sklearn.decomposition import TruncatedSVD
     from sklearn.neighbors import NearestNeighbors
 
-    X = matrix.X.astype(np.float32)
-    if matrix.value_kind == "counts":
-        totals = np.asarray(X.sum(axis=1)).ravel()
-        scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
-        X = sp.diags(scale) @ X
-        X.data = np.log1p(X.data)
+    from .numerics import log_normalize
+
+    X = log_normalize(matrix.X, matrix.value_kind)
     n_comp = max(1, min(n_components, min(X.shape) - 1))
     emb = TruncatedSVD(n_components=n_comp, random_state=seed).fit_transform(X)
     k = min(k, matrix.n_cells)
@@ -58,7 +56,7 @@ def knn_graph(matrix: CellMatrix, k: int = DEFAULT_K, *, n_components: int = 30,
 
 
 def smooth_labels(calls: pa.Table, *, matrix: CellMatrix | None = None,
-                  groups: np.ndarray | None = None, k: int | str | None = None) -> pa.Table:
+                  groups: NDArray[Any] | None = None, k: int | str | None = None) -> pa.Table:
     """``label_smoothed`` and ``smoothed_confidence`` for the calls.
 
     Parameters
@@ -97,7 +95,8 @@ def smooth_labels(calls: pa.Table, *, matrix: CellMatrix | None = None,
     })
 
 
-def _vote_neighbours(labels: np.ndarray, neighbours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _vote_neighbours(labels: NDArray[Any], neighbours: NDArray[Any]
+                     ) -> tuple[NDArray[Any], NDArray[Any]]:
     values, code = np.unique(labels.astype(str), return_inverse=True)
     votes = code[neighbours]  # cells x k
     counts = np.zeros((len(labels), len(values)), dtype=np.int32)
