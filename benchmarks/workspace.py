@@ -13,7 +13,7 @@ One run:
 4. zooms with the mouse wheel and pans by dragging, 30 times each, and reports each redraw's
    latency from the input event's own timestamp to the end of the draw, and the draw's cost;
 5. draws the same 100,000 points, same colours, in the same browser the two usual ways: one
-   SVG ``<circle>`` per cell (what bridge.report's static page does) and one canvas ``arc()``
+   SVG ``<circle>`` per cell (what bridge.write_report's static page does) and one canvas ``arc()``
    per cell, timing the first draw and a zoom redraw (until two animation frames later, i.e.
    painted) the same way for all three, and prints the ratios.
 
@@ -272,7 +272,7 @@ def main() -> int:
           f"{max(latency):.1f} ms over {len(latency)} redraws")
     print(f"  draw itself: median {median(cost):.1f} ms, max {max(cost):.1f} ms")
     rows = [("ours: ImageData pixels", ours["first"], ours["zoom"]),
-            ("peer: one SVG <circle> per cell (bridge.report)", peers["svg_first"],
+            ("peer: one SVG <circle> per cell (bridge.write_report)", peers["svg_first"],
              peers["svg_zoom"]),
             ("peer: canvas arc() per cell", peers["arc_first"], peers["arc_zoom"])]
     print("\nsame points, same colours, until painted (2 animation frames), median of runs")
