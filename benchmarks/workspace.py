@@ -276,12 +276,12 @@ def main() -> int:
              peers["svg_zoom"]),
             ("peer: canvas arc() per cell", peers["arc_first"], peers["arc_zoom"])]
     print("\nsame points, same colours, until painted (2 animation frames), median of runs")
-    print(f"  {'':50s} {'first draw':>12s} {'zoom redraw':>12s} {'ratio':>14s}")
+    print(f"  {'':56s} {'first draw':>12s} {'zoom redraw':>12s} {'ratio':>14s}")
     ours_first, ours_zoom = median(ours["first"]), median(ours["zoom"])
     for name, first, zoom in rows:
         ratio = "" if name.startswith("ours") else \
             f"{median(first) / ours_first:5.1f}x / {median(zoom) / ours_zoom:4.1f}x"
-        print(f"  {name:50s} {median(first):9.0f} ms {median(zoom):9.0f} ms {ratio:>14s}")
+        print(f"  {name:56s} {median(first):9.0f} ms {median(zoom):9.0f} ms {ratio:>14s}")
     summary = {"cells": n, "layout": args.layout, "chromium": version,
                "done_to_drawn_ms": timings["firstDrawAt"] - timings["doneAt"],
                "finished_to_drawn_s": drawn_epoch - finished,
