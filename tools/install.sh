@@ -21,9 +21,11 @@ R_PACKAGES=(
 # The R package's python engine (reticulate) loads libpython: python3-dev brings the shared
 # library for the distribution's Python (a pyenv / python.org build ships its own).
 PYTHON_PACKAGES=(python3 python3-venv python3-dev)
-echo "scbridge install: apt packages (R ${#R_PACKAGES[@]} packages, Python headers and libpython)"
+# The workspace's browser tests drive Debian's Chromium with Playwright (no browser download).
+BROWSER_PACKAGES=(chromium)
+echo "scbridge install: apt packages (R ${#R_PACKAGES[@]} packages, Python headers and libpython, chromium)"
 $SUDO apt-get update -q
-$SUDO apt-get install -y -q "${R_PACKAGES[@]}" "${PYTHON_PACKAGES[@]}" >/dev/null
+$SUDO apt-get install -y -q "${R_PACKAGES[@]}" "${PYTHON_PACKAGES[@]}" "${BROWSER_PACKAGES[@]}" >/dev/null
 
 # The R package's Arrow transport needs the R package nanoarrow (>= 0.6.0) or arrow, which
 # Debian does not package: nanoarrow is tried from CRAN, quietly. Where CRAN cannot be reached

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", help="comma-separated models to offer (default: all)")
     parser.add_argument("--default-model", default="markers",
                         help="model used when a request names none (default markers)")
+    parser.add_argument("--work-dir", metavar="DIR",
+                        help="the workspace's folder for uploads and jobs (default: a temporary "
+                             "one, removed at exit; also $SCBRIDGE_WORK_DIR)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
 
@@ -101,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from ..server._settings import ENV_SETTINGS
 
     settings = settings_from_args(args)
+    shared_dir = _workspace_dir(args)
     # Build once here so a bad key file or reference fails before any port is bound.
     app = create_app(settings)
     config = log_config(args.log_level)
@@ -110,11 +114,33 @@ def run(args: argparse.Namespace) -> int:
     logger.info("serving on http://%s:%d", args.host, args.port)
     if args.workers > 1:
         os.environ[ENV_SETTINGS] = settings.to_env()
-        uvicorn.run("bridge.server._app:app_from_env", factory=True, host=args.host,
-                    port=args.port, workers=args.workers, log_config=config,
-                    access_log=False, log_level=args.log_level)
+        try:
+            uvicorn.run("bridge.server._app:app_from_env", factory=True, host=args.host,
+                        port=args.port, workers=args.workers, log_config=config,
+                        access_log=False, log_level=args.log_level)
+        finally:
+            if shared_dir is not None:
+                import shutil
+
+                shutil.rmtree(shared_dir, ignore_errors=True)
     else:
         uvicorn.run(app, host=args.host, port=args.port, log_config=config, access_log=False,
                     log_level=args.log_level)
     return 0
 
+
+def _workspace_dir(args: argparse.Namespace) -> str | None:
+    """Point the workspace at ``--work-dir``; with several workers and none given, at one
+    temporary folder they share (returned, to be removed at exit), so every worker sees
+    every job."""
+    import tempfile
+
+    if args.work_dir:
+        os.makedirs(args.work_dir, exist_ok=True)
+        os.environ["SCBRIDGE_WORK_DIR"] = os.path.abspath(args.work_dir)
+        return None
+    if args.workers > 1 and not os.environ.get("SCBRIDGE_WORK_DIR"):
+        shared = tempfile.mkdtemp(prefix="scbridge-workspace-")
+        os.environ["SCBRIDGE_WORK_DIR"] = shared
+        return shared
+    return None

@@ -361,6 +361,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             return reply(await run_cpu(work), arrow)
 
+    from ._workspace import include_workspace  # the browser workspace at / (issue 15)
+
+    include_workspace(app, settings, catalog=catalog, require_key=require_key)
     app.add_middleware(RequestContext)
     for name, value in app_state.items():
         setattr(app.state, name, value)
