@@ -127,9 +127,8 @@ def run_child(kind: str, pca_path: Path, out_path: Path, env: dict[str, str] | N
 # -- data -----------------------------------------------------------------------------------
 def resampled_pca(n_cells: int, folder: Path, seed: int = 0) -> tuple[Path, float]:
     """PCA (bridge.embed, 30 components) of n_cells resampled, thinned sorted PBMCs."""
-    from bridge._contract import embedding_array
-
     import bridge
+    from bridge._contract import embedding_array
     from bridge.matrix import CellMatrix
 
     source = bridge.read(DATA)

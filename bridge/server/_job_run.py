@@ -58,22 +58,16 @@ class Progress:
 
 
 def layout_cells(matrix: Any, method: str = "auto", seed: int = 0) -> tuple[NDArray[Any], str]:
-    """The workspace's 2-D layout of the cells: ``bridge.embed`` (PCA) then
-    ``bridge.embed.layout_2d`` (UMAP when installed).  The one place it is made, so a faster
-    layout can replace it here."""
-    from .._embed import embed, layout_2d
+    """The workspace's 2-D layout of the cells: the shared layout of :mod:`bridge._cellmap`
+    (PCA, kNN graph and a UMAP-style layout computed once per matrix, the same the report and
+    write-back use)."""
+    from .._cellmap import DISPLAY_NAMES
+    from .._cellmap import layout as cell_layout
 
-    n_components = min(30, matrix.n_cells - 2, matrix.n_genes - 2)
-    for components in dict.fromkeys((n_components, 2)):
-        if components < 2:
-            continue
-        try:
-            table = embed(matrix, n_components=components, seed=seed)
-        except InputError as exc:  # fewer expressed genes than components, ...
-            logger.info("embedding with %d components failed: %s", components, exc)
-            continue
-        coords, name = layout_2d(table, method=method, seed=seed)  # type: ignore[arg-type]
-        return np.asarray(coords, dtype=np.float32), name
+    laid_out = cell_layout(matrix, method=method, seed=seed)
+    if laid_out is not None:
+        coords, used = laid_out
+        return np.asarray(coords, dtype=np.float32), DISPLAY_NAMES[used]
     logger.warning("too few cells or expressed genes for an embedding; cells are placed on a "
                    "circle")
     angle = np.linspace(0, 2 * np.pi, matrix.n_cells, endpoint=False)
