@@ -12,8 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .._errors import InputError, UnsupportedError
+from .._errors import FormatError, InputError, UnsupportedError
 from . import _r
+from ._files import atomic_output, refuse_same_file
 
 __all__ = ["as_arrow_table", "write_back"]
 
@@ -170,7 +171,8 @@ def _write_back_rds(
     _check_clash(table.column_names, existing, overwrite, where)
     frame = _r.call("scb_frame", _r_specs(table), ro.StrVector(cells))
     updated = _r.call("scb_add_columns", obj, frame, ro.BoolVector([overwrite]))
-    ro.r["saveRDS"](updated, file=str(out))
+    with atomic_output(out, inputs=[source], what="the write-back target") as temp:
+        ro.r["saveRDS"](updated, file=str(temp))
 
 
 def _write_back_h5ad(
@@ -185,10 +187,14 @@ def _write_back_h5ad(
         from anndata.experimental import read_elem, write_elem
 
     where = str(source)
-    if source.resolve() != out.resolve():
-        shutil.copyfile(source, out)  # X and every other element stay byte-identical
-    with h5py.File(out, "r+") as f:
-        obs = read_elem(f["obs"])
+    from .h5ad import h5ad_errors
+
+    with h5ad_errors(where):
+        with h5py.File(source, "r") as f:
+            if "obs" not in f:
+                msg = f"{where} has no obs group; is it an AnnData .h5ad file?"
+                raise FormatError(msg)
+            obs = read_elem(f["obs"])
         _check_cells(cells, [str(c) for c in obs.index], where)
         _check_clash(table.column_names, [str(c) for c in obs.columns], overwrite, where)
         new = table.to_pandas(types_mapper=None)
@@ -198,8 +204,13 @@ def _write_back_h5ad(
             if column.dtype == object:  # text with gaps: h5ad stores it as a categorical
                 column = pd.Categorical(column)
             obs[name] = column
-        del f["obs"]
-        write_elem(f, "obs", obs)
+        # A copy of the source (X and every other element byte-identical) gets the new obs;
+        # it replaces the target only once complete.
+        with atomic_output(out, inputs=[source], what="the write-back target") as temp:
+            shutil.copyfile(source, temp)
+            with h5py.File(temp, "r+") as f:
+                del f["obs"]
+                write_elem(f, "obs", obs)
 
 
 def write_back(
@@ -220,7 +231,9 @@ def write_back(
         A pyarrow, polars or pandas table with a ``cell`` column of cell ids (any order) and
         the columns to add.  Cells missing from it get ``NA``; unknown cells are an error.
     out_path
-        Where to write the updated object (same format as the source).
+        Where to write the updated object (same format as the source).  It must not be the
+        source itself (nor a link to it): that is refused (code ``same_file``).  The object is
+        written to a temporary file that replaces ``out_path`` only once complete.
     overwrite
         Replace existing columns of the same name instead of refusing.
     """
@@ -228,6 +241,7 @@ def write_back(
     if not source.exists():
         msg = f"{source} does not exist."
         raise InputError(msg)
+    refuse_same_file(out, [source], what="the write-back target")
     table, cells = _prepare(columns)
     suffix = source.suffix.lower()
     if suffix == ".rds":
