@@ -25,11 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .._embed import embed
+    from ..io._files import refuse_clashes
     from ._table_io import write_table
 
+    refuse_clashes({"--out": args.out}, [args.input])  # before any work
     table = embed(args.input, n_components=args.n_components, n_top_genes=args.n_top_genes,
                   assay=args.assay, layer=args.layer, seed=args.seed)
-    path = write_table(table, args.out)
+    path = write_table(table, args.out, inputs=[args.input])
     if not args.quiet:
         print(f"{table.num_rows:,} cells x {args.n_components} components -> {path}")
     return 0

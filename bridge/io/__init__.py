@@ -113,7 +113,6 @@ def _arrow_describe(path: Path) -> dict[str, Any]:
     import pyarrow as pa
 
     from .._arrow_csr import check_schema, open_reader
-
     from .arrow import open_arrow_file
 
     source = open_arrow_file(path)

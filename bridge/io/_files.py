@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
+
 from .._errors import InputError
 
 __all__ = [
@@ -64,8 +65,7 @@ def refuse_same_file(output: PathLike, inputs: Iterable[PathLike | None], *,
     output
         The file about to be written.
     inputs
-        Files (or folders) being read; ``None`` entries are skipped.  A folder input (a 10x
-        folder) also refuses any output inside it.
+        Files (or folders) being read; ``None`` entries are skipped.
     what
         How the message names the output (``"--out"``, ``"the reference"``, ...).
     """
@@ -74,16 +74,9 @@ def refuse_same_file(output: PathLike, inputs: Iterable[PathLike | None], *,
         if given is None:
             continue
         source = Path(given)
-        clash = is_same_file(out, source)
-        if not clash and source.is_dir():
-            parent = out.parent if out.parent != Path() else Path(".")
-            clash = is_same_file(parent, source)
-        if not clash and os.path.realpath(out) == os.path.realpath(source):
-            clash = True
-        if clash:
-            msg = (f"{what} {out} is the input {source} (the same file, a link to it, or a file "
-                   "inside the input folder); writing it would destroy the input. Write to "
-                   "another path.")
+        if is_same_file(out, source) or os.path.realpath(out) == os.path.realpath(source):
+            msg = (f"{what} {out} is the input {source} (the same file or a link to it); "
+                   "writing it would destroy the input. Write to another path.")
             raise InputError(msg, code="same_file",
                              hint="choose an output path that is not one of the inputs")
 
