@@ -330,8 +330,9 @@ def load_reference(path: str | Path, *, max_bytes: int = _MAX_FILE_BYTES) -> Ref
     target_sum = _meta_json(meta, "target_sum", where)
     low, high = _TARGET_SUM_RANGE
     if not _is_number(target_sum) or not low <= target_sum <= high:
-        msg = (f"{where}: scbridge.target_sum must be a positive number from {low:g} to {high:g} (the "
-               f"per-cell normalisation total, 10000), got {json.dumps(target_sum)[:40]}.")
+        msg = (f"{where}: scbridge.target_sum must be a positive number from {low:g} to "
+               f"{high:g} (the per-cell normalisation total, 10000), got "
+               f"{json.dumps(target_sum)[:40]}.")
         raise FormatError(msg, code="invalid_reference")
     training = _meta_json(meta, "training", where)
     return ReferenceModel(
