@@ -174,6 +174,11 @@ class _FileBatches:
 
 
 def check_schema(schema: pa.Schema, where: str) -> tuple[list[str], ValueKind, str]:
+    try:
+        schema.names  # noqa: B018 - pyarrow decodes every field name here
+    except UnicodeDecodeError:
+        msg = f"{where}: the Arrow schema's column names are not UTF-8 text; the file is damaged."
+        raise FormatError(msg, code="invalid_arrow") from None
     meta = schema.metadata or {}
     if meta.get(_KEY_FORMAT) != FORMAT_NAME.encode():
         msg = (
@@ -183,7 +188,7 @@ def check_schema(schema: pa.Schema, where: str) -> tuple[list[str], ValueKind, s
             "See docs/format.md for the layout, or convert the data with `scbridge convert`."
         )
         raise FormatError(msg, code="invalid_arrow")
-    version = meta.get(_KEY_VERSION, b"").decode()
+    version = meta.get(_KEY_VERSION, b"").decode(errors="replace")[:40]
     major = version.split(".", 1)[0]
     if major != FORMAT_VERSION.split(".", 1)[0]:
         msg = (
@@ -198,13 +203,13 @@ def check_schema(schema: pa.Schema, where: str) -> tuple[list[str], ValueKind, s
             raise FormatError(msg, code="invalid_arrow")
     _check_column_types(schema, where)
     genes = _genes_from_metadata(meta.get(_KEY_GENES), where)
-    value_kind = meta.get(_KEY_VALUE_KIND, b"counts").decode()
+    value_kind = meta.get(_KEY_VALUE_KIND, b"counts").decode(errors="replace")
     if value_kind not in VALUE_KINDS:
         msg = (f"{where}: unknown value kind {value_kind!r} (expected one of "
                f"{', '.join(VALUE_KINDS)}).")
         raise FormatError(msg, code="invalid_arrow")
     kind: ValueKind = value_kind  # checked just above
-    return genes, kind, meta.get(_KEY_SOURCE, b"").decode()
+    return genes, kind, meta.get(_KEY_SOURCE, b"").decode(errors="replace")[:500]
 
 
 _VALUE_ARROW_TYPES = (pa.float32(), pa.float64(), pa.int32())

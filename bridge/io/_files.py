@@ -157,10 +157,11 @@ def atomic_output(path: PathLike, *, inputs: Iterable[PathLike | None] = (),
     folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
     temp = folder / f".{target.stem}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}{target.suffix}"
-    # Created with the process's umask (as a plain open() would), not mkstemp's 0600.
-    os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    try:
-        with _sigterm_raises():
+    # SIGTERM raises from before the temporary file exists until it is renamed or removed.
+    with _sigterm_raises():
+        try:
+            # Created with the process's umask (as a plain open() would), not mkstemp's 0600.
+            os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             yield temp
             if target.exists():
                 with contextlib.suppress(OSError):
@@ -168,10 +169,10 @@ def atomic_output(path: PathLike, *, inputs: Iterable[PathLike | None] = (),
             with open(temp, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
     _fsync_folder(folder)
     logger.debug("wrote %s", target)
 

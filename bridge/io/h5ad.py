@@ -346,10 +346,11 @@ def describe_h5ad(path: str | os.PathLike[str]) -> dict[str, Any]:
                 nnz = int(X.group["data"].shape[0])
             return {"class": type(X).__name__, "cells": X.shape[0], "genes": X.shape[1], "nnz": nnz}
 
-        layers = {"X": entry(adata.X)}
-        layers.update({name: entry(adata.layers[name]) for name in adata.layers.keys()})
-        if adata.raw is not None:
-            layers["raw"] = entry(adata.raw.X)
+        with h5ad_errors(where):
+            layers = {} if "X" not in adata.file else {"X": entry(adata.X)}
+            layers.update({name: entry(adata.layers[name]) for name in adata.layers.keys()})
+            if adata.raw is not None:
+                layers["raw"] = entry(adata.raw.X)
         return {"class": "AnnData", "kind": "anndata", "assays": {"anndata": {"layers": layers}}}
     finally:
         adata.file.close()
