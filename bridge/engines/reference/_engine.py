@@ -34,7 +34,8 @@ def softmax_rows(scores: NDArray[Any]) -> NDArray[Any]:
     references and inputs never get there; this is the last line of defence)."""
     scores = np.nan_to_num(scores, nan=-np.inf, copy=True)
     np.clip(scores, -np.finfo(np.float64).max, np.finfo(np.float64).max, out=scores)
-    scores -= scores.max(axis=1, keepdims=True)  # the best of each row becomes 0: exp(0) = 1
+    with np.errstate(over="ignore"):  # a gap beyond the float range is -inf: exp gives 0
+        scores -= scores.max(axis=1, keepdims=True)  # each row's best becomes 0: exp(0) = 1
     prob = np.exp(scores)
     prob /= prob.sum(axis=1, keepdims=True)  # each sum is at least 1
     return prob
