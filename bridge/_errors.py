@@ -186,6 +186,8 @@ CODES: dict[str, tuple[str, str]] = {
     "same_file": ("invalid_input", "an output would overwrite an input"),
     "ambiguous_object": ("invalid_input", "a file or list holds several objects scbridge can "
                                           "read, and none is named"),
+    "invalid_labels": ("invalid_input", "labels for marker genes are missing or too few"),
+    "too_many_labels": ("invalid_input", "more labels than marker ranking takes at once"),
     "gene_ids": ("gene_ids", "gene ids of the wrong kind, or too few of them found"),
     "too_large": ("too_large", "too large for the target (e.g. nnz beyond 32-bit in R)"),
     "too_many_cells": ("too_large", "more cells than a service accepts per request"),

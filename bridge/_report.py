@@ -16,7 +16,8 @@ import datetime as dt
 import html
 import json
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from ._errors import InputError
+from .io._files import atomic_output
 
 if TYPE_CHECKING:
     from .matrix import CellMatrix
@@ -284,6 +286,7 @@ def write_report(
     layout: str = "auto",
     genes_per_label: int = 3,
     seed: int = 0,
+    inputs: Iterable[str | Path | None] = (),
 ) -> Path:
     """Write one self-contained HTML page summarising cell-type calls.
 
@@ -312,6 +315,9 @@ def write_report(
         Marker genes per label in the dot plot.
     seed
         Seed for subsampling and the layout.
+    inputs
+        Files the page must not overwrite (besides ``matrix`` when it is a path); a ``path``
+        naming one of them is refused (code ``same_file``) before any work.
 
     Returns
     -------
@@ -319,8 +325,11 @@ def write_report(
         The page written.
     """
     from .io import read
+    from .io._files import refuse_same_file
     from .matrix import CellMatrix
 
+    sources = [*inputs, matrix if isinstance(matrix, str | os.PathLike) else None]
+    refuse_same_file(path, sources, what="the report")
     matrix = matrix if isinstance(matrix, CellMatrix) else read(matrix)
     rows, labels, confidence = _aligned_labels(matrix, calls, label_column)
     names, counts = np.unique(labels, return_counts=True)
@@ -354,8 +363,8 @@ def write_report(
                         dotplot_svg(label_order, genes, fraction, scaled)))
     page = _page(title, _summary(matrix, calls, rows, confidence, label_order), figures)
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    with atomic_output(out, inputs=sources, what="the report") as temp:
+        temp.write_text(page, encoding="utf-8")
     logger.info("wrote report %s (%d figures)", out, len(figures))
     return out
 

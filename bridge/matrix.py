@@ -121,9 +121,13 @@ class CellMatrix:
             self.validate()
 
     # -- checks ---------------------------------------------------------------------------
-    def validate(self, *, values: bool = True) -> None:
-        """Check ids, CSR structure and (optionally) values; sort indices into new arrays."""
-        where = self.source or "the matrix"
+    def validate(self, *, values: bool = True, where: str | None = None) -> None:
+        """Check ids, CSR structure and (optionally) values; sort indices into new arrays.
+
+        ``where`` names the data in error messages (default: ``source``); readers pass the
+        file's path so that a message names the file.
+        """
+        where = where or self.source or "the matrix"
         validate.check_shape(*self.X.shape, where=where)
         validate.check_ids(self.cells, what="cell", where=where)
         validate.check_ids(self.genes, what="gene", where=where)

@@ -135,13 +135,13 @@ def live_server(tmp_path_factory: pytest.TempPathFactory,
 class ThreadServer:
     """uvicorn serving ``app`` on a free loopback port in a background thread."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, http: Any = "auto") -> None:
         import uvicorn
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False)
+                                access_log=False, http=http)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -498,17 +498,20 @@ def test_several_server_processes(tmp_path: Path, reference_file: Path) -> None:
 
 
 def test_busy_server_answers_503_with_retry_after(reference_file: Path) -> None:
-    """A request beyond max_pending is refused at once (503 + Retry-After), not queued."""
+    """A body beyond the bytes in flight is refused at once (503 + Retry-After), not queued.
+
+    (Bytes that arrived count, never a declared length, and a slow upload holds only the
+    bytes it sent: see tests/test_server_abuse.py.)"""
     from bridge.server import Settings, create_app
 
-    settings = Settings(api_keys=(API_KEY,), max_pending=1,
-                        atlases={"reference": {"synthetic": str(reference_file)}})
     body = json.dumps(tutorial_payload(20)).encode()
+    settings = Settings(api_keys=(API_KEY,), max_inflight_bytes=len(body) + 50,
+                        atlases={"reference": {"synthetic": str(reference_file)}})
     release = threading.Event()
 
     def slow_body():
         yield body[:100]
-        release.wait(timeout=30)  # holds the only slot while the second request arrives
+        release.wait(timeout=30)  # holds 100 bytes of the budget while the second arrives
         yield body[100:]
 
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
@@ -517,8 +520,8 @@ def test_busy_server_answers_503_with_retry_after(reference_file: Path) -> None:
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(httpx.post, server.url + ANNOTATE, content=slow_body(),
                                 headers=headers, timeout=60)
-            for _ in range(500):  # until the first request holds the slot
-                if app.state.admission.pending == 1:
+            for _ in range(500):  # until the first request holds its bytes
+                if app.state.admission.inflight_bytes >= 100:
                     break
                 time.sleep(0.01)
             busy = httpx.post(server.url + ANNOTATE, content=body, headers=headers)

@@ -73,7 +73,9 @@ class ChunkCalls:
 def chunk_table(cells: Sequence[str] | NDArray[Any], calls: ChunkCalls) -> pa.Table:
     """A Calls table for one chunk."""
     n = len(cells)
-    confidence = np.clip(np.asarray(calls.confidence, dtype=np.float32), 0.0, 1.0)
+    # Always finite in [0, 1], whatever an engine computed (NaN means no confidence at all).
+    confidence = np.clip(np.nan_to_num(np.asarray(calls.confidence, dtype=np.float32),
+                                       nan=0.0), 0.0, 1.0)
     if len(calls.labels) != n or len(confidence) != n:
         msg = f"engine returned {len(calls.labels)} labels for {n} cells"
         raise RuntimeError(msg)  # a bug in an engine, not a user error

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pyarrow.compute as pc
 
 from .._contract import metadata_dict
 from .._errors import InputError, MissingDependencyError
+from ..io._files import atomic_output, refuse_clashes
 
 NAME = "annotate"
 HELP = "cell-type calls for every cell (embedded marker engine by default)"
@@ -90,34 +92,37 @@ def _flatten_for_csv(table: pa.Table) -> pa.Table:
     return out
 
 
-def write_calls(table: pa.Table, out: str | Path) -> Path:
-    """Write a Calls table by the suffix of ``out``."""
+def write_calls(table: pa.Table, out: str | Path, *,
+                inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Write a Calls table by the suffix of ``out`` (under a temporary name renamed when
+    complete; an ``out`` that is one of ``inputs`` is refused with code ``same_file``)."""
     path = Path(out)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         msg = f"{path}: unsupported output suffix {suffix!r}; use one of {', '.join(SUFFIXES)}."
         raise InputError(msg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+    with atomic_output(path, inputs=inputs, what="--out") as temp:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
 
-        pq.write_table(table, path)
-    elif suffix == ".arrow":
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-    elif suffix == ".csv":
-        import pyarrow.csv as pcsv
+            pq.write_table(table, temp)
+        elif suffix == ".arrow":
+            with pa.OSFile(str(temp), "wb") as sink, \
+                    pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+        elif suffix == ".csv":
+            import pyarrow.csv as pcsv
 
-        pcsv.write_csv(_flatten_for_csv(table), path)
-    else:
-        from .._contract import calls_to_records
+            pcsv.write_csv(_flatten_for_csv(table), temp)
+        else:
+            from .._contract import calls_to_records
 
-        records = calls_to_records(table)
-        cells = table.column("cell").to_pylist()
-        payload = {"calls": [{"cell": c, **r} for c, r in zip(cells, records, strict=True)],
-                   "metadata": metadata_dict(table)}
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, default=_json_default)
+            records = calls_to_records(table)
+            cells = table.column("cell").to_pylist()
+            payload = {"calls": [{"cell": c, **r} for c, r in zip(cells, records, strict=True)],
+                       "metadata": metadata_dict(table)}
+            with open(temp, "w", encoding="utf-8") as handle:
+                json.dump(payload, handle, default=_json_default)
     return path
 
 
@@ -171,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
             msg = ("--report needs the bridge.report module, which this installation lacks; "
                    "run without --report or install the full scbridge package.")
             raise MissingDependencyError(msg)
+    inputs = [args.input, args.atlas, args.qc_table]
+    refuse_clashes({"--out": out, "--write-back": args.write_back, "--report": args.report},
+                   inputs)
     if args.partitions:
         return _run_partitions(args, out)
     if args.scheduler or args.workers:
@@ -179,10 +187,10 @@ def run(args: argparse.Namespace) -> int:
     from ..io.rds import reuse_loaded
 
     with reuse_loaded():  # an R input is loaded once: write-back check, reading, writing back
-        return _run_one(args, out)
+        return _run_one(args, out, inputs)
 
 
-def _run_one(args: argparse.Namespace, out: Path) -> int:
+def _run_one(args: argparse.Namespace, out: Path, inputs: list[Any]) -> int:
     from .._annotate import annotate
     from ..io import read
 
@@ -202,7 +210,7 @@ def _run_one(args: argparse.Namespace, out: Path) -> int:
                      qc=qc, endpoint=args.endpoint, api_key=api_key,
                      transport=args.transport, chunk_size=args.chunk_size,
                      progress=not args.quiet, **engine_options(args))
-    write_calls(table, out)
+    write_calls(table, out, inputs=inputs)
     if args.write_back:
         from .._cellmap import layout_table
         from ..io.write_back import write_back
@@ -221,7 +229,7 @@ def _run_one(args: argparse.Namespace, out: Path) -> int:
     if args.report:
         from .._report import write_report
 
-        report = write_report(args.report, matrix, table)
+        report = write_report(args.report, matrix, table, inputs=inputs)
     if not args.quiet:
         print(summary(table))
         print(f"wrote {out}" + (f", {args.write_back}" if args.write_back else "")
@@ -245,7 +253,7 @@ def _run_partitions(args: argparse.Namespace, out: Path) -> int:
                                 model=args.model, atlas=args.atlas,
                                 min_confidence=args.min_confidence, qc=not args.no_qc,
                                 progress=not args.quiet, **engine_options(args))
-    write_calls(table, out)
+    write_calls(table, out, inputs=[args.input, args.atlas])
     if not args.quiet:
         print(summary(table))
         print(f"wrote {out}", file=sys.stderr)

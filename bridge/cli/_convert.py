@@ -32,9 +32,11 @@ def convert(input: str, output: str, *, assay: str | None = None, layer: str | N
     .h5ad -> Arrow with ``chunk_size`` streams in backed mode (never the whole matrix).
     """
     from .. import io
+    from ..io._files import refuse_same_file
     from ..io.arrow import arrow_schema, batches_from_matrix, write_batches
 
     out = Path(output)
+    refuse_same_file(out, [input], what="the output")  # before anything is read
     streaming = (out.suffix in (".arrow", ".arrows")
                  and Path(input).suffix.lower() in (".h5ad", ".arrow", ".arrows"))
     if not chunk_size or not streaming:

@@ -28,11 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .._embed import embed
+    from ..io._files import refuse_clashes
     from ._table_io import write_table
 
+    refuse_clashes({"--out": args.out}, [args.input])  # before any work
     table = embed(args.input, n_components=args.n_components, n_top_genes=args.n_top_genes,
                   assay=args.assay, layer=args.layer, seed=args.seed, layout=args.layout)
-    path = write_table(table, args.out)
+    path = write_table(table, args.out, inputs=[args.input])
     if not args.quiet:
         laid_out = (table.schema.metadata or {}).get(b"scbridge.layout")
         extra = f" and a 2-D layout ({laid_out.decode()})" if laid_out else ""

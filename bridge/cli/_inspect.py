@@ -26,12 +26,17 @@ def inspect(path: str, *, assay: str | None = None, layer: str | None = None) ->
     with reuse_loaded():  # an R file is loaded once for both
         info = io.describe(path)
         matrix = io.read(path, assay=assay, layer=layer, validate=False)
+    data = matrix.X.data
+    # Whole negative numbers are not counts: scaled data (Seurat scale.data) or damage.
+    negative = bool(data.size) and float(data.min()) < 0
+    value_kind = ("scaled (negative values: not counts, cannot be annotated)" if negative
+                  else matrix.value_kind)
     info["default"] = {
         "source": matrix.source,
         "cells": matrix.n_cells,
         "genes": matrix.n_genes,
         "nnz": matrix.nnz,
-        "value_kind": matrix.value_kind,
+        "value_kind": value_kind,
         "gene_id_kind": detect_gene_id_kind(matrix.genes),
         "first_genes": [str(g) for g in matrix.genes[:5]],
         "first_cells": [str(c) for c in matrix.cells[:3]],

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._errors import InputError, UnsupportedError
+from .._errors import FormatError, InputError, UnsupportedError
 from ..matrix import CellMatrix
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def _arrow_read(path: Path, *, assay: str | None = None, layer: str | None = Non
     if value_kind:
         matrix.value_kind = value_kind  # type: ignore[assignment]
     if validate:
-        matrix.validate()
+        matrix.validate(where=f"{path} ({matrix.source})")
     return matrix
 
 
@@ -113,14 +113,19 @@ def _arrow_describe(path: Path) -> dict[str, Any]:
     import pyarrow as pa
 
     from .._arrow_csr import check_schema, open_reader
+    from .arrow import open_arrow_file
 
-    source = pa.memory_map(str(path), "r")
+    source = open_arrow_file(path)
     reader = open_reader(source, str(path))
     genes, value_kind, origin = check_schema(reader.schema, str(path))
     n_cells = nnz = 0
-    for batch in reader:
-        n_cells += batch.num_rows
-        nnz += len(batch.column("indices").values)
+    try:
+        for batch in reader:
+            n_cells += batch.num_rows
+            nnz += len(batch.column("indices").values)
+    except (pa.ArrowException, OSError) as exc:
+        msg = f"{path}: the Arrow data ends early or is corrupt ({exc}). Re-create the file."
+        raise FormatError(msg, code="invalid_arrow") from None
     version = (reader.schema.metadata or {}).get(b"scbridge.format_version", b"").decode()
     return {
         "class": f"Arrow CSR v{version}",

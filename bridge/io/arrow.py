@@ -30,6 +30,7 @@ from .._arrow_csr import (
 )
 from .._errors import FormatError
 from ..matrix import CellMatrix
+from ._files import atomic_output
 
 __all__ = [
     "FORMAT_NAME",
@@ -40,6 +41,7 @@ __all__ = [
     "is_arrow_file",
     "iter_arrow_chunks",
     "matrix_from_batches",
+    "open_arrow_file",
     "read_arrow",
     "write_arrow",
     "write_batches",
@@ -78,16 +80,21 @@ def write_batches(
     *,
     stream: bool,
 ) -> None:
-    """Write record batches to an IPC file or stream (used by streaming conversion)."""
+    """Write record batches to an IPC file or stream (used by streaming conversion).
+
+    A path is written through a temporary file renamed over it at the end
+    (:func:`bridge.io._files.atomic_output`): an interrupted write leaves the old file.
+    """
     new = pa.ipc.new_stream if stream else pa.ipc.new_file
-    sink = path if isinstance(path, pa.NativeFile) else pa.OSFile(os.fspath(path), "wb")
-    try:
-        with new(sink, schema) as writer:
+    if isinstance(path, pa.NativeFile):
+        with new(path, schema) as writer:
             for batch in batches:
                 writer.write_batch(batch)
-    finally:
-        if not isinstance(path, pa.NativeFile):
-            sink.close()
+        return
+    with atomic_output(path) as temp, pa.OSFile(os.fspath(temp), "wb") as sink, \
+            new(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -116,13 +123,13 @@ def read_arrow(
         where = "the Arrow CSR payload"
     else:
         where = os.fspath(path)
-        source = pa.memory_map(where, "r")
+        source = open_arrow_file(where)
     reader = open_reader(source, where)
     try:
         batches = list(reader)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         msg = f"{where}: the Arrow data ends early or is corrupt ({exc}). Re-create the file."
-        raise FormatError(msg) from None
+        raise FormatError(msg, code="invalid_arrow") from None
     return matrix_from_batches(
         batches, reader.schema, where=where, keepalive=source, validate=validate
     )
@@ -131,7 +138,28 @@ def read_arrow(
 def iter_arrow_chunks(path: str | os.PathLike[str]) -> Iterator[CellMatrix]:
     """One :class:`CellMatrix` per record batch, streamed from a memory-mapped file."""
     where = os.fspath(path)
-    source = pa.memory_map(where, "r")
+    source = open_arrow_file(where)
     reader = open_reader(source, where)
-    for batch in reader:
+    batches = iter(reader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as exc:
+            msg = f"{where}: the Arrow data ends early or is corrupt ({exc}). Re-create the file."
+            raise FormatError(msg, code="invalid_arrow") from None
         yield matrix_from_batches([batch], reader.schema, where=where, keepalive=source)
+
+
+def open_arrow_file(path: str | os.PathLike[str]) -> pa.NativeFile:
+    """The file memory-mapped for reading; an empty or unreadable file is a FormatError."""
+    where = os.fspath(path)
+    if os.path.getsize(where) == 0:
+        msg = f"{where} is empty (0 bytes), not an Arrow CSR file; write it again."
+        raise FormatError(msg, code="invalid_arrow")
+    try:
+        return pa.memory_map(where, "r")
+    except OSError as exc:
+        msg = f"{where} cannot be opened ({exc})."
+        raise FormatError(msg, code="invalid_arrow") from None

@@ -33,7 +33,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from .._errors import InputError, NotFoundError, UnsupportedError
+from .._errors import BridgeError, InputError, NotFoundError, UnsupportedError
 from .._validate import check_shape
 from ..matrix import CellMatrix
 from ..numerics import value_kind_for_layer
@@ -205,17 +205,30 @@ def read_r(
             + "."
         )
         raise UnsupportedError(msg)
-    X = found.X if found.X is not None else _to_csr(found, where)
-    return CellMatrix(
+    try:
+        X = found.X if found.X is not None else _to_csr(found, where)
+    except BridgeError:
+        raise
+    except ValueError as exc:  # scipy refusing slots that disagree
+        msg = f"{where} ({found.label}): the matrix is damaged ({exc})."
+        raise InputError(msg, code="shape_mismatch") from None
+    if obs is not None and len(found.cells) < len(obs.cells):
+        missing = len(obs.cells) - len(found.cells)
+        logger.warning("%s: %s covers %d of the object's %d cells; the other %d are left out",
+                       where, found.label, len(found.cells), len(obs.cells), missing)
+    matrix = CellMatrix(
         X,
         found.cells,
         found.genes,
         obs=_align_obs(obs, found.cells),
         value_kind=value_kind or value_kind_for_layer(found.layer, X.data),
         source=found.label,
-        validate=validate,
+        validate=False,
         keepalive=obj,
     )
+    if validate:  # messages name the file and the matrix in it
+        matrix.validate(where=f"{where} ({found.label})")
+    return matrix
 
 
 def describe_r(source: str | Path | Any) -> dict[str, Any]:
@@ -417,6 +430,7 @@ def _to_csr(found: _Matrix, where: str) -> sp.csr_matrix:
         indices = _r.r_vector_view(m.do_slot("i"))
         data = _r.r_vector_view(m.do_slot("x"))
         _check_dims(m, n_genes, n_cells, where)
+        _check_slots(indptr, indices, data, n_cells, f"{where} ({found.label})")
         return sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_genes), copy=False)
     if cls == "dgRMatrix":
         logger.info("%s: dgRMatrix is row-compressed genes x cells; converting (a copy)", where)
@@ -445,14 +459,31 @@ def _check_dims(m: Any, n_genes: int, n_cells: int, where: str) -> None:
         raise InputError(msg)
 
 
+def _check_slots(p: NDArray[Any], i: NDArray[Any], x: NDArray[Any], n_cells: int,
+                 where: str) -> None:
+    """The slot lengths a dgCMatrix must have (a damaged object can break them; R does not
+    check slots when they are assigned); the values are checked by the matrix validation."""
+    if len(p) != n_cells + 1 or len(i) != len(x) or (len(p) and int(p[-1]) != len(x)):
+        msg = (f"{where}: the dgCMatrix slots disagree (p has {len(p):,} entries for "
+               f"{n_cells:,} cells, i {len(i):,}, x {len(x):,}); the object is damaged. "
+               "Check it in R with validObject(m).")
+        raise InputError(msg, code="shape_mismatch")
+
+
+_R_TYPE_NAMES = {9: "character strings", 10: "logical", 13: "integer", 14: "double",
+                 15: "complex numbers", 16: "character strings", 19: "list", 24: "raw bytes"}
+
+
 def _dense_to_csr(m: Any, n_cells: int, n_genes: int, where: str) -> sp.csr_matrix:
     """Sparsify a dense R matrix a block of cells at a time (its memory is viewed, not copied)."""
     import rpy2.rinterface as ri
 
     typeof = int(m.typeof)
     if typeof not in (int(ri.RTYPES.REALSXP), int(ri.RTYPES.INTSXP), int(ri.RTYPES.LGLSXP)):
-        msg = f"{where}: a dense matrix of R type {m.typeof} is not numeric expression data."
-        raise InputError(msg)
+        kind = _R_TYPE_NAMES.get(typeof, f"R type {typeof}")
+        msg = (f"{where}: the dense matrix holds {kind}, not numbers; expression data must be "
+               "numeric (in R: storage.mode(m) <- \"double\" if the text holds numbers).")
+        raise InputError(msg, code="invalid_values")
     flat = _r.r_vector_view(m)
     if typeof != int(ri.RTYPES.REALSXP) and flat.size and (flat == np.iinfo(np.int32).min).any():
         msg = f"{where}: the integer matrix holds NA values; replace them before converting."

@@ -18,8 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .._errors import InputError, NotFoundError, UnsupportedError
+from .._errors import FormatError, InputError, NotFoundError, UnsupportedError
 from . import _r
+from ._files import atomic_output, refuse_same_file
 from ._write_layout import LayoutSpec, add_to_h5ad, add_to_r_object, layout_spec
 
 __all__ = ["as_arrow_table", "check_write_back", "write_back"]
@@ -198,7 +199,10 @@ def _write_back_rds(
         updated = _r.call("scb_add_columns", obj, frame, ro.BoolVector([overwrite]))
     if layout is not None:
         updated = add_to_r_object(updated, layout, assay=assay, overwrite=overwrite, where=where)
-    _r.call("scb_save_updated", located, updated, str(out))
+    # Written to a temporary file (same suffix: .rds or .rda) that replaces the target only
+    # once complete.
+    with atomic_output(out, inputs=[source], what="the write-back target") as temp:
+        _r.call("scb_save_updated", located, updated, str(temp))
 
 
 def _write_back_h5ad(
@@ -214,27 +218,35 @@ def _write_back_h5ad(
         from anndata.experimental import read_elem, write_elem
 
     where = str(source)
-    if source.resolve() != out.resolve():
-        shutil.copyfile(source, out)  # X and every other element stay byte-identical
-    with h5py.File(out, "r+") as f:
-        obs = read_elem(f["obs"])
+    from .h5ad import h5ad_errors
+
+    with h5ad_errors(where):
+        with h5py.File(source, "r") as f:
+            if "obs" not in f:
+                msg = f"{where} has no obs group; is it an AnnData .h5ad file?"
+                raise FormatError(msg)
+            obs = read_elem(f["obs"])
         if table is not None:
             _check_cells(cells, [str(c) for c in obs.index], where)
             _check_clash(table.column_names, [str(c) for c in obs.columns], overwrite, where)
-        if layout is not None:
-            add_to_h5ad(f, layout, [str(c) for c in obs.index], overwrite=overwrite,
-                        where=where)
-        if table is None:
-            return
-        new = table.to_pandas(types_mapper=None)
-        new.index = cells
-        for name in table.column_names:
-            column = new[name].reindex(obs.index)
-            if column.dtype == object:  # text with gaps: h5ad stores it as a categorical
-                column = pd.Categorical(column)
-            obs[name] = column
-        del f["obs"]
-        write_elem(f, "obs", obs)
+            new = table.to_pandas(types_mapper=None)
+            new.index = cells
+            for name in table.column_names:
+                column = new[name].reindex(obs.index)
+                if column.dtype == object:  # text with gaps: h5ad stores it as a categorical
+                    column = pd.Categorical(column)
+                obs[name] = column
+        # A copy of the source (X and every other element byte-identical) gets the new obs
+        # and layout; it replaces the target only once complete.
+        with atomic_output(out, inputs=[source], what="the write-back target") as temp:
+            shutil.copyfile(source, temp)
+            with h5py.File(temp, "r+") as f:
+                if layout is not None:
+                    add_to_h5ad(f, layout, [str(c) for c in obs.index], overwrite=overwrite,
+                                where=where)
+                if table is not None:
+                    del f["obs"]
+                    write_elem(f, "obs", obs)
 
 
 def check_write_back(source_path: str | os.PathLike[str],
@@ -264,6 +276,7 @@ def check_write_back(source_path: str | os.PathLike[str],
     if not source.exists():
         msg = f"{source} does not exist."
         raise InputError(msg)
+    refuse_same_file(out, [source], what="the write-back target")
     suffix = source.suffix.lower()
     if suffix not in _OUTPUTS or not source.is_file():
         msg = (f"write-back adds columns to Seurat / SingleCellExperiment objects in .rds, .rda "
@@ -313,7 +326,9 @@ def write_back(
         Where to write the updated object: an ``.rds`` input as ``.rds`` (a list stays that
         list); an ``.rda`` / ``.RData`` input as ``.rda`` / ``.RData`` (every other object
         of the file kept) or as ``.rds`` (the annotated object alone); an ``.h5ad`` as
-        ``.h5ad``.  ``None`` columns with ``layout`` write the layout alone.
+        ``.h5ad``.  ``None`` columns with ``layout`` write the layout alone.  It must not be
+        the source itself (nor a link to it): that is refused (code ``same_file``).  The object
+        is written to a temporary file that replaces ``out_path`` only once complete.
     overwrite
         Replace existing columns (and a layout) of the same name instead of refusing.
     layout
@@ -335,6 +350,7 @@ def write_back(
     if not source.exists():
         msg = f"{source} does not exist."
         raise InputError(msg)
+    refuse_same_file(out, [source], what="the write-back target")
     if columns is None and layout is None:
         msg = "nothing to write back: pass columns, a layout, or both."
         raise InputError(msg)

@@ -45,7 +45,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
 from .._contract.wire import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE
-from ._body import read_limited
 from ._curation import check_edit, empty_doc
 from ._jobs import FINISHED, JobManager, WorkspaceLimits, owner_of, read_json, start_child
 from ._problems import ApiError
@@ -153,10 +152,29 @@ def marker_tissues() -> list[str]:
     return sorted(n for n in names if n and n not in ("any", "tissue"))
 
 
+async def _paced(chunks: AsyncIterator[bytes], timeout: float) -> AsyncIterator[bytes]:
+    """``chunks``, refused with 408 when no byte arrives for ``timeout`` seconds: a stalled
+    upload never holds a connection and a half-written file forever."""
+    iterator = chunks.__aiter__()
+    while True:
+        try:
+            with anyio.fail_after(timeout):
+                chunk = await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ApiError(408, "body_timeout", f"no part of the upload arrived for {timeout:g} s.",
+                           "check the connection and upload again") from None
+        yield chunk
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
-    declared = request.headers.get("content-length", "")
-    body = await read_limited(request.stream(), int(declared) if declared.isdigit() else None,
-                              MAX_JSON_BYTES)
+    body: bytearray | None = bytearray()
+    async for piece in request.stream():  # small JSON bodies: capped, never pre-allocated
+        if body is not None:
+            body += piece
+            if len(body) > MAX_JSON_BYTES:
+                body = None  # keep reading (and dropping) so the client gets the 413
     if body is None:
         raise ApiError(413, "body_too_large", f"the JSON body exceeds {MAX_JSON_BYTES:,} bytes.",
                        "send a smaller body")
@@ -390,7 +408,8 @@ def include_workspace(app: FastAPI, settings: Settings, *, catalog: Catalog,
                      filename: str = Query(..., min_length=1, max_length=300)
                      ) -> dict[str, Any]:
         declared = request.headers.get("content-length", "")
-        return await jobs.receive_upload(who, filename, request.stream(),
+        return await jobs.receive_upload(who, filename,
+                                         _paced(request.stream(), settings.body_timeout),
                                          int(declared) if declared.isdigit() else None)
 
     @router.get("/jobs", summary="This key's jobs, newest first",
