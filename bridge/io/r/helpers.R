@@ -77,9 +77,9 @@ scb_choose_name <- function(names, env, path) {
     stop("scbridge[unsupported]: ", path, " holds ", length(names), " objects, none of them a ",
          "Seurat object, SingleCellExperiment or matrix: ", listing)
   }
-  stop("scbridge[ambiguous_object]: ", path, " holds several objects scbridge could read (",
-       listing, "); save the one to use alone, e.g. in R: saveRDS(", ok[[1L]], ", \"",
-       ok[[1L]], ".rds\")")
+  stop("scbridge[ambiguous_object]: ", path, " holds several objects (",
+       paste(ok, collapse = ", "), ") scbridge could read: ", listing,
+       "; save the one to use alone, e.g. in R: saveRDS(", ok[[1L]], ", \"", ok[[1L]], ".rds\")")
 }
 
 scb_class <- function(x) as.character(class(x))[[1L]]
