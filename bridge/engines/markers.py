@@ -1,441 +1,633 @@
-"""The embedded marker engine (model ``"markers"``): curated markers, no reference, no network.
+"""The embedded marker engine (model ``"markers"``): the knowledge base, no reference, no network.
 
 How a cell is called
 --------------------
-1. Counts are normalised per cell to ``log1p(counts / total * 10,000)`` (log-normalised input
-   is used as given).  Only the marker panel's columns are ever touched after the per-cell
-   totals, so memory stays a small dense block of cells x panel genes.
-2. Each marker's expression becomes soft evidence ``s = min(x / saturation, 1)``: one UMI of
-   a marker in a shallow cell counts about as much as many UMIs, because drop-out, not
-   expression level, is what separates cell types in sparse data.
-3. Each cell type's *own* score is the weighted evidence of its positive markers minus its
-   negative markers, divided by ``(sum of positive weights) ** 0.5`` (types with many markers
-   are not favoured over types with a few specific ones), plus a small prior.  Genes absent
-   from the matrix are left out of the type entirely, so a filtered gene panel does not count
-   against a type.  Priors are small and biological: CD4 T cells outnumber CD8 T cells in
-   blood and CD4 transcripts drop out far more often than CD8A / CD8B, so a T cell with no
-   CD8 transcript leans CD4; rare types (MAIT, gamma-delta T, plasma cells, DCs) lean away.
-4. Types form a tree (compartment -> lineage -> type -> subtype).  A node's *subtree* score
-   adds the best child's subtree score, so a T cell's evidence also votes for "hematopoietic
-   cell" even where PTPRC dropped out; a compartment or lineage without subtypes (NK cell,
-   progenitor, platelet, fibroblast, ...) counts its own evidence again for each level it
-   lacks, so it is not outvoted by a branched sibling merely for having fewer levels.  Calls
-   go top-down: at each level a softmax over the siblings' subtree scores gives the
-   probability of each branch; the cell's label is the
-   deepest node on the winning path whose cumulative probability stays at or above
-   ``min_level_confidence``, so an uncertain subtype keeps its type and an uncertain type keeps
-   its lineage.  ``confidence`` is that cumulative probability.
-5. ``markers`` are the genes that contributed most to the winning path in this cell;
-   ``alternates`` are the losing siblings along the path with their cumulative probability.
+1. **Evidence.** Values are normalised per cell to ``x = log1p(value / total * 10,000)``
+   (counts and TPM / CPM / FPKM alike; log-normalised input is used as given), touching only
+   the marker panel's columns after the per-cell totals.  A marker's evidence is
+   ``e = min(x / saturation, 1)``: in sparse data detection, not level, separates types.  A
+   marker counts as *detected* from ``detection`` counts per 10,000 (``x >= log1p(0.5)``).
+2. **Hypotheses.** Every cell type of the knowledge base (:mod:`._marker_model`: a tree
+   from the Cell Ontology) is a hypothesis carrying its own markers and its ancestors'.  Its
+   score is the weighted evidence of its positive markers minus its negative markers,
+   divided by ``sqrt(sum of positive weights)`` (so a type with many markers is not favoured
+   over one with a few specific ones), plus its prior.  A hypothesis is *eligible* only with at
+   least ``min_markers`` detected positive markers: one read of one gene never makes a call.
+3. **Tissue context** (:mod:`._tissue_context`).  Types foreign to the context need
+   ``foreign_evidence`` times the markers and have their score divided by it.
+4. **Descent.** From the root, each node's options are its children (scored by the best
+   eligible hypothesis in their subtree) and, for a type, stopping at the node itself
+   (scored by its own hypothesis: a cell with the generic programme and no subtype's stays
+   generic).  A softmax with ``temperature`` over the options gives conditional
+   probabilities; the cell follows the best option at each step.  Its label is the deepest
+   node on that path whose cumulative probability is at least ``min_level_confidence``, and
+   its ``confidence`` that cumulative probability passed through :data:`CALIBRATION`
+   (``docs/annotation.md`` says how the map was fitted).
+5. A cell with no eligible hypothesis is ``Unknown`` with an ``unknown_reason``.  ``markers``
+   are the genes that carried the call, ``alternates`` the losing options along the path
+   with their cumulative probabilities; ``label_l1`` / ``label_l2`` are the call's
+   compartment and lineage.
 
-Every step is per cell: calls never depend on which other cells share a chunk.
+Every step is per cell: calls never depend on which other cells share a chunk.  What is
+decided once per matrix (species, tissue context when inferred) is worked out in
+:meth:`MarkerEngine.plan` before the chunks.
 """
 
 from __future__ import annotations
 
-import csv
-import itertools
 import logging
+import re
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from .._contract import UNKNOWN, ChunkCalls
-from .._errors import FormatError, InputError
+from .._errors import GeneIdError, InputError
 from ..numerics import log_normalize
 from . import register_engine
-from ._base import ChunkedEngine, GeneLayoutCache
+from ._base import ChunkedEngine, ChunkPlan, GeneLayoutCache
+from ._marker_model import MarkerModel, Species, load_marker_model
+from ._tissue_context import (
+    TissueContext,
+    context_mask,
+    given_context,
+    infer_context,
+)
 
 if TYPE_CHECKING:
     from ..matrix import CellMatrix
 
-__all__ = ["MarkerDatabase", "MarkerEngine", "load_marker_database"]
+__all__ = ["CALIBRATION", "UNKNOWN_REASONS", "MarkerEngine", "detect_species"]
 
 logger = logging.getLogger(__name__)
 
-PRIOR = "__prior__"
-# Matrix columns of the panel genes present, their names, positive and negative weights.
-_PanelLayout = tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]
-_COLUMNS = ("cell_type", "ontology_id", "parent", "level", "tissue", "gene", "direction",
-            "weight", "source")
+#: ``unknown_reason`` values: why a cell got no call.
+UNKNOWN_REASONS = {
+    "no_marker_genes": "no marker gene of any cell type was detected in the cell",
+    "too_few_markers": "no cell type had enough of its positive markers detected "
+                       "(min_markers)",
+    "foreign_types_only": "only cell types foreign to the tissue context had enough markers, "
+                          "short of the stronger evidence they need",
+}
+#: Piecewise-linear map from the descent's cumulative probability to the reported confidence
+#: (x, y knots; see docs/annotation.md for how it was fitted).
+CALIBRATION: tuple[tuple[float, ...], tuple[float, ...]] = ((0.0, 1.0), (0.0, 1.0))
+_BLOCK = 8192  # cells scored at once inside a chunk (bounds the nodes x cells arrays)
+_MOUSE_GENE = re.compile(r"[a-z]")
+_HUMAN_ORF = re.compile(r"^C\d+orf\d+")
+_UPPER_MOUSE = re.compile(r"^(GM\d{3,}|\d{7}[A-Z]\d{2}RIK|[A-Z]\d{6}RIK|\d+RIK)$")
+
+
+def detect_species(genes: NDArray[Any] | list[str]) -> Species:
+    """``mouse`` when the gene ids (after mapping to human symbols) keep mouse-only names
+    (``Gm12345``, ``1700001C19Rik``, upper-cased ``GM12345`` / ``...RIK``), else ``human``."""
+    n = len(genes)
+    if not n:
+        return "human"
+    step = max(1, n // 5000)
+    sample = [str(g) for g in genes[::step]]
+    mouse = sum(1 for g in sample if (_MOUSE_GENE.search(g) and not _HUMAN_ORF.match(g))
+                or _UPPER_MOUSE.match(g))
+    return "mouse" if mouse >= max(3, 0.005 * len(sample)) else "human"
 
 
 @dataclass(frozen=True)
-class MarkerDatabase:
-    """Cell types (a tree) and their weighted positive / negative marker genes."""
+class _Tree:
+    """The model's nodes plus a virtual root per compartment and one global root."""
 
-    types: list[str]  # node names; index = node id
-    ontology_ids: list[str | None]
-    parents: NDArray[Any]  # node -> parent node id (-1 for a compartment)
-    levels: NDArray[Any]
-    tissues: list[str]
-    sources: list[str]
-    genes: list[str]  # panel genes (all genes named anywhere in the database)
-    positive: NDArray[Any]  # types x panel genes, weights >= 0
-    negative: NDArray[Any]  # types x panel genes, weights >= 0
-    prior: NDArray[Any]  # types
-    path: str
-
-    @property
-    def n_types(self) -> int:
-        return len(self.types)
-
-    def children(self, node: int) -> NDArray[Any]:
-        return np.flatnonzero(self.parents == node)
-
-    def lineage_of(self, label: str) -> list[str]:
-        """``label`` and its ancestors, root first (``[]`` for labels not in the database):
-        the way to group calls into coarse classes (e.g. a plasma cell is in ``B cell``)."""
-        if label not in self.types:
-            return []
-        return [self.types[k] for k in self.lineage(self.types.index(label))]
-
-    def lineage(self, node: int) -> list[int]:
-        """``node`` and its ancestors, root first."""
-        out = []
-        while node >= 0:
-            out.append(node)
-            node = int(self.parents[node])
-        return out[::-1]
+    n_rows: int
+    parent: NDArray[Any]  # row -> parent row (-1 for the global root)
+    children: list[NDArray[Any]]  # internal rows' children
+    internal: NDArray[Any]  # rows with children, deepest first
+    internal_pos: NDArray[Any]  # row -> position in ``internal`` (-1 for leaves)
+    callable_: NDArray[Any]  # rows that can be a label (model nodes)
+    root: int
+    max_steps: int
+    stop_scale: NDArray[Any]  # model nodes: sqrt(own weight / lightest subtype's weight)
 
 
-def _default_path() -> Path:
-    return Path(str(resources.files("bridge.engines") / "data" / "markers.tsv"))
+def _build_tree(model: MarkerModel) -> _Tree:
+    n_model = model.n_nodes
+    n_comp = len(model.compartment_names)
+    root = n_model + n_comp
+    parent = np.empty(root + 1, dtype=np.int64)
+    parent[:n_model] = np.where(model.parents >= 0, model.parents,
+                                n_model + model.compartment_index)
+    parent[n_model:root] = root
+    parent[root] = -1
+    depth = np.zeros(root + 1, dtype=np.int64)
+    depth[:n_model] = model.depth + 1
+    depth[n_model:root] = 1
+    children = [np.flatnonzero(parent == r) for r in range(root + 1)]
+    internal = np.array([r for r in np.argsort(-depth, kind="stable") if len(children[r])])
+    internal_pos = np.full(root + 1, -1, dtype=np.int64)
+    internal_pos[internal] = np.arange(len(internal))
+    callable_ = np.zeros(root + 1, dtype=bool)
+    callable_[:n_model] = True
+    weight = model.positive.sum(axis=1)
+    lightest = np.full(n_model, np.inf)
+    for node in model.order[::-1]:  # children before parents
+        kids = model.children[node]
+        for kid in kids:
+            below = weight[kid] if model.is_type[kid] else lightest[kid]
+            lightest[node] = min(lightest[node], below)
+    scale = np.where(np.isfinite(lightest), np.sqrt(weight / np.maximum(lightest, 1e-9)), 1.0)
+    return _Tree(root + 1, parent, children, internal, internal_pos, callable_, root,
+                 int(depth.max()) + 1, np.minimum(scale, 1.0))
 
 
-@cache
-def load_marker_database(path: str | None = None) -> MarkerDatabase:
-    """Read a marker database TSV (the shipped one by default) and check it."""
-    where = path or str(_default_path())
-    with open(where, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    if not rows or any(c not in rows[0] for c in _COLUMNS):
-        msg = f"{where}: a marker database needs the tab-separated columns {', '.join(_COLUMNS)}."
-        raise FormatError(msg)
-    types: list[str] = []
-    info: dict[str, dict[str, Any]] = {}
-    for line, row in enumerate(rows, start=2):
-        name = row["cell_type"].strip()
-        if row["direction"] not in ("+", "-"):
-            msg = f"{where}:{line}: direction must be '+' or '-', got {row['direction']!r}."
-            raise FormatError(msg)
-        try:
-            weight = float(row["weight"])
-        except ValueError:
-            msg = f"{where}:{line}: weight {row['weight']!r} is not a number."
-            raise FormatError(msg) from None
-        if name not in info:
-            types.append(name)
-            info[name] = {"ontology": row["ontology_id"] or None, "parent": row["parent"].strip(),
-                          "level": int(row["level"]), "tissue": row["tissue"],
-                          "source": row["source"], "markers": []}
-        info[name]["markers"].append((row["gene"].strip(), row["direction"], weight))
-    index = {name: i for i, name in enumerate(types)}
-    for name, d in info.items():
-        if d["parent"] and d["parent"] not in index:
-            msg = f"{where}: {name!r} names parent {d['parent']!r}, which has no markers."
-            raise FormatError(msg)
-    genes = sorted({g for d in info.values() for g, _, _ in d["markers"] if g != PRIOR})
-    gene_index = {g: j for j, g in enumerate(genes)}
-    positive = np.zeros((len(types), len(genes)))
-    negative = np.zeros((len(types), len(genes)))
-    prior = np.zeros(len(types))
-    for name, d in info.items():
-        i = index[name]
-        for gene, direction, weight in d["markers"]:
-            sign = 1.0 if direction == "+" else -1.0
-            if gene == PRIOR:
-                prior[i] += sign * weight
-            elif direction == "+":
-                positive[i, gene_index[gene]] = weight
-            else:
-                negative[i, gene_index[gene]] = weight
-    return MarkerDatabase(
-        types=types,
-        ontology_ids=[info[n]["ontology"] for n in types],
-        parents=np.array([index.get(info[n]["parent"], -1) for n in types]),
-        levels=np.array([info[n]["level"] for n in types]),
-        tissues=[info[n]["tissue"] for n in types],
-        sources=[info[n]["source"] for n in types],
-        genes=genes, positive=positive, negative=negative, prior=prior, path=where,
-    )
+@dataclass(frozen=True)
+class _Layout:
+    """The model restricted to the genes of one matrix."""
+
+    columns: NDArray[Any]  # matrix columns of the panel genes present
+    panel: NDArray[Any]  # their names
+    signed: sp.csr_matrix  # nodes x panel: (positive - negative) / sqrt(sum positive)
+    detects: sp.csr_matrix  # nodes x panel: 1 for a positive marker (own or inherited)
+    own_detects: sp.csr_matrix  # nodes x panel: the node's own positive weights
+    programme: NDArray[Any]  # nodes: the node whose own markers show its lineage's programme
+    positive: NDArray[Any]  # (nodes + 1) x panel: positive weights (last row zero)
+    n_present: NDArray[Any]  # nodes: positive markers present in the panel
 
 
 class MarkerEngine(ChunkedEngine):
-    """Hierarchical scoring against the curated marker database.
+    """Hierarchical scoring against the cell-type knowledge base (``docs/knowledge_base.md``).
 
     Parameters
     ----------
     atlas
-        Path of a marker database TSV (columns as the shipped ``markers.tsv``); ``None`` or
-        ``"default"`` uses the shipped one.
+        ``None`` / ``"default"``: the shipped knowledge base; or a folder holding
+        ``cell_markers.tsv`` (and ``cell_types.tsv``) in the knowledge base's format, or one
+        marker file in ``cell_markers.tsv``'s format.
     tissue
-        Only consider cell types annotated for this tissue (or ``any``); e.g. ``"blood"``.
+        ``"auto"`` (default): infer the tissue context from the data; a tissue name, synonym
+        or UBERON id (several separated by ``;``), e.g. ``"pancreas"`` or
+        ``"UBERON:0001264"``; ``"all"``: no context, every type on equal terms.
+    species
+        ``"auto"`` (from the gene ids), ``"human"`` or ``"mouse"``: which species-specific
+        marker rows and types apply.
+    min_markers
+        Positive markers (the type's own and its ancestors') that must be detected in a cell
+        before the type can be called.
+    foreign_evidence
+        Types foreign to the tissue context need this many times ``min_markers`` and have
+        their score divided by it.
+    level_evidence
+        Detected weight of its own positive markers that every type on a call's path must
+        show (a subtype's markers refine its parent's programme, never replace it).
     saturation
-        Normalised expression at which a marker counts as fully present.
+        Normalised expression (log1p of counts per 10,000) at which a marker counts fully.
+    detection
+        Counts per 10,000 from which a marker counts as detected.
     temperature
-        Softmax temperature over sibling scores (smaller is more decisive).
+        Softmax temperature over the options at each node (smaller is more decisive).
     min_level_confidence
         Descend to a finer level only while the cumulative probability stays at or above this.
-    child_weight
-        How much a child's subtree score adds to its parent's, by the child's level.
-    extend_leaves_to_level
-        Leaves at this level or above (compartments and lineages without subtypes: NK,
-        progenitors, platelets, fibroblasts, ...) count their own evidence again for each
-        level they lack, so they compete on equal terms with branched siblings; ``0`` turns
-        this off.
     n_markers, n_alternates
         Genes and runner-up labels reported per cell.
     min_gene_fraction
-        Refuse inputs holding fewer of the panel's genes than this fraction.
+        Refuse inputs holding fewer of the candidate panel's genes (the positive markers of
+        the types in the tissue context) than this fraction.
     """
 
     name = "markers"
 
-    def __init__(self, atlas: str | None = None, *, tissue: str | None = None,
-                 saturation: float = 2.0, temperature: float = 0.1,
-                 min_level_confidence: float = 0.5,
-                 child_weight: float | tuple[float, ...] = (1.0, 1.0, 0.5, 0.25),
-                 extend_leaves_to_level: int = 2,
-                 n_markers: int = 5, n_alternates: int = 3,
-                 min_gene_fraction: float = 0.1) -> None:
-        if saturation <= 0 or temperature <= 0:
-            msg = "saturation and temperature must be positive."
+    def __init__(self, atlas: str | None = None, *, tissue: str | None = "auto",
+                 species: Literal["auto", "human", "mouse"] = "auto", min_markers: int = 2,
+                 foreign_evidence: float = 2.0, level_evidence: float = 0.5,
+                 saturation: float = 2.0,
+                 detection: float = 0.5, temperature: float = 0.1,
+                 min_level_confidence: float = 0.5, n_markers: int = 5,
+                 n_alternates: int = 3, min_gene_fraction: float = 0.02) -> None:
+        if saturation <= 0 or temperature <= 0 or detection < 0:
+            msg = "saturation and temperature must be positive, detection not negative."
             raise InputError(msg, code="invalid_parameter")
         for name, value in (("min_level_confidence", min_level_confidence),
                             ("min_gene_fraction", min_gene_fraction)):
             if not 0.0 <= value <= 1.0:
                 msg = f"{name} must lie in [0, 1], got {value}."
                 raise InputError(msg, code="invalid_parameter")
+        if isinstance(min_markers, bool) or not isinstance(min_markers, int) or min_markers < 1:
+            msg = f"min_markers must be a whole number >= 1, got {min_markers!r}."
+            raise InputError(msg, code="invalid_parameter")
+        if foreign_evidence < 1:
+            msg = f"foreign_evidence must be >= 1, got {foreign_evidence}."
+            raise InputError(msg, code="invalid_parameter")
+        if species not in ("auto", "human", "mouse"):
+            msg = f"species must be 'auto', 'human' or 'mouse', got {species!r}."
+            raise InputError(msg, code="invalid_parameter")
         path = None if atlas in (None, "", "default", "markers") else str(atlas)
-        self.db = load_marker_database(path)
+        self._atlas_path = path
         self.atlas: str | None = "default" if path is None else path
-        self.tissue = tissue
+        load_marker_model(path, "human")  # refuse a malformed atlas now, not at the first call
+        self.tissue = "auto" if tissue is None else tissue
+        self._given = given_context(tissue)
+        self.species = species
+        self.min_markers = min_markers
+        self.foreign_evidence = float(foreign_evidence)
+        self.level_evidence = float(level_evidence)
         self.saturation = saturation
+        self.detection = detection
         self.temperature = temperature
         self.min_level_confidence = min_level_confidence
-        self.child_weight = child_weight
-        self.extend_leaves_to_level = extend_leaves_to_level
         self.n_markers = n_markers
         self.n_alternates = n_alternates
         self.min_gene_fraction = min_gene_fraction
-        self.allowed = self._allowed_types(tissue)
-        self._layouts: GeneLayoutCache[_PanelLayout] = GeneLayoutCache()
+        self._layouts: dict[str, GeneLayoutCache[_Layout]] = {
+            "human": GeneLayoutCache(), "mouse": GeneLayoutCache()}
 
     # -- the public engine surface --------------------------------------------------------
+    def model(self, species: Species = "human") -> MarkerModel:
+        """The knowledge base as this engine walks it."""
+        return load_marker_model(self._atlas_path, species)
+
     @property
     def genes(self) -> list[str]:
-        """The positive markers of the types in play (what the genes-found check counts)."""
-        used = (self.db.positive[self.allowed] > 0).any(axis=0)
-        return [g for g, keep in zip(self.db.genes, used, strict=True) if keep]
+        """The candidate panel: positive markers of the types in the given tissue context
+        (every type's when the context is inferred), both species."""
+        out: set[str] = set()
+        for species in ("human", "mouse"):
+            model = self.model(species)  # type: ignore[arg-type]
+            keep = model.is_type.copy()
+            if self._given is not None:
+                keep &= context_mask(model, self._given)
+            used = (model.own_positive[keep] > 0).any(axis=0)
+            out.update(g for g, u in zip(model.genes, used, strict=True) if u)
+        return sorted(out)
 
     def parameters(self) -> dict[str, Any]:
+        model = self.model("human")
         return {
-            "tissue": self.tissue, "saturation": self.saturation,
-            "temperature": self.temperature, "min_level_confidence": self.min_level_confidence,
-            "child_weight": self.child_weight,
-            "extend_leaves_to_level": self.extend_leaves_to_level, "n_markers": self.n_markers,
+            "tissue": self.tissue, "species": self.species, "min_markers": self.min_markers,
+            "foreign_evidence": self.foreign_evidence, "level_evidence": self.level_evidence,
+            "saturation": self.saturation,
+            "detection": self.detection, "temperature": self.temperature,
+            "min_level_confidence": self.min_level_confidence, "n_markers": self.n_markers,
             "n_alternates": self.n_alternates, "min_gene_fraction": self.min_gene_fraction,
-            "n_types": self.db.n_types, "n_marker_genes": len(self.db.genes),
+            "n_types": model.n_types, "n_marker_genes": len(model.genes),
+            "cell_ontology": model.ontology_version,
         }
 
+    def plan(self, matrix: CellMatrix) -> ChunkPlan:
+        """Species, tissue context (given, or inferred from the cells) and the genes-found
+        check against the candidate panel, once per matrix."""
+        species = detect_species(matrix.genes) if self.species == "auto" else self.species
+        model = self.model(species)
+        layout = self._layouts[species].get(matrix.genes, partial(self._panel_layout, model))
+        tree = _tree_of(model)
+        context = self._given or self._infer(matrix, model, tree, layout)
+        in_context = context_mask(model, context)
+        fraction = self._check_panel(matrix, model, layout, in_context, context)
+        run = partial(self._annotate_block_wise, model=model, tree=tree, layout=layout,
+                      in_context=in_context)
+        if context.source == "inferred":
+            logger.info("%s: tissue context inferred: %s", matrix.source or "matrix",
+                        ", ".join(sorted(context.tissues)))
+        return ChunkPlan(run, fraction, {"tissue": context.describe(), "species": species})
+
     def annotate_chunk(self, matrix: CellMatrix) -> ChunkCalls:
-        columns, panel, pos, neg = self._layouts.get(matrix.genes, self._panel_layout)
-        block = log_normalize(matrix.X, matrix.value_kind, columns=columns, dtype=np.float64)
-        # Sparse x dense products sum each row on its own, in a fixed order: a cell's scores
-        # are bit-identical whatever chunk it is in (dense BLAS blocking would not be).
-        evidence = block.copy()
-        evidence.data = np.minimum(evidence.data / self.saturation, 1.0)
-        evidence.eliminate_zeros()
-        available = self._available(pos)
-        # Normalise by the database's weights, not only the genes present: a type whose
-        # markers were mostly filtered out must not be inflated by the one that remains.
-        norm = np.sqrt(np.maximum(self.db.positive.sum(axis=1), 1e-9))
-        own = np.asarray(evidence @ (pos - neg).T) / norm[None, :] + self.db.prior[None, :]
-        subtree = self._subtree_scores(own, available)
-        path_nodes, path_probs, alt_nodes, alt_scores = self._descend(subtree, available)
-        labels, ontology, confidence, final, depth = self._choose_level(path_nodes, path_probs)
-        alternates = self._alternates(alt_nodes, alt_scores, depth)
-        # A cell with no marker evidence at all is not called.
-        empty = np.diff(evidence.indptr) == 0
-        markers = self._cell_markers(evidence, pos, final, panel)
-        for i in np.flatnonzero(empty):
-            labels[i], ontology[i], confidence[i] = UNKNOWN, None, 0.0
-            markers[i], alternates[i] = [], []
-        return ChunkCalls(labels=labels, confidence=confidence, ontology_ids=ontology,
-                          alternates=alternates, markers=markers)
+        """Calls for one chunk on its own (its tissue context inferred from it alone)."""
+        return self.plan(matrix).annotate_chunk(matrix)
 
-    # -- steps ----------------------------------------------------------------------------
-    def _allowed_types(self, tissue: str | None) -> NDArray[Any]:
-        if tissue is None:
-            return np.ones(self.db.n_types, dtype=bool)
-        wanted = tissue.lower()
-        ok = np.array([wanted in t.lower().split(";") or "any" in t.lower().split(";")
-                       for t in self.db.tissues])
-        # Keep every ancestor of an allowed type, so the tree stays connected.
-        for node in np.flatnonzero(ok):
-            ok[self.db.lineage(int(node))] = True
-        return ok
-
-    def _panel_layout(self, genes: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any],
-                                                         NDArray[Any]]:
-        """Matrix columns of the panel genes present, and the weights restricted to them."""
+    # -- once per matrix ------------------------------------------------------------------
+    def _panel_layout(self, model: MarkerModel, genes: NDArray[Any]) -> _Layout:
         position = {str(g): j for j, g in enumerate(genes)}
-        present = [k for k, g in enumerate(self.db.genes) if g in position]
-        columns = np.array([position[self.db.genes[k]] for k in present], dtype=np.int64)
-        panel = np.array([self.db.genes[k] for k in present], dtype=object)
-        return columns, panel, self.db.positive[:, present], self.db.negative[:, present]
+        present = [k for k, g in enumerate(model.genes) if g in position]
+        columns = np.array([position[model.genes[k]] for k in present], dtype=np.int64)
+        panel = np.array([model.genes[k] for k in present], dtype=object)
+        positive = model.positive[:, present]
+        negative = model.negative[:, present]
+        # Normalised by the knowledge base's weights, not only the genes present: a type whose
+        # markers were mostly filtered out is not inflated by the one that remains.
+        norm = np.sqrt(np.maximum(model.positive.sum(axis=1), 1e-9))
+        signed = sp.csr_matrix((positive - negative) / norm[:, None])
+        detects = sp.csr_matrix((positive > 0).astype(np.float64))
+        own = model.own_positive[:, present]
+        padded = np.vstack([positive, np.zeros((1, len(present)))])
+        return _Layout(columns, panel, signed, detects, sp.csr_matrix(own),
+                       _programme_nodes(model, (own > 0).any(axis=1)), padded,
+                       (positive > 0).sum(axis=1))
 
-    def _available(self, pos: NDArray[Any]) -> NDArray[Any]:
-        """Types with a positive marker in the panel, or with such a descendant (allowed only)."""
-        available = (pos.sum(axis=1) > 0) & self.allowed
-        for level in sorted(set(self.db.levels.tolist()), reverse=True):
-            for node in np.flatnonzero(self.db.levels == level):
-                parent = self.db.parents[node]
-                if available[node] and parent >= 0 and self.allowed[parent]:
-                    available[parent] = True
-        return available
+    def _infer(self, matrix: CellMatrix, model: MarkerModel, tree: _Tree,
+               layout: _Layout) -> TissueContext:
+        """The tissue context voted for by a first pass over up to 4,000 cells (evenly
+        spaced, so the same matrix always gives the same context)."""
+        n = matrix.n_cells
+        rows = np.unique(np.linspace(0, n - 1, min(n, 4000)).astype(np.int64)) if n else []
+        sample = matrix.X[rows] if n else matrix.X
+        everything = np.ones(model.n_nodes, dtype=bool)
+        nodes, confidence, _, _ = self._descend_block(
+            sample, matrix.value_kind, model, tree, layout, everything)
+        return infer_context(model, nodes, confidence, len(rows))
 
-    def _child_weight(self, level: int) -> float:
-        weights = self.child_weight
-        if isinstance(weights, int | float):
-            return float(weights)
-        return float(weights[min(level, len(weights)) - 1])
+    def _check_panel(self, matrix: CellMatrix, model: MarkerModel, layout: _Layout,
+                     in_context: NDArray[Any], context: TissueContext) -> float:
+        """The fraction of the candidate panel found; refused below ``min_gene_fraction`` or
+        when no candidate type has ``min_markers`` of its markers in the matrix."""
+        from ..genes import check_genes_found, detect_gene_id_kind
 
-    def _subtree_scores(self, own: NDArray[Any], available: NDArray[Any]) -> NDArray[Any]:
-        """Own score plus the best available child's subtree score, deepest level first."""
-        subtree = own.copy()
-        for level in sorted(set(self.db.levels.tolist()), reverse=True):
-            for node in np.flatnonzero((self.db.levels == level) & available):
-                kids = self.db.children(int(node))
-                kids = kids[available[kids]]
-                if len(kids):
-                    weight = self._child_weight(int(self.db.levels[kids[0]]))
-                    if weight:
-                        subtree[:, node] += weight * subtree[:, kids].max(axis=1)
-                elif level <= self.extend_leaves_to_level:
-                    # A compartment or lineage without subtypes (NK, progenitors, platelets,
-                    # fibroblasts, ...) would set one level of evidence against branched
-                    # siblings that sum theirs over several levels (T + CD8 T + effector CD8
-                    # T): it counts its own evidence again for each level it lacks.
-                    subtree[:, node] += self._leaf_extension(level) * own[:, node]
-        return subtree
+        candidates = model.is_type & in_context
+        needed = [g for g, u in zip(model.genes, (model.own_positive[candidates] > 0).any(0),
+                                    strict=True) if u]
+        where = matrix.source or "the matrix"
+        what = ("the 'markers' model" if not context.tissues else
+                f"the 'markers' model for {', '.join(sorted(context.tissues))}")
+        kind = detect_gene_id_kind(list(matrix.genes))
+        fraction = check_genes_found(needed, matrix.genes, kind=kind,
+                                     min_fraction=self.min_gene_fraction, where=where,
+                                     what=what)
+        if not (layout.n_present[candidates] >= self.min_markers).any():
+            msg = (f"{where}: no cell type of {what} has {self.min_markers} of its marker "
+                   f"genes in the matrix ({len(layout.panel)} marker genes found), so no cell "
+                   "can be called. Check the gene ids (symbols or Ensembl ids), or lower "
+                   "min_markers.")
+            raise GeneIdError(msg)
+        return fraction
 
-    def _leaf_extension(self, level: int) -> float:
-        """The child weights a leaf at ``level`` misses out on, summed down to the deepest level."""
-        total, factor = 0.0, 1.0
-        for child_level in range(level + 1, int(self.db.levels.max()) + 1):
-            factor *= self._child_weight(child_level)
-            total += factor
-        return total
+    # -- per chunk --------------------------------------------------------------------------
+    def _annotate_block_wise(self, matrix: CellMatrix, *, model: MarkerModel, tree: _Tree,
+                             layout: _Layout, in_context: NDArray[Any]) -> ChunkCalls:
+        parts = [self._annotate_block(matrix.X[a:a + _BLOCK], matrix.value_kind, model, tree,
+                                      layout, in_context)
+                 for a in range(0, max(matrix.n_cells, 1), _BLOCK)]
+        if len(parts) == 1:
+            return parts[0]
+        return ChunkCalls(
+            labels=[x for p in parts for x in p.labels],
+            confidence=np.concatenate([p.confidence for p in parts]),
+            ontology_ids=[x for p in parts for x in p.ontology_ids or []],
+            alternates=[x for p in parts for x in p.alternates or []],
+            markers=[x for p in parts for x in p.markers or []],
+            extra={k: pa.concat_arrays([p.extra[k] for p in parts]) for k in parts[0].extra},
+        )
 
-    def _descend(self, subtree: NDArray[Any], available: NDArray[Any]
-                 ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
-        """Top-down winning path per cell.
+    def _evidence(self, X: sp.csr_matrix, value_kind: str, layout: _Layout
+                  ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """Evidence ``min(x / saturation, 1)`` and detection (0 / 1), cells x panel."""
+        block = log_normalize(X, value_kind, columns=layout.columns, dtype=np.float64)
+        detected = block.copy()
+        detected.data = (detected.data >= np.log1p(self.detection)).astype(np.float64)
+        detected.eliminate_zeros()
+        block.data = np.minimum(block.data / self.saturation, 1.0)
+        block.eliminate_zeros()
+        return block, detected
 
-        Returns node ids and cumulative probabilities per depth (cells x depth), and the
-        losing siblings at each depth with their cumulative probabilities
-        (cells x depth x n_alternates; -1 / -inf where there is none).
+    def _hypotheses(self, evidence: sp.csr_matrix, detected: sp.csr_matrix,
+                    model: MarkerModel, tree: _Tree, layout: _Layout,
+                    in_context: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
+        """Scores of every node's own hypothesis (rows x cells, ``-inf`` where not eligible)
+        and whether some hypothesis was eligible before the context's stronger bar."""
+        n_cells = evidence.shape[0]
+        scores = np.full((tree.n_rows, n_cells), -np.inf, dtype=np.float32)
+        transposed = detected.T.tocsr()
+        own = (layout.signed @ evidence.T.tocsr()).toarray()
+        counts = (layout.detects @ transposed).toarray()
+        levels = self._levels_shown(model, layout, transposed)
+        own += model.prior[:, None]
+        types = model.is_type[:, None]
+        foreign = ~in_context[:, None]
+        own = np.where(foreign & (own > 0), own / self.foreign_evidence, own)
+        needed = np.where(foreign, self.min_markers * self.foreign_evidence, self.min_markers)
+        eligible = types & levels & (counts >= needed)
+        scores[: model.n_nodes] = np.where(eligible, own, -np.inf)
+        plain = types & levels & (counts >= self.min_markers)
+        foreign_only = plain.any(axis=0) & ~eligible.any(axis=0)
+        return scores, foreign_only
+
+    def _levels_shown(self, model: MarkerModel, layout: _Layout,
+                      detected_t: sp.csr_matrix) -> NDArray[Any]:
+        """Per node and cell: the node's lineage shows its own programme.
+
+        The programme is that of the deepest *programme node* on the node's path: a lineage
+        node that is a type with markers in the panel, or, below a lineage node without
+        markers of its own (``mononuclear phagocyte``), the first type on the path
+        (``monocyte``).  It is shown when its own detected positive weight reaches
+        ``level_evidence``.  A subtype's markers refine its lineage's call, they never make
+        it alone: memory T cell genes such as ANXA1 or LMNA say nothing without a T cell
+        programme, and a monocyte's CD14 / LYZ speak for the hematopoietic programme above
+        it even where PTPRC dropped out.
         """
-        n = subtree.shape[0]
-        depth = int(self.db.levels.max())
-        k_alt = max(self.n_alternates, 0)
-        nodes = np.full((n, depth), -1, dtype=np.int64)
-        probs = np.zeros((n, depth), dtype=np.float64)
-        alt_nodes = np.full((n, depth, k_alt), -1, dtype=np.int64)
-        alt_scores = np.full((n, depth, k_alt), -np.inf)
-        current = np.full(n, -1, dtype=np.int64)
-        cumulative = np.ones(n)
-        for d in range(depth):
-            next_current, next_cumulative = current.copy(), cumulative.copy()
-            for parent in np.unique(current):
-                if d > 0 and parent < 0:
-                    continue  # no compartment had any marker in the panel
-                kids = np.flatnonzero((self.db.parents == parent) & available)
-                if not len(kids):
-                    continue  # a leaf: this cell's path ends here
-                rows = np.flatnonzero(current == parent)
-                logits = subtree[np.ix_(rows, kids)] / self.temperature
-                logits -= logits.max(axis=1, keepdims=True)
-                p = np.exp(logits)
-                p /= p.sum(axis=1, keepdims=True)
-                best = p.argmax(axis=1)
-                cum = cumulative[rows] * p[np.arange(len(rows)), best]
-                nodes[rows, d] = kids[best]
-                probs[rows, d] = cum
-                k = min(k_alt, len(kids) - 1)
-                if k > 0:
-                    # Runners-up: the best losing siblings, with their cumulative probability.
-                    order = np.argsort(-p, axis=1, kind="stable")[:, 1 : k + 1]
-                    alt_nodes[rows, d, :k] = kids[order]
-                    alt_scores[rows, d, :k] = (np.take_along_axis(p, order, axis=1)
-                                               * cumulative[rows, None])
-                next_current[rows] = kids[best]
-                next_cumulative[rows] = cum
-            current, cumulative = next_current, next_cumulative
-        return nodes, probs, alt_nodes, alt_scores
+        shown = (layout.own_detects @ detected_t).toarray() >= self.level_evidence
+        programme = layout.programme
+        return shown[programme]
 
-    def _alternates(self, alt_nodes: NDArray[Any], alt_scores: NDArray[Any],
-                    final_depth: NDArray[Any]) -> list[list[tuple[str, float]]]:
-        """Runners-up to each cell's label: losers at its level and above, best first."""
-        n, depth, k_alt = alt_nodes.shape
+    def _descend_block(self, X: sp.csr_matrix, value_kind: str, model: MarkerModel,
+                       tree: _Tree, layout: _Layout, in_context: NDArray[Any]
+                       ) -> tuple[NDArray[Any], NDArray[Any], dict[str, Any], sp.csr_matrix]:
+        """The label node and confidence per cell (``-1`` / 0 for no call), plus what the
+        report columns need."""
+        evidence, detected = self._evidence(X, value_kind, layout)
+        own, foreign_only = self._hypotheses(evidence, detected, model, tree, layout,
+                                             in_context)
+        n = own.shape[1]
+        best = own.copy()  # best eligible hypothesis in each subtree
+        for row in tree.internal:
+            np.maximum(best[row], best[tree.children[row]].max(axis=0), out=best[row])
+        self_scores = _stop_scores(own, tree, model)
+        inv_t = np.float32(1.0 / self.temperature)
+        conditional = np.zeros((tree.n_rows, n), dtype=np.float32)
+        choice = np.empty((len(tree.internal), n), dtype=np.int64)
+        stop = np.zeros(tree.n_rows, dtype=np.float32)
+        del stop
+        stay = np.zeros((tree.n_rows, n), dtype=np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):
+            for pos, row in enumerate(tree.internal):
+                kids = tree.children[row]
+                logits = np.vstack([best[kids], self_scores[row][None, :]]) * inv_t
+                top = logits.max(axis=0)
+                weights = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
+                total = weights.sum(axis=0)
+                probs = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+                conditional[kids] = probs[:-1]
+                stay[row] = probs[-1]
+                pick = np.argmax(logits, axis=0)
+                choice[pos] = np.where(pick == len(kids), row, kids[np.minimum(pick,
+                                                                                len(kids) - 1)])
+        steps = tree.max_steps
+        path = np.full((steps, n), -1, dtype=np.int64)
+        cumulative = np.zeros((steps, n), dtype=np.float64)
+        current = np.full(n, tree.root, dtype=np.int64)
+        cum = np.ones(n)
+        active = np.isfinite(best[tree.root])
+        columns = np.arange(n)
+        for step in range(steps):
+            pos = tree.internal_pos[current]
+            following = np.where(pos >= 0, choice[np.maximum(pos, 0), columns], current)
+            moving = active & (following != current)
+            cum = np.where(moving, cum * conditional[following, columns], cum)
+            current = np.where(moving, following, current)
+            path[step] = np.where(moving, current, -1)
+            cumulative[step] = np.where(moving, cum, 0.0)
+            active = moving
+        label, confidence, depth = self._choose(path, cumulative, tree)
+        info = {"path": path, "cumulative": cumulative, "depth": depth, "conditional":
+                conditional, "best": best, "foreign_only": foreign_only}
+        return label, confidence, info, evidence
+
+    def _choose(self, path: NDArray[Any], cumulative: NDArray[Any], tree: _Tree
+                ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
+        """The deepest callable node on each path with cumulative probability at or above
+        ``min_level_confidence``; else the shallowest callable node, at its own probability."""
+        on_path = path >= 0
+        callable_ = on_path & tree.callable_[np.maximum(path, 0)]
+        good = callable_ & (cumulative >= self.min_level_confidence)
+        steps, n = path.shape
+        index = np.arange(steps)[:, None]
+        deepest_good = np.where(good, index, -1).max(axis=0)
+        first_callable = np.where(callable_, index, steps).min(axis=0)
+        depth = np.where(deepest_good >= 0, deepest_good, first_callable)
+        found = depth < steps
+        depth = np.where(found, depth, 0)
+        columns = np.arange(n)
+        label = np.where(found, path[depth, columns], -1)
+        confidence = np.where(found, cumulative[depth, columns], 0.0)
+        return label, confidence, np.where(found, depth, -1)
+
+    def _annotate_block(self, X: sp.csr_matrix, value_kind: str, model: MarkerModel,
+                        tree: _Tree, layout: _Layout, in_context: NDArray[Any]) -> ChunkCalls:
+        label, confidence, info, evidence = self._descend_block(X, value_kind, model, tree,
+                                                                layout, in_context)
+        confidence = _calibrate(confidence)
+        called = label >= 0
+        names = [model.names[k] if k >= 0 else UNKNOWN for k in label.tolist()]
+        ids = [model.ids[k] if k >= 0 else None for k in label.tolist()]
+        l1 = [model.compartments[k] if k >= 0 else None for k in label.tolist()]
+        l2 = [model.names[model.lineages[k]] if k >= 0 else None for k in label.tolist()]
+        has_markers = np.diff(evidence.indptr) > 0
+        reason = np.where(called, None, np.where(
+            ~has_markers, "no_marker_genes",
+            np.where(info["foreign_only"], "foreign_types_only", "too_few_markers")))
+        markers = self._cell_markers(evidence, layout, label)
+        alternates = self._alternates(info, tree, model, label)
+        extra = {
+            "label_l1": _dictionary(l1), "label_l2": _dictionary(l2),
+            "unknown_reason": _dictionary(reason.tolist()),
+        }
+        return ChunkCalls(labels=names, confidence=np.where(called, confidence, 0.0),
+                          ontology_ids=ids, alternates=alternates, markers=markers,
+                          extra=extra)
+
+    def _alternates(self, info: dict[str, Any], tree: _Tree, model: MarkerModel,
+                    label: NDArray[Any]) -> list[list[tuple[str, float]]]:
+        """Losing options at the label's level and above, with cumulative probabilities."""
+        path, cumulative, depth = info["path"], info["cumulative"], info["depth"]
+        conditional, best = info["conditional"], info["best"]
+        n = len(label)
+        k_alt = max(self.n_alternates, 0)
         if not k_alt or not n:
             return [[] for _ in range(n)]
-        deeper = np.arange(depth)[None, :] > final_depth[:, None]
-        scores = np.where(deeper[:, :, None], -np.inf, alt_scores).reshape(n, -1)
-        candidates = alt_nodes.reshape(n, -1)
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k_alt]
-        top_nodes = np.take_along_axis(candidates, top, axis=1)
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        names = self.db.types
-        return [[(names[j], s) for j, s in zip(row_nodes, row_scores, strict=True) if j >= 0]
-                for row_nodes, row_scores in zip(top_nodes.tolist(), top_scores.tolist(),
-                                                 strict=True)]
+        out: list[list[tuple[str, float]]] = [[] for _ in range(n)]
+        steps = path.shape[0]
+        columns = np.arange(n)
+        for step in range(steps):
+            chosen = path[step]
+            rows = np.flatnonzero((chosen >= 0) & (step <= depth))
+            if not len(rows):
+                continue
+            parent_cum = np.where(step > 0, cumulative[max(step - 1, 0)], 1.0)
+            parents = tree.parent[chosen[rows]]
+            for parent in np.unique(parents):
+                sel = rows[parents == parent]
+                kids = tree.children[parent]
+                scores = conditional[np.ix_(kids, sel)] * (
+                    parent_cum[sel] if step > 0 else np.ones(len(sel)))
+                scores[kids[:, None] == chosen[sel][None, :]] = 0.0
+                order = np.argsort(-scores, axis=0, kind="stable")[:k_alt]
+                for j, cell in enumerate(sel.tolist()):
+                    for o in order[:, j]:
+                        s = float(scores[o, j])
+                        if s <= 0:
+                            break
+                        node = int(kids[o])
+                        if not tree.callable_[node]:
+                            node = int(tree.children[node][np.argmax(
+                                best[tree.children[node], cell])])
+                        out[cell].append((model.names[node], s))
+        del columns
+        calibrated = []
+        for row in out:
+            row.sort(key=lambda a: -a[1])
+            calibrated.append([(name, float(_calibrate(np.array([s]))[0]))
+                               for name, s in row[:k_alt]])
+        return calibrated
 
-    def _choose_level(self, nodes: NDArray[Any], probs: NDArray[Any]
-                      ) -> tuple[list[str], list[str | None], NDArray[Any], NDArray[Any],
-                                 NDArray[Any]]:
-        """The deepest node on each path whose cumulative probability clears the bar."""
-        n = nodes.shape[0]
-        ok = (nodes >= 0) & (probs >= self.min_level_confidence)
-        ok[:, 0] |= nodes[:, 0] >= 0  # a cell always gets at least its compartment
-        # deepest depth index with ok, contiguous from the top
-        contiguous = np.cumprod(ok, axis=1).astype(bool)
-        depth = contiguous.sum(axis=1) - 1
-        depth = np.maximum(depth, 0)
-        final = nodes[np.arange(n), depth]
-        confidence = probs[np.arange(n), depth].astype(np.float32)
-        labels = [self.db.types[k] if k >= 0 else UNKNOWN for k in final]
-        ontology = [self.db.ontology_ids[k] if k >= 0 else None for k in final]
-        return labels, ontology, confidence, final, depth
-
-    def _cell_markers(self, evidence: sp.csr_matrix, pos: NDArray[Any], final: NDArray[Any],
-                      panel: NDArray[Any]) -> list[list[str]]:
-        """Per cell, the positive markers of its path that carried the most evidence."""
-        if not len(panel) or self.n_markers <= 0:
-            return [[] for _ in range(len(final))]
-        path_weight = np.zeros((self.db.n_types + 1, len(panel)))
-        for node in range(self.db.n_types):
-            path_weight[node] = pos[self.db.lineage(node)].max(axis=0)
-        rows = np.repeat(np.arange(evidence.shape[0]), np.diff(evidence.indptr))
-        # final == -1 picks the all-zero last row
-        contribution = evidence.data * path_weight[final[rows], evidence.indices]
+    def _cell_markers(self, evidence: sp.csr_matrix, layout: _Layout,
+                      label: NDArray[Any]) -> list[list[str]]:
+        """Per cell, the positive markers of its label (own or inherited) that carried the
+        most evidence."""
+        n = len(label)
+        if not len(layout.panel) or self.n_markers <= 0:
+            return [[] for _ in range(n)]
+        rows = np.repeat(np.arange(n), np.diff(evidence.indptr))
+        # label -1 picks the all-zero last row
+        contribution = evidence.data * layout.positive[label[rows], evidence.indices]
         keep = contribution > 0
         rows, cols, contribution = rows[keep], evidence.indices[keep], contribution[keep]
         order = np.lexsort((cols, -contribution, rows))  # ties broken by gene, stably
         rows, cols = rows[order], cols[order]
-        starts = np.searchsorted(rows, np.arange(len(final) + 1))
-        genes = panel[cols].tolist()
+        starts = np.searchsorted(rows, np.arange(n + 1))
+        genes = layout.panel[cols].tolist()
         k = self.n_markers
-        return [genes[a:min(b, a + k)] for a, b in itertools.pairwise(starts.tolist())]
+        return [genes[a:min(b, a + k)] for a, b in zip(starts[:-1].tolist(),
+                                                       starts[1:].tolist(), strict=True)]
+
+
+def _stop_scores(own: NDArray[Any], tree: _Tree, model: MarkerModel) -> NDArray[Any]:
+    """The score of stopping at a type rather than descending to one of its subtypes: its
+    own hypothesis, normalised as a subtype's would be (``sqrt`` of the subtype's larger
+    marker weight), so the stop wins exactly when no subtype's own markers add evidence."""
+    out = np.full_like(own, -np.inf)
+    n = model.n_nodes
+    finite = np.isfinite(own[:n])
+    raw = np.where(finite, own[:n] - model.prior[:, None], 0.0) * tree.stop_scale[:, None]
+    out[:n] = np.where(finite, raw + model.prior[:, None], -np.inf)
+    return out
+
+
+def _programme_nodes(model: MarkerModel, has_own: NDArray[Any]) -> NDArray[Any]:
+    """Per node: the deepest programme node on its path (itself when none is typed)."""
+    out = np.arange(model.n_nodes)
+    for node in model.order:
+        parent = int(model.parents[node])
+        inherited = out[parent] if parent >= 0 else node
+        typed_lineage = model.is_lineage[node] and has_own[node]
+        first_below_virtual = (parent >= 0 and model.is_lineage[parent]
+                               and not has_own[parent] and has_own[node])
+        out[node] = node if typed_lineage or first_below_virtual else inherited
+    return out
+
+
+def _calibrate(p: NDArray[Any]) -> NDArray[Any]:
+    x, y = CALIBRATION
+    return np.interp(p, x, y).astype(np.float32)
+
+
+def _dictionary(values: list[str | None]) -> pa.Array:
+    return pa.array(values, pa.string()).dictionary_encode().cast(
+        pa.dictionary(pa.int32(), pa.string()))
+
+
+_TREES: dict[int, _Tree] = {}
+
+
+def _tree_of(model: MarkerModel) -> _Tree:
+    key = id(model)
+    tree = _TREES.get(key)
+    if tree is None:
+        tree = _build_tree(model)
+        _TREES[key] = tree
+    return tree
 
 
 register_engine("markers", MarkerEngine,
-                "embedded curated marker engine: blood, bone marrow and major tissue "
-                "compartments; no reference, no network")
+                "embedded knowledge-base engine: 270 Cell Ontology types over 37 tissues, "
+                "tissue context, abstention; no reference, no network")
+
+if False:  # pragma: no cover - keeps Path imported for type checkers of older tools
+    Path()

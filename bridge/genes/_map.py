@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -131,6 +132,18 @@ def _apply(genes: Sequence[str], lookup: Callable[[str], str | None]
     return out, n
 
 
+_UPPER_MOUSE = re.compile(r"^(GM\d{3,}|[0-9A-Z]*\d[0-9A-Z]*RIK\d?)$")
+
+
+def _upper_cased_mouse(genes: NDArray[Any]) -> bool:
+    """Whether symbols that look human are upper-cased mouse symbols: mouse-only names
+    (``GM12345``, ``1700001C19RIK``) among them."""
+    step = max(1, len(genes) // 5000)
+    sample = [str(g) for g in genes[::step]]
+    hits = sum(1 for g in sample if _UPPER_MOUSE.match(g))
+    return hits >= max(3, 0.005 * len(sample))
+
+
 def map_to_human_symbols(genes: Sequence[str] | NDArray[Any]) -> GeneMapping:
     """Map Ensembl ids (human or mouse), mouse symbols and outdated human symbols to current
     human symbols where the shipped tables know them."""
@@ -156,9 +169,16 @@ def map_to_human_symbols(genes: Sequence[str] | NDArray[Any]) -> GeneMapping:
             return _mouse_to_human(g)
     else:
         aliases = human_aliases()
+        current = human_symbols()
+        upper_mouse = _upper_cased_mouse(genes)
 
         def lookup(g: str) -> str | None:
-            return aliases.get(g)
+            # Upper-cased mouse symbols (HBA-A1, LYZ2: some pipelines write them so) go
+            # through the orthologue table when they are not human symbols themselves.
+            alias = aliases.get(g)
+            if alias or not upper_mouse or g in current:
+                return alias
+            return _mouse_to_human(g[:1] + g[1:].lower())
     mapped, n = _apply(list(genes), lookup)
     return GeneMapping(mapped, kind, n)
 
