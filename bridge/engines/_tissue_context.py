@@ -11,7 +11,7 @@ and needs much stronger evidence.  An empty context restricts nothing.
 Inference (``tissue="auto"``) never looks at labels: a first pass over (a sample of) the
 cells with no context calls each cell, and every confident call of a tissue-restricted type
 votes for its tissues (a type of *k* tissues gives each ``1/k``).  The tissues whose support
-reaches half the best one's (and :data:`MIN_SUPPORT` of the cells) form the context; the
+reach :data:`RELATIVE_SUPPORT` of the best one's (and :data:`MIN_SUPPORT` of the cells) form the context; the
 votes are kept as the evidence recorded in the calls' metadata.
 """
 
@@ -43,7 +43,7 @@ EVERYWHERE = frozenset({"all", "none", "any"})
 #: A tissue joins an inferred context only with this share of the sampled cells' votes ...
 MIN_SUPPORT = 0.02
 #: ... and at least this fraction of the best-supported tissue's.
-RELATIVE_SUPPORT = 0.5
+RELATIVE_SUPPORT = 0.8
 _CIRCULATING_COMPARTMENTS = ("immune", "erythroid/megakaryocyte")
 _UBERON = re.compile(r"^UBERON[:_]\d{7}$", re.IGNORECASE)
 

@@ -78,6 +78,7 @@ UNKNOWN_REASONS = {
 #: Piecewise-linear map from the descent's cumulative probability to the reported confidence
 #: (x, y knots; see docs/annotation.md for how it was fitted).
 CALIBRATION: tuple[tuple[float, ...], tuple[float, ...]] = ((0.0, 1.0), (0.0, 1.0))
+_Kind = tuple[str, float]  # value kind as read, log base
 _BLOCK = 8192  # cells scored at once inside a chunk (bounds the nodes x cells arrays)
 _MOUSE_GENE = re.compile(r"[a-z]")
 _HUMAN_ORF = re.compile(r"^C\d+orf\d+")
@@ -151,7 +152,9 @@ class _Layout:
     signed: sp.csr_matrix  # nodes x panel: (positive - negative) / sqrt(sum positive)
     detects: sp.csr_matrix  # nodes x panel: 1 for a positive marker (own or inherited)
     own_detects: sp.csr_matrix  # nodes x panel: the node's own positive weights
-    programme: NDArray[Any]  # nodes: the node whose own markers show its lineage's programme
+    own_defining: sp.csr_matrix  # nodes x panel: 1 for the node's own weight-1 markers
+    chains: list[list[int]]  # nodes: the programme nodes on the path, root side first
+    available: NDArray[Any]  # nodes: types with an own positive marker in the panel
     positive: NDArray[Any]  # (nodes + 1) x panel: positive weights (last row zero)
     n_present: NDArray[Any]  # nodes: positive markers present in the panel
 
@@ -281,11 +284,12 @@ class MarkerEngine(ChunkedEngine):
         model = self.model(species)
         layout = self._layouts[species].get(matrix.genes, partial(self._panel_layout, model))
         tree = _tree_of(model)
-        context = self._given or self._infer(matrix, model, tree, layout)
+        kind, base = _value_handling(matrix)
+        context = self._given or self._infer(matrix, (kind, base), model, tree, layout)
         in_context = context_mask(model, context)
         fraction = self._check_panel(matrix, model, layout, in_context, context)
-        run = partial(self._annotate_block_wise, model=model, tree=tree, layout=layout,
-                      in_context=in_context)
+        run = partial(self._annotate_block_wise, kind=(kind, base), model=model, tree=tree,
+                      layout=layout, in_context=in_context)
         if context.source == "inferred":
             logger.info("%s: tissue context inferred: %s", matrix.source or "matrix",
                         ", ".join(sorted(context.tissues)))
@@ -303,18 +307,21 @@ class MarkerEngine(ChunkedEngine):
         panel = np.array([model.genes[k] for k in present], dtype=object)
         positive = model.positive[:, present]
         negative = model.negative[:, present]
-        # Normalised by the knowledge base's weights, not only the genes present: a type whose
-        # markers were mostly filtered out is not inflated by the one that remains.
-        norm = np.sqrt(np.maximum(model.positive.sum(axis=1), 1e-9))
+        # Normalised by the weights of the markers present: a gene the matrix lacks is no
+        # evidence either way (a panel without KRT19 must not count against ductal cells);
+        # min_markers keeps a type whose markers were mostly filtered out from riding on
+        # the one that remains.
+        norm = np.sqrt(np.maximum(positive.sum(axis=1), 1e-9))
         signed = sp.csr_matrix((positive - negative) / norm[:, None])
         detects = sp.csr_matrix((positive > 0).astype(np.float64))
         own = model.own_positive[:, present]
         padded = np.vstack([positive, np.zeros((1, len(present)))])
+        has_own = (own > 0).any(axis=1)
         return _Layout(columns, panel, signed, detects, sp.csr_matrix(own),
-                       _programme_nodes(model, (own > 0).any(axis=1)), padded,
-                       (positive > 0).sum(axis=1))
+                       sp.csr_matrix((own >= 1.0).astype(np.float64)), _programme_chains(model),
+                       model.is_type & has_own, padded, (positive > 0).sum(axis=1))
 
-    def _infer(self, matrix: CellMatrix, model: MarkerModel, tree: _Tree,
+    def _infer(self, matrix: CellMatrix, kind: _Kind, model: MarkerModel, tree: _Tree,
                layout: _Layout) -> TissueContext:
         """The tissue context voted for by a first pass over up to 4,000 cells (evenly
         spaced, so the same matrix always gives the same context)."""
@@ -323,7 +330,7 @@ class MarkerEngine(ChunkedEngine):
         sample = matrix.X[rows] if n else matrix.X
         everything = np.ones(model.n_nodes, dtype=bool)
         nodes, confidence, _, _ = self._descend_block(
-            sample, matrix.value_kind, model, tree, layout, everything)
+            sample, kind, model, tree, layout, everything)
         return infer_context(model, nodes, confidence, len(rows))
 
     def _check_panel(self, matrix: CellMatrix, model: MarkerModel, layout: _Layout,
@@ -351,10 +358,11 @@ class MarkerEngine(ChunkedEngine):
         return fraction
 
     # -- per chunk --------------------------------------------------------------------------
-    def _annotate_block_wise(self, matrix: CellMatrix, *, model: MarkerModel, tree: _Tree,
-                             layout: _Layout, in_context: NDArray[Any]) -> ChunkCalls:
-        parts = [self._annotate_block(matrix.X[a:a + _BLOCK], matrix.value_kind, model, tree,
-                                      layout, in_context)
+    def _annotate_block_wise(self, matrix: CellMatrix, *, kind: _Kind, model: MarkerModel,
+                             tree: _Tree, layout: _Layout, in_context: NDArray[Any]
+                             ) -> ChunkCalls:
+        parts = [self._annotate_block(matrix.X[a:a + _BLOCK], kind, model, tree, layout,
+                                      in_context)
                  for a in range(0, max(matrix.n_cells, 1), _BLOCK)]
         if len(parts) == 1:
             return parts[0]
@@ -367,10 +375,14 @@ class MarkerEngine(ChunkedEngine):
             extra={k: pa.concat_arrays([p.extra[k] for p in parts]) for k in parts[0].extra},
         )
 
-    def _evidence(self, X: sp.csr_matrix, value_kind: str, layout: _Layout
+    def _evidence(self, X: sp.csr_matrix, value_kind: _Kind, layout: _Layout
                   ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """Evidence ``min(x / saturation, 1)`` and detection (0 / 1), cells x panel."""
-        block = log_normalize(X, value_kind, columns=layout.columns, dtype=np.float64)
+        kind, base = value_kind
+        if kind == _RESCALED_LOG:
+            block = _rescale_log(X, layout.columns, base)
+        else:
+            block = log_normalize(X, kind, columns=layout.columns, dtype=np.float64)
         detected = block.copy()
         detected.data = (detected.data >= np.log1p(self.detection)).astype(np.float64)
         detected.eliminate_zeros()
@@ -380,9 +392,11 @@ class MarkerEngine(ChunkedEngine):
 
     def _hypotheses(self, evidence: sp.csr_matrix, detected: sp.csr_matrix,
                     model: MarkerModel, tree: _Tree, layout: _Layout,
-                    in_context: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
-        """Scores of every node's own hypothesis (rows x cells, ``-inf`` where not eligible)
-        and whether some hypothesis was eligible before the context's stronger bar."""
+                    in_context: NDArray[Any]
+                    ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
+        """Scores of every node's own hypothesis (rows x cells, ``-inf`` where not eligible),
+        whether some hypothesis was eligible before the context's stronger bar, and the
+        detected positive markers of every node."""
         n_cells = evidence.shape[0]
         scores = np.full((tree.n_rows, n_cells), -np.inf, dtype=np.float32)
         transposed = detected.T.tocsr()
@@ -390,41 +404,55 @@ class MarkerEngine(ChunkedEngine):
         counts = (layout.detects @ transposed).toarray()
         levels = self._levels_shown(model, layout, transposed)
         own += model.prior[:, None]
-        types = model.is_type[:, None]
+        # A type none of whose own markers is in the matrix has no evidence of its own.
+        types = layout.available[:, None]
         foreign = ~in_context[:, None]
         own = np.where(foreign & (own > 0), own / self.foreign_evidence, own)
-        needed = np.where(foreign, self.min_markers * self.foreign_evidence, self.min_markers)
+        # Where the matrix lacks a type's other markers (a 1,000-gene panel), fewer detected
+        # markers may carry a call, at a confidence capped at 0.5 (see _annotate_block).
+        at_hand = np.minimum(self.min_markers, layout.n_present)[:, None]
+        needed = np.where(foreign, self.min_markers * self.foreign_evidence, at_hand)
         eligible = types & levels & (counts >= needed)
         scores[: model.n_nodes] = np.where(eligible, own, -np.inf)
-        plain = types & levels & (counts >= self.min_markers)
+        plain = types & levels & (counts >= at_hand)
         foreign_only = plain.any(axis=0) & ~eligible.any(axis=0)
-        return scores, foreign_only
+        return scores, foreign_only, counts
 
     def _levels_shown(self, model: MarkerModel, layout: _Layout,
                       detected_t: sp.csr_matrix) -> NDArray[Any]:
-        """Per node and cell: the node's lineage shows its own programme.
+        """Per node and cell: the programmes of the node's lineages are shown.
 
-        The programme is that of the deepest *programme node* on the node's path: a lineage
-        node that is a type with markers in the panel, or, below a lineage node without
-        markers of its own (``mononuclear phagocyte``), the first type on the path
-        (``monocyte``).  It is shown when its own detected positive weight reaches
-        ``level_evidence``.  A subtype's markers refine its lineage's call, they never make
-        it alone: memory T cell genes such as ANXA1 or LMNA say nothing without a T cell
-        programme, and a monocyte's CD14 / LYZ speak for the hematopoietic programme above
-        it even where PTPRC dropped out.
+        The *programme nodes* on a node's path are its lineage nodes that are types
+        (``hematopoietic cell``, ``myeloid leukocyte``, ``T cell``, ``epithelial cell``) and,
+        below a lineage node without markers of its own (``mononuclear phagocyte``), the
+        first type on the path (``monocyte``).  Each must show its programme: detected own
+        positive weight of at least ``level_evidence``, or a detected *defining* marker
+        (weight 1) of a programme node below it (a monocyte's LYZ speaks for the
+        hematopoietic programme above it where PTPRC dropped out; a transit amplifying
+        cell's cycling genes do not speak for the epithelial one).  A subtype's markers
+        refine its lineage's call, they never make it alone: memory T cell genes such as
+        ANXA1 or LMNA say nothing without a T cell programme.  A programme node whose own
+        markers are all missing from the matrix cannot show it.
         """
-        shown = (layout.own_detects @ detected_t).toarray() >= self.level_evidence
-        programme = layout.programme
-        return shown[programme]
+        own = layout.own_detects @ detected_t
+        shown = own.toarray() >= self.level_evidence
+        defining = (layout.own_defining @ detected_t).toarray() > 0
+        out = np.ones_like(shown)
+        for node, chain in enumerate(layout.chains):
+            implied = np.zeros(shown.shape[1], dtype=bool)
+            for programme in chain[::-1]:  # deepest first
+                out[node] &= shown[programme] | implied
+                implied |= defining[programme]
+        return out
 
-    def _descend_block(self, X: sp.csr_matrix, value_kind: str, model: MarkerModel,
+    def _descend_block(self, X: sp.csr_matrix, value_kind: _Kind, model: MarkerModel,
                        tree: _Tree, layout: _Layout, in_context: NDArray[Any]
                        ) -> tuple[NDArray[Any], NDArray[Any], dict[str, Any], sp.csr_matrix]:
         """The label node and confidence per cell (``-1`` / 0 for no call), plus what the
         report columns need."""
         evidence, detected = self._evidence(X, value_kind, layout)
-        own, foreign_only = self._hypotheses(evidence, detected, model, tree, layout,
-                                             in_context)
+        own, foreign_only, counts = self._hypotheses(evidence, detected, model, tree, layout,
+                                                     in_context)
         n = own.shape[1]
         best = own.copy()  # best eligible hypothesis in each subtree
         for row in tree.internal:
@@ -467,7 +495,8 @@ class MarkerEngine(ChunkedEngine):
             active = moving
         label, confidence, depth = self._choose(path, cumulative, tree)
         info = {"path": path, "cumulative": cumulative, "depth": depth, "conditional":
-                conditional, "best": best, "foreign_only": foreign_only}
+                conditional, "best": best, "foreign_only": foreign_only,
+                "supported": counts[np.maximum(label, 0), np.arange(n)]}
         return label, confidence, info, evidence
 
     def _choose(self, path: NDArray[Any], cumulative: NDArray[Any], tree: _Tree
@@ -489,11 +518,14 @@ class MarkerEngine(ChunkedEngine):
         confidence = np.where(found, cumulative[depth, columns], 0.0)
         return label, confidence, np.where(found, depth, -1)
 
-    def _annotate_block(self, X: sp.csr_matrix, value_kind: str, model: MarkerModel,
+    def _annotate_block(self, X: sp.csr_matrix, value_kind: _Kind, model: MarkerModel,
                         tree: _Tree, layout: _Layout, in_context: NDArray[Any]) -> ChunkCalls:
         label, confidence, info, evidence = self._descend_block(X, value_kind, model, tree,
                                                                 layout, in_context)
         confidence = _calibrate(confidence)
+        # One detected gene never makes a confident call.
+        confidence = np.where(info["supported"] < self.min_markers,
+                              np.minimum(confidence, 0.5), confidence)
         called = label >= 0
         names = [model.names[k] if k >= 0 else UNKNOWN for k in label.tolist()]
         ids = [model.ids[k] if k >= 0 else None for k in label.tolist()]
@@ -578,6 +610,49 @@ class MarkerEngine(ChunkedEngine):
                                                        starts[1:].tolist(), strict=True)]
 
 
+_RESCALED_LOG = "lognorm, rescaled"
+#: log1p of counts per 10,000 sums to at most this much per cell once un-logged.
+_LOG1P_CP10K_SUM = 1.5e4
+_LOG_BASES = (2.0, float(np.e), 10.0)
+
+
+def _value_handling(matrix: CellMatrix) -> tuple[str, float]:
+    """How the engine reads the values: as their value kind says, except log values of a
+    larger scale than log1p(counts per 10,000) (log2 FPKM, log1p CPM), which are un-logged,
+    rescaled per cell to 10,000 and logged again (:func:`_rescale_log`).  The log base is the
+    one under which the cells' un-logged totals agree best (depth-normalised values sum to
+    the same total in every cell).  Decided once per matrix from up to 1,000 evenly spaced
+    cells, so every chunk is read the same way."""
+    if matrix.value_kind != "lognorm" or not matrix.n_cells or not matrix.nnz:
+        return matrix.value_kind, float(np.e)
+    rows = np.unique(np.linspace(0, matrix.n_cells - 1, min(matrix.n_cells, 1000))
+                     .astype(np.int64))
+    sample = matrix.X[rows]
+    starts = sample.indptr[:-1][np.diff(sample.indptr) > 0]
+    data = sample.data.astype(np.float64)
+    if not len(starts) or float(np.median(np.add.reduceat(np.expm1(data), starts))
+                                 ) <= _LOG1P_CP10K_SUM:
+        return matrix.value_kind, float(np.e)
+    with np.errstate(over="ignore"):
+        spread = [float(np.std(np.log(np.add.reduceat(np.power(b, data) - 1.0, starts))))
+                  for b in _LOG_BASES]
+    return _RESCALED_LOG, _LOG_BASES[int(np.nanargmin(spread))]
+
+
+def _rescale_log(X: sp.csr_matrix, columns: NDArray[Any], base: float) -> sp.csr_matrix:
+    """``log1p`` of each cell's un-logged values (``base ** x - 1``) rescaled to 10,000,
+    panel columns only."""
+    from ..numerics import cell_totals, panel_block
+
+    unlogged = sp.csr_matrix((np.power(base, X.data.astype(np.float64)) - 1.0, X.indices,
+                              X.indptr), shape=X.shape)
+    totals = cell_totals(unlogged)
+    block = panel_block(unlogged, columns)
+    scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
+    block.data = np.log1p(block.data * np.repeat(scale, np.diff(block.indptr)))
+    return block
+
+
 def _stop_scores(own: NDArray[Any], tree: _Tree, model: MarkerModel) -> NDArray[Any]:
     """The score of stopping at a type rather than descending to one of its subtypes: its
     own hypothesis, normalised as a subtype's would be (``sqrt`` of the subtype's larger
@@ -590,17 +665,19 @@ def _stop_scores(own: NDArray[Any], tree: _Tree, model: MarkerModel) -> NDArray[
     return out
 
 
-def _programme_nodes(model: MarkerModel, has_own: NDArray[Any]) -> NDArray[Any]:
-    """Per node: the deepest programme node on its path (itself when none is typed)."""
-    out = np.arange(model.n_nodes)
+def _programme_chains(model: MarkerModel) -> list[list[int]]:
+    """Per node: the programme nodes on its path, root side first."""
+    chains: list[list[int]] = [[] for _ in range(model.n_nodes)]
     for node in model.order:
         parent = int(model.parents[node])
-        inherited = out[parent] if parent >= 0 else node
-        typed_lineage = model.is_lineage[node] and has_own[node]
+        chain = list(chains[parent]) if parent >= 0 else []
+        typed_lineage = model.is_lineage[node] and model.is_type[node]
         first_below_virtual = (parent >= 0 and model.is_lineage[parent]
-                               and not has_own[parent] and has_own[node])
-        out[node] = node if typed_lineage or first_below_virtual else inherited
-    return out
+                               and not model.is_type[parent] and model.is_type[node])
+        if typed_lineage or first_below_virtual:
+            chain.append(node)
+        chains[node] = chain
+    return chains
 
 
 def _calibrate(p: NDArray[Any]) -> NDArray[Any]:

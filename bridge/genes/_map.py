@@ -81,7 +81,14 @@ def _mouse_to_human(symbol: str) -> str | None:
         return exception
     orthologs = mouse_orthologs()
     if symbol in orthologs:
-        return orthologs[symbol]
+        target = orthologs[symbol]
+        # Many-to-one pairs: a human gene with a same-name mouse orthologue is that gene's
+        # only; a mouse paralogue (Cldn13 -> CLDN4, Aldoart1 -> ALDOA) would otherwise take
+        # the human name in data sets that lack the same-name gene.
+        if target and target != symbol.upper() and (
+                orthologs.get(target[:1] + target[1:].lower()) == target):
+            return None
+        return target
     # Not in the orthologue table (renamed since Ensembl 105, or none shipped): the
     # upper-cased symbol where it is a current human symbol.
     upper = symbol.upper()
