@@ -11,8 +11,12 @@ alternates     list<struct<label: utf8, score: float32>>    runners-up, best fir
 markers        list<utf8>                                   genes that drove this cell's call
 =============  ===========================================  =====================================
 
-Engines may add columns after these (QC, smoothed labels, ``label_raw`` when a confidence
-threshold turned calls into ``Unknown``).  Provenance lives in the schema metadata under
+Engines may add columns after these.  The embedded marker engine adds
+:data:`ENGINE_COLUMNS` (``label_l1``: the call's compartment, ``label_l2``: its lineage, both
+from the Cell Ontology; ``unknown_reason``: why a cell is ``Unknown``, null for called cells),
+all dictionary<utf8>; ``annotate`` may add QC columns, smoothed labels and ``label_raw``
+(when a confidence threshold turned calls into ``Unknown``, whose ``unknown_reason`` is then
+``low_confidence``).  Provenance lives in the schema metadata under
 ``scbridge.*`` keys.  Every engine, local or remote, produces chunks with :func:`chunk_table`
 and joins them with :func:`concat_calls`, so all paths give identical tables.
 """
@@ -32,6 +36,7 @@ from numpy.typing import NDArray
 __all__ = [
     "ALTERNATE_TYPE",
     "CALLS_SCHEMA",
+    "ENGINE_COLUMNS",
     "UNKNOWN",
     "ChunkCalls",
     "apply_min_confidence",
@@ -56,6 +61,9 @@ CALLS_SCHEMA = pa.schema(
     ]
 )
 _CORE = tuple(CALLS_SCHEMA.names)
+#: Optional engine columns with a fixed type (dictionary<utf8>), kept as such through JSON.
+ENGINE_COLUMNS = ("label_l1", "label_l2", "unknown_reason")
+_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 
 
 @dataclass
@@ -136,6 +144,13 @@ def apply_min_confidence(table: pa.Table, threshold: float) -> pa.Table:
     thresholded = pc.if_else(low, pa.scalar(UNKNOWN), raw)
     label = thresholded.combine_chunks().dictionary_encode().cast(CALLS_SCHEMA.field("label").type)
     out = table.set_column(1, CALLS_SCHEMA.field("label"), label)
+    if "unknown_reason" in out.column_names:
+        index = out.column_names.index("unknown_reason")
+        reason = pc.cast(out.column(index), pa.string())
+        filled = pc.if_else(pc.and_(low, pc.is_null(reason)), pa.scalar("low_confidence"),
+                            reason)
+        out = out.set_column(index, "unknown_reason",
+                             filled.combine_chunks().dictionary_encode().cast(_DICTIONARY))
     return out.append_column("label_raw", raw)
 
 
@@ -165,8 +180,15 @@ def calls_from_records(records: Sequence[Mapping[str, Any]], cells: Sequence[str
         markers=[list(r.get("markers") or []) for r in records],
     )
     extra_names = [k for k in (records[0] if records else {}) if k not in _CORE]
-    core.extra = {k: pa.array([r.get(k) for r in records]) for k in extra_names}
+    core.extra = {k: _extra_array(k, [r.get(k) for r in records]) for k in extra_names}
     return chunk_table(cells, core)
+
+
+def _extra_array(name: str, values: list[Any]) -> pa.Array:
+    """An extra column from JSON values; the engine columns get their dictionary type back."""
+    if name in ENGINE_COLUMNS and all(v is None or isinstance(v, str) for v in values):
+        return pa.array(values, pa.string()).dictionary_encode().cast(_DICTIONARY)
+    return pa.array(values)
 
 
 def metadata_dict(table: pa.Table) -> dict[str, Any]:

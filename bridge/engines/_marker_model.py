@@ -82,6 +82,7 @@ class MarkerModel:
     positive: NDArray[Any]  # nodes x genes: own and inherited positive weights
     negative: NDArray[Any]  # nodes x genes: own and inherited negative weights
     own_positive: NDArray[Any]  # nodes x genes: the node's own positive weights
+    own_negative: NDArray[Any]  # nodes x genes: the node's own negative weights
     order: NDArray[Any]  # nodes, parents before children
     species: Species
     source: str
@@ -265,7 +266,7 @@ def load_marker_model(atlas: str | None = None, species: Species = "human") -> M
         lineages=np.array([index[lineage_of[n]] for n in nodes]),
         is_lineage=np.array([lineage_of[n] == n for n in nodes]), depth=depth,
         tissues=tissues, prior=prior, genes=genes, positive=positive, negative=negative,
-        own_positive=own_pos, order=np.argsort(depth, kind="stable"), species=species,
+        own_positive=own_pos, own_negative=own_neg, order=np.argsort(depth, kind="stable"), species=species,
         source=source,
         ontology_version=ontology.version, children=children,
     )

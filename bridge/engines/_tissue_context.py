@@ -4,15 +4,17 @@ Layer: engines.
 
 A context is a set of vocabulary tissues (``tissues.tsv``), given by the user (a name, a
 synonym or an UBERON id; several separated by ``;`` or ``,``) or inferred from the data.  Types
-*in* the context are the context tissues' types, the types found everywhere (``any``) and the
-circulating immune and erythroid types (those listed for blood); every other type is foreign
-and needs much stronger evidence.  An empty context restricts nothing.
+*in* the context are the context tissues' types, the circulating immune and erythroid types,
+the endothelial and stromal types found everywhere, and the ancestors of all of these; every
+other type is foreign and needs much stronger evidence.  An empty context restricts nothing.
 
 Inference (``tissue="auto"``) never looks at labels: a first pass over (a sample of) the
 cells with no context calls each cell, and every confident call of a tissue-restricted type
 votes for its tissues (a type of *k* tissues gives each ``1/k``).  The tissues whose support
 reach :data:`RELATIVE_SUPPORT` of the best one's (and :data:`MIN_SUPPORT` of the cells) form the context; the
-votes are kept as the evidence recorded in the calls' metadata.
+votes are kept as the evidence recorded in the calls' metadata.  A sample with no tissue voted
+for whose confident calls are nearly all circulating immune and erythroid types is taken for
+blood.
 """
 
 from __future__ import annotations
@@ -44,7 +46,11 @@ EVERYWHERE = frozenset({"all", "none", "any"})
 MIN_SUPPORT = 0.02
 #: ... and at least this fraction of the best-supported tissue's.
 RELATIVE_SUPPORT = 0.8
+#: With no tissue voted for, a sample whose confident calls are this share of circulating
+#: immune and erythroid types is taken for blood.
+BLOOD_SHARE = 0.9
 _CIRCULATING_COMPARTMENTS = ("immune", "erythroid/megakaryocyte")
+_EVERYWHERE_COMPARTMENTS = ("endothelial", "stromal")
 _UBERON = re.compile(r"^UBERON[:_]\d{7}$", re.IGNORECASE)
 
 
@@ -131,15 +137,24 @@ def given_context(tissue: str | None) -> TissueContext | None:
 
 
 def context_mask(model: MarkerModel, context: TissueContext) -> NDArray[Any]:
-    """Per node: whether it is in the context (lineage nodes always are)."""
+    """Per node: whether it is in the context.
+
+    In: the context tissues' types, the circulating immune and erythroid types (listed for
+    blood or everywhere), the endothelial and stromal types found everywhere, and every
+    ancestor of a type in the context (the coarser calls of the same cells).  Lineage nodes
+    without markers are always in.
+    """
     if not context.tissues:
         return np.ones(model.n_nodes, dtype=bool)
-    out = np.ones(model.n_nodes, dtype=bool)
+    out = ~model.is_type.copy()
     for k in np.flatnonzero(model.is_type):
         listed = model.tissues[k]
-        circulating = (model.compartments[k] in _CIRCULATING_COMPARTMENTS
-                       and "blood" in listed)
-        out[k] = "any" in listed or circulating or not listed.isdisjoint(context.tissues)
+        compartment = model.compartments[k]
+        circulating = compartment in _CIRCULATING_COMPARTMENTS and (
+            "blood" in listed or "any" in listed)
+        everywhere = compartment in _EVERYWHERE_COMPARTMENTS and "any" in listed
+        if circulating or everywhere or not listed.isdisjoint(context.tissues):
+            out[model.path(int(k))] = True
     return out
 
 
@@ -149,12 +164,17 @@ def infer_context(model: MarkerModel, labels: NDArray[Any], confidence: NDArray[
     vote for."""
     votes: Counter[str] = Counter()
     by_type: dict[str, Counter[str]] = {}
+    circulating = called = 0
     for node, conf in zip(labels.tolist(), confidence.tolist(), strict=True):
-        if node < 0 or conf < min_confidence or not model.is_type[node]:
+        if node < 0 or conf < min_confidence:
             continue
+        called += 1
         listed = model.tissues[node]
-        if "any" in listed or (model.compartments[node] in _CIRCULATING_COMPARTMENTS
-                               and "blood" in listed):
+        if model.compartments[node] in _CIRCULATING_COMPARTMENTS and (
+                "blood" in listed or "any" in listed):
+            circulating += 1
+            continue
+        if "any" in listed or not model.is_type[node]:
             continue
         for tissue in listed:
             votes[tissue] += 1.0 / len(listed)
@@ -169,6 +189,10 @@ def infer_context(model: MarkerModel, labels: NDArray[Any], confidence: NDArray[
         "support": dict(list(support.items())[:8]),
         "types": {t: dict(by_type[t].most_common(4)) for t in sorted(chosen)},
     }
+    if not chosen and called and circulating >= BLOOD_SHARE * called:
+        # Nothing but circulating immune cells: the context is blood itself.
+        evidence["circulating"] = round(circulating / called, 4)
+        return TissueContext(frozenset({"blood"}), "inferred", evidence)
     if not chosen:
         evidence["reason"] = ("no tissue-specific cell type was called in "
                               f"{MIN_SUPPORT:.0%} of the cells: every type considered")

@@ -63,7 +63,8 @@ from ._tissue_context import (
 if TYPE_CHECKING:
     from ..matrix import CellMatrix
 
-__all__ = ["CALIBRATION", "UNKNOWN_REASONS", "MarkerEngine", "detect_species"]
+__all__ = ["CALIBRATION", "FEW_MARKERS_CAP", "UNKNOWN_REASONS", "MarkerEngine",
+           "detect_species"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ UNKNOWN_REASONS = {
 #: Piecewise-linear map from the descent's cumulative probability to the reported confidence
 #: (x, y knots; see docs/annotation.md for how it was fitted).
 CALIBRATION: tuple[tuple[float, ...], tuple[float, ...]] = ((0.0, 1.0), (0.0, 1.0))
+#: Confidence of a call carried by fewer than ``min_markers`` detected markers (possible only
+#: where the matrix lacks the type's other markers): below even odds.
+FEW_MARKERS_CAP = 0.45
 _Kind = tuple[str, float]  # value kind as read, log base
 _BLOCK = 8192  # cells scored at once inside a chunk (bounds the nodes x cells arrays)
 _MOUSE_GENE = re.compile(r"[a-z]")
@@ -409,7 +413,7 @@ class MarkerEngine(ChunkedEngine):
         foreign = ~in_context[:, None]
         own = np.where(foreign & (own > 0), own / self.foreign_evidence, own)
         # Where the matrix lacks a type's other markers (a 1,000-gene panel), fewer detected
-        # markers may carry a call, at a confidence capped at 0.5 (see _annotate_block).
+        # markers may carry a call, at a confidence below even odds (FEW_MARKERS_CAP).
         at_hand = np.minimum(self.min_markers, layout.n_present)[:, None]
         needed = np.where(foreign, self.min_markers * self.foreign_evidence, at_hand)
         eligible = types & levels & (counts >= needed)
@@ -523,9 +527,9 @@ class MarkerEngine(ChunkedEngine):
         label, confidence, info, evidence = self._descend_block(X, value_kind, model, tree,
                                                                 layout, in_context)
         confidence = _calibrate(confidence)
-        # One detected gene never makes a confident call.
+        # Fewer than min_markers detected genes never make a call of even odds.
         confidence = np.where(info["supported"] < self.min_markers,
-                              np.minimum(confidence, 0.5), confidence)
+                              np.minimum(confidence, FEW_MARKERS_CAP), confidence)
         called = label >= 0
         names = [model.names[k] if k >= 0 else UNKNOWN for k in label.tolist()]
         ids = [model.ids[k] if k >= 0 else None for k in label.tolist()]
