@@ -82,7 +82,8 @@ CALIBRATION: tuple[tuple[float, ...], tuple[float, ...]] = ((0.0, 1.0), (0.0, 1.
 #: Confidence of a call carried by fewer than ``min_markers`` detected markers (possible only
 #: where the matrix lacks the type's other markers): below even odds.
 FEW_MARKERS_CAP = 0.45
-_Kind = tuple[str, float]  # value kind as read, log base
+_Kind = tuple[str, float]
+_MIN_EXTRA_WEIGHT = 0.25  # a hypothesis adds at least one weak marker's weight  # value kind as read, log base
 _BLOCK = 8192  # cells scored at once inside a chunk (bounds the nodes x cells arrays)
 _MOUSE_GENE = re.compile(r"[a-z]")
 _HUMAN_ORF = re.compile(r"^C\d+orf\d+")
@@ -114,7 +115,8 @@ class _Tree:
     callable_: NDArray[Any]  # rows that can be a label (model nodes)
     root: int
     max_steps: int
-    stop_scale: NDArray[Any]  # model nodes: sqrt(own weight / lightest subtype's weight)
+    hypotheses: dict[int, NDArray[Any]]  # internal row -> types below it, grouped by child
+    starts: dict[int, NDArray[Any]]  # internal row -> where each child's group starts
 
 
 def _build_tree(model: MarkerModel) -> _Tree:
@@ -135,16 +137,21 @@ def _build_tree(model: MarkerModel) -> _Tree:
     internal_pos[internal] = np.arange(len(internal))
     callable_ = np.zeros(root + 1, dtype=bool)
     callable_[:n_model] = True
-    weight = model.positive.sum(axis=1)
-    lightest = np.full(n_model, np.inf)
+    below: list[list[int]] = [[] for _ in range(root + 1)]  # types in each subtree
     for node in model.order[::-1]:  # children before parents
-        kids = model.children[node]
-        for kid in kids:
-            below = weight[kid] if model.is_type[kid] else lightest[kid]
-            lightest[node] = min(lightest[node], below)
-    scale = np.where(np.isfinite(lightest), np.sqrt(weight / np.maximum(lightest, 1e-9)), 1.0)
+        row = int(node)
+        if model.is_type[row]:
+            below[row].append(row)
+        below[int(parent[row])].extend(below[row])
+    for row in range(n_model, root):
+        below[root].extend(below[row])
+    hypotheses, starts = {}, {}
+    for row in internal.tolist():
+        groups = [below[int(kid)] for kid in children[row]]
+        hypotheses[row] = np.array([h for g in groups for h in g], dtype=np.int64)
+        starts[row] = np.cumsum([0, *[len(g) for g in groups[:-1]]]).astype(np.int64)
     return _Tree(root + 1, parent, children, internal, internal_pos, callable_, root,
-                 int(depth.max()) + 1, np.minimum(scale, 1.0))
+                 int(depth.max()) + 1, hypotheses, starts)
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,7 @@ class _Layout:
     available: NDArray[Any]  # nodes: types with an own positive marker in the panel
     positive: NDArray[Any]  # (nodes + 1) x panel: positive weights (last row zero)
     n_present: NDArray[Any]  # nodes: positive markers present in the panel
+    weight: NDArray[Any]  # nodes: positive marker weight present in the panel
 
 
 class MarkerEngine(ChunkedEngine):
@@ -311,19 +319,19 @@ class MarkerEngine(ChunkedEngine):
         panel = np.array([model.genes[k] for k in present], dtype=object)
         positive = model.positive[:, present]
         negative = model.negative[:, present]
-        # Normalised by the weights of the markers present: a gene the matrix lacks is no
-        # evidence either way (a panel without KRT19 must not count against ductal cells);
-        # min_markers keeps a type whose markers were mostly filtered out from riding on
-        # the one that remains.
-        norm = np.sqrt(np.maximum(positive.sum(axis=1), 1e-9))
-        signed = sp.csr_matrix((positive - negative) / norm[:, None])
+        # Scores are normalised (in _options) by the weights of the markers present: a gene
+        # the matrix lacks is no evidence either way (a panel without KRT19 must not count
+        # against ductal cells); min_markers keeps a type whose markers were mostly filtered
+        # out from riding on the one that remains.
+        signed = sp.csr_matrix(positive - negative)
         detects = sp.csr_matrix((positive > 0).astype(np.float64))
         own = model.own_positive[:, present]
         padded = np.vstack([positive, np.zeros((1, len(present)))])
         has_own = (own > 0).any(axis=1)
         return _Layout(columns, panel, signed, detects, sp.csr_matrix(own),
                        sp.csr_matrix((own >= 1.0).astype(np.float64)), _programme_chains(model),
-                       model.is_type & has_own, padded, (positive > 0).sum(axis=1))
+                       model.is_type & has_own, padded, (positive > 0).sum(axis=1),
+                       positive.sum(axis=1))
 
     def _infer(self, matrix: CellMatrix, kind: _Kind, model: MarkerModel, tree: _Tree,
                layout: _Layout) -> TissueContext:
@@ -395,32 +403,27 @@ class MarkerEngine(ChunkedEngine):
         return block, detected
 
     def _hypotheses(self, evidence: sp.csr_matrix, detected: sp.csr_matrix,
-                    model: MarkerModel, tree: _Tree, layout: _Layout,
-                    in_context: NDArray[Any]
-                    ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
-        """Scores of every node's own hypothesis (rows x cells, ``-inf`` where not eligible),
-        whether some hypothesis was eligible before the context's stronger bar, and the
-        detected positive markers of every node."""
-        n_cells = evidence.shape[0]
-        scores = np.full((tree.n_rows, n_cells), -np.inf, dtype=np.float32)
+                    model: MarkerModel, layout: _Layout, in_context: NDArray[Any]
+                    ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
+        """Per node and cell: the weighted evidence of its markers (own and inherited,
+        positive minus negative, not yet normalised) and whether its hypothesis is eligible;
+        per cell, whether some hypothesis was eligible before the context's stronger bar;
+        per node and cell, the detected positive markers."""
         transposed = detected.T.tocsr()
-        own = (layout.signed @ evidence.T.tocsr()).toarray()
+        raw = (layout.signed @ evidence.T.tocsr()).toarray().astype(np.float32)
         counts = (layout.detects @ transposed).toarray()
         levels = self._levels_shown(model, layout, transposed)
-        own += model.prior[:, None]
         # A type none of whose own markers is in the matrix has no evidence of its own.
         types = layout.available[:, None]
         foreign = ~in_context[:, None]
-        own = np.where(foreign & (own > 0), own / self.foreign_evidence, own)
         # Where the matrix lacks a type's other markers (a 1,000-gene panel), fewer detected
         # markers may carry a call, at a confidence below even odds (FEW_MARKERS_CAP).
         at_hand = np.minimum(self.min_markers, layout.n_present)[:, None]
         needed = np.where(foreign, self.min_markers * self.foreign_evidence, at_hand)
         eligible = types & levels & (counts >= needed)
-        scores[: model.n_nodes] = np.where(eligible, own, -np.inf)
         plain = types & levels & (counts >= at_hand)
         foreign_only = plain.any(axis=0) & ~eligible.any(axis=0)
-        return scores, foreign_only, counts
+        return raw, eligible, foreign_only, counts
 
     def _levels_shown(self, model: MarkerModel, layout: _Layout,
                       detected_t: sp.csr_matrix) -> NDArray[Any]:
@@ -455,38 +458,30 @@ class MarkerEngine(ChunkedEngine):
         """The label node and confidence per cell (``-1`` / 0 for no call), plus what the
         report columns need."""
         evidence, detected = self._evidence(X, value_kind, layout)
-        own, foreign_only, counts = self._hypotheses(evidence, detected, model, tree, layout,
-                                                     in_context)
-        n = own.shape[1]
-        best = own.copy()  # best eligible hypothesis in each subtree
-        for row in tree.internal:
-            np.maximum(best[row], best[tree.children[row]].max(axis=0), out=best[row])
-        self_scores = _stop_scores(own, tree, model)
-        inv_t = np.float32(1.0 / self.temperature)
+        raw, eligible, foreign_only, counts = self._hypotheses(evidence, detected, model,
+                                                               layout, in_context)
+        n = raw.shape[1]
         conditional = np.zeros((tree.n_rows, n), dtype=np.float32)
         choice = np.empty((len(tree.internal), n), dtype=np.int64)
-        stop = np.zeros(tree.n_rows, dtype=np.float32)
-        del stop
-        stay = np.zeros((tree.n_rows, n), dtype=np.float32)
-        with np.errstate(invalid="ignore", over="ignore"):
-            for pos, row in enumerate(tree.internal):
-                kids = tree.children[row]
-                logits = np.vstack([best[kids], self_scores[row][None, :]]) * inv_t
+        for pos, row in enumerate(tree.internal):
+            logits = self._options(row, raw, eligible, model, tree, layout, in_context)
+            kids = tree.children[row]
+            with np.errstate(invalid="ignore", over="ignore"):
                 top = logits.max(axis=0)
                 weights = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
                 total = weights.sum(axis=0)
-                probs = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
-                conditional[kids] = probs[:-1]
-                stay[row] = probs[-1]
-                pick = np.argmax(logits, axis=0)
-                choice[pos] = np.where(pick == len(kids), row, kids[np.minimum(pick,
-                                                                                len(kids) - 1)])
+                probs = np.divide(weights, total, out=np.zeros_like(weights),
+                                  where=total > 0)
+            conditional[kids] = probs[:-1]
+            pick = np.argmax(logits, axis=0)
+            choice[pos] = np.where(pick == len(kids), row,
+                                   kids[np.minimum(pick, len(kids) - 1)])
         steps = tree.max_steps
         path = np.full((steps, n), -1, dtype=np.int64)
         cumulative = np.zeros((steps, n), dtype=np.float64)
         current = np.full(n, tree.root, dtype=np.int64)
         cum = np.ones(n)
-        active = np.isfinite(best[tree.root])
+        active = eligible.any(axis=0)
         columns = np.arange(n)
         for step in range(steps):
             pos = tree.internal_pos[current]
@@ -499,9 +494,39 @@ class MarkerEngine(ChunkedEngine):
             active = moving
         label, confidence, depth = self._choose(path, cumulative, tree)
         info = {"path": path, "cumulative": cumulative, "depth": depth, "conditional":
-                conditional, "best": best, "foreign_only": foreign_only,
+                conditional, "choice": choice, "foreign_only": foreign_only,
                 "supported": counts[np.maximum(label, 0), np.arange(n)]}
         return label, confidence, info, evidence
+
+    def _options(self, row: int, raw: NDArray[Any], eligible: NDArray[Any],
+                 model: MarkerModel, tree: _Tree, layout: _Layout,
+                 in_context: NDArray[Any]) -> NDArray[Any]:
+        """Logits of the options at node ``row``: each child (its subtree's best eligible
+        hypothesis), then stopping at the node itself.
+
+        A hypothesis is scored by the evidence it adds *beyond the deciding node*: its
+        markers' weighted evidence less the node's, over the square root of its marker
+        weight beyond the node's, plus its prior beyond the node's.  The evidence every option
+        shares (a T cell's CD3 genes when CD4 and CD8 T cells compete) thus neither dilutes
+        nor decides the choice.  Stopping scores 0: it wins when no subtype adds evidence.
+        """
+        hyps, starts = tree.hypotheses[row], tree.starts[row]
+        if row < model.n_nodes:
+            base_raw, base_weight, base_prior = raw[row], layout.weight[row], model.prior[row]
+        else:
+            base_raw, base_weight, base_prior = np.float32(0.0), 0.0, 0.0
+        extra_weight = np.maximum(layout.weight[hyps] - base_weight, _MIN_EXTRA_WEIGHT)
+        scores = ((raw[hyps] - base_raw) / np.sqrt(extra_weight)[:, None]
+                  + (model.prior[hyps] - base_prior)[:, None])
+        foreign = ~in_context[hyps]
+        scores[foreign] = np.where(scores[foreign] > 0,
+                                   scores[foreign] / self.foreign_evidence, scores[foreign])
+        scores = np.where(eligible[hyps], scores, -np.inf)
+        options = np.maximum.reduceat(scores, starts, axis=0)
+        stop = np.full((1, raw.shape[1]), -np.inf, dtype=np.float32)
+        if row < model.n_nodes and model.is_type[row]:
+            stop[0] = np.where(eligible[row], 0.0, -np.inf)
+        return np.vstack([options, stop]) / np.float32(self.temperature)
 
     def _choose(self, path: NDArray[Any], cumulative: NDArray[Any], tree: _Tree
                 ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
@@ -553,7 +578,7 @@ class MarkerEngine(ChunkedEngine):
                     label: NDArray[Any]) -> list[list[tuple[str, float]]]:
         """Losing options at the label's level and above, with cumulative probabilities."""
         path, cumulative, depth = info["path"], info["cumulative"], info["depth"]
-        conditional, best = info["conditional"], info["best"]
+        conditional, choice = info["conditional"], info["choice"]
         n = len(label)
         k_alt = max(self.n_alternates, 0)
         if not k_alt or not n:
@@ -581,9 +606,8 @@ class MarkerEngine(ChunkedEngine):
                         if s <= 0:
                             break
                         node = int(kids[o])
-                        if not tree.callable_[node]:
-                            node = int(tree.children[node][np.argmax(
-                                best[tree.children[node], cell])])
+                        while not tree.callable_[node]:  # a compartment: its best branch
+                            node = int(choice[tree.internal_pos[node], cell])
                         out[cell].append((model.names[node], s))
         del columns
         calibrated = []
@@ -655,18 +679,6 @@ def _rescale_log(X: sp.csr_matrix, columns: NDArray[Any], base: float) -> sp.csr
     scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
     block.data = np.log1p(block.data * np.repeat(scale, np.diff(block.indptr)))
     return block
-
-
-def _stop_scores(own: NDArray[Any], tree: _Tree, model: MarkerModel) -> NDArray[Any]:
-    """The score of stopping at a type rather than descending to one of its subtypes: its
-    own hypothesis, normalised as a subtype's would be (``sqrt`` of the subtype's larger
-    marker weight), so the stop wins exactly when no subtype's own markers add evidence."""
-    out = np.full_like(own, -np.inf)
-    n = model.n_nodes
-    finite = np.isfinite(own[:n])
-    raw = np.where(finite, own[:n] - model.prior[:, None], 0.0) * tree.stop_scale[:, None]
-    out[:n] = np.where(finite, raw + model.prior[:, None], -np.inf)
-    return out
 
 
 def _programme_chains(model: MarkerModel) -> list[list[int]]:
