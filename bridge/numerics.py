@@ -119,12 +119,17 @@ def panel_block(X: sp.csr_matrix, columns: NDArray[Any]) -> sp.csr_matrix:
     lookup_type = np.int16 if len(columns) < 2**15 else np.int32
     lookup = np.full(X.shape[1], -1, dtype=lookup_type)
     lookup[columns] = np.arange(len(columns), dtype=lookup_type)
-    mapped = lookup[X.indices]
-    positions = np.flatnonzero(mapped >= 0)
+    mapped = lookup[X.indices[: X.indptr[-1]]]
+    kept = mapped >= 0
+    positions = np.flatnonzero(kept)
     new_columns = mapped[positions].astype(np.int32)
     del mapped
-    rows = np.searchsorted(X.indptr, positions, side="right") - 1
-    counts = np.bincount(rows, minlength=n_cells)
+    # Panel entries per row, summed segment by segment (no row index per entry).
+    counts = np.zeros(n_cells, dtype=np.int64)
+    nonempty = np.diff(X.indptr) > 0
+    if nonempty.any():
+        counts[nonempty] = np.add.reduceat(kept, X.indptr[:-1][nonempty], dtype=np.int64)
+    del kept
     indptr = np.zeros(n_cells + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     out = sp.csr_matrix((X.data[positions].astype(np.float64), new_columns, indptr),

@@ -145,17 +145,18 @@ def test_calls_carry_ontology_levels_markers_and_sorted_alternates() -> None:
     l1 = calls.extra["label_l1"].to_pylist()
     l2 = calls.extra["label_l2"].to_pylist()
     assert pa.types.is_dictionary(calls.extra["label_l1"].type)
+    assert isinstance(calls.alternates, pa.Array) and isinstance(calls.markers, pa.Array)
     for i, (label, onto, alts, markers, conf) in enumerate(zip(
-            calls.labels, calls.ontology_ids, calls.alternates, calls.markers,
-            calls.confidence, strict=True)):
+            calls.labels, calls.ontology_ids, calls.alternates.to_pylist(),
+            calls.markers.to_pylist(), calls.confidence, strict=True)):
         node = model.index(label)
         assert onto == model.ids[node]
         assert l1[i] == "immune"
         assert l2[i] in {"innate lymphoid cell", "lymphocyte of B lineage"}
         assert 0.0 < conf <= 1.0
-        scores = [s for _, s in alts]
+        scores = [a["score"] for a in alts]
         assert scores == sorted(scores, reverse=True)
-        assert label not in [a for a, _ in alts]
+        assert label not in [a["label"] for a in alts]
         assert 0 < len(markers) <= 5
         carried = {model.genes[j] for j in np.flatnonzero(model.positive[node])}
         assert set(markers) <= carried
@@ -178,7 +179,7 @@ def test_uncertain_subtype_keeps_the_type_label() -> None:
     assert calls.labels == ["CD4-positive, alpha-beta T cell"]
     assert calls.confidence[0] >= 0.5
     subtypes = {model.names[k] for k in model.children[model.index(calls.labels[0])]}
-    assert not {a for a, _ in calls.alternates[0]} & subtypes
+    assert not {a["label"] for a in calls.alternates.to_pylist()[0]} & subtypes
     forced = get_engine("markers", min_level_confidence=0.0).annotate_chunk(matrix)
     assert forced.labels[0] in subtypes
     assert forced.confidence[0] < calls.confidence[0]
@@ -238,7 +239,7 @@ def test_empty_cells_are_unknown_with_zero_confidence() -> None:
     calls = get_engine("markers").annotate_chunk(empty)
     assert calls.labels[1] == UNKNOWN
     assert calls.confidence[1] == 0.0
-    assert calls.markers[1] == [] and calls.alternates[1] == []
+    assert calls.markers.to_pylist()[1] == [] and calls.alternates.to_pylist()[1] == []
     assert within(calls.labels[0], "natural killer cell")
     assert chunk_table(empty.cells, calls).num_rows == 3
 

@@ -70,16 +70,18 @@ _DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 class ChunkCalls:
     """What an engine returns for one chunk of cells (rows in the chunk's cell order)."""
 
-    labels: Sequence[str]
+    labels: Sequence[str] | pa.Array
     confidence: NDArray[Any]
-    ontology_ids: Sequence[str | None] | None = None
-    alternates: Sequence[Sequence[tuple[str, float]]] | None = None
-    markers: Sequence[Sequence[str]] | None = None
+    ontology_ids: Sequence[str | None] | pa.Array | None = None
+    alternates: Sequence[Sequence[tuple[str, float]]] | pa.Array | None = None
+    markers: Sequence[Sequence[str]] | pa.Array | None = None
     extra: dict[str, pa.Array] = field(default_factory=dict)
 
 
 def chunk_table(cells: Sequence[str] | NDArray[Any], calls: ChunkCalls) -> pa.Table:
-    """A Calls table for one chunk."""
+    """A Calls table for one chunk.  ``labels``, ``ontology_ids``, ``alternates`` and
+    ``markers`` may be Python sequences or Arrow arrays of the column's type (engines that
+    build them in Arrow skip a pass through Python objects)."""
     n = len(cells)
     confidence = np.clip(np.asarray(calls.confidence, dtype=np.float32), 0.0, 1.0)
     if len(calls.labels) != n or len(confidence) != n:
@@ -88,21 +90,42 @@ def chunk_table(cells: Sequence[str] | NDArray[Any], calls: ChunkCalls) -> pa.Ta
     alternates = calls.alternates if calls.alternates is not None else [[] for _ in range(n)]
     markers = calls.markers if calls.markers is not None else [[] for _ in range(n)]
     ontology = calls.ontology_ids if calls.ontology_ids is not None else [None] * n
+    label_type = CALLS_SCHEMA.field("label").type
     columns: dict[str, pa.Array] = {
         "cell": pa.array([str(c) for c in cells], pa.string()),
-        "label": pa.array(list(calls.labels), pa.string()).dictionary_encode(),
-        "ontology_id": pa.array(list(ontology), pa.string()),
+        "label": (calls.labels.cast(label_type) if isinstance(calls.labels, pa.Array)
+                  else pa.array(list(calls.labels), pa.string()).dictionary_encode()),
+        "ontology_id": (ontology if isinstance(ontology, pa.Array)
+                        else pa.array(list(ontology), pa.string())),
         "confidence": pa.array(confidence, pa.float32()),
-        "alternates": pa.array(
-            [[{"label": a, "score": float(s)} for a, s in row] for row in alternates],
-            pa.list_(ALTERNATE_TYPE),
-        ),
-        "markers": pa.array([list(m) for m in markers], pa.list_(pa.string())),
+        "alternates": (alternates if isinstance(alternates, pa.Array)
+                       else _alternates_array(alternates)),
+        "markers": (markers if isinstance(markers, pa.Array)
+                    else _list_array([list(m) for m in markers], pa.string())),
     }
     table = pa.Table.from_arrays(list(columns.values()), schema=CALLS_SCHEMA)
     for name, array in calls.extra.items():
         table = table.append_column(name, array)
     return table
+
+
+def _offsets(rows: Sequence[Sequence[Any]]) -> pa.Array:
+    return pa.array(np.concatenate([[0], np.cumsum([len(r) for r in rows], dtype=np.int64)])
+                    .astype(np.int32), pa.int32())
+
+
+def _list_array(rows: Sequence[Sequence[Any]], item: pa.DataType) -> pa.Array:
+    """list<item> from Python rows, built from one flat array and offsets."""
+    flat = pa.array([x for row in rows for x in row], item)
+    return pa.ListArray.from_arrays(_offsets(rows), flat)
+
+
+def _alternates_array(rows: Sequence[Sequence[tuple[str, float]]]) -> pa.Array:
+    """list<struct<label, score>> from rows of (label, score), without a dict per entry."""
+    labels = pa.array([a for row in rows for a, _ in row], pa.string())
+    scores = pa.array([float(s) for row in rows for _, s in row], pa.float32())
+    struct = pa.StructArray.from_arrays([labels, scores], fields=list(ALTERNATE_TYPE))
+    return pa.ListArray.from_arrays(_offsets(rows), struct)
 
 
 def concat_calls(tables: Sequence[pa.Table]) -> pa.Table:

@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -49,16 +47,27 @@ from numpy.typing import NDArray
 
 from .._contract import UNKNOWN, ChunkCalls
 from .._errors import GeneIdError, InputError
-from ..numerics import log_normalize
 from . import register_engine
 from ._base import ChunkedEngine, ChunkPlan, GeneLayoutCache
 from ._marker_model import MarkerModel, Species, load_marker_model
-from ._tissue_context import (
-    TissueContext,
-    context_mask,
-    given_context,
-    infer_context,
+from ._marker_scoring import (
+    Kind,
+    Layout,
+    Settings,
+    Tree,
+    alternates_array,
+    build_layout,
+    cell_markers,
+    descend,
+    evidence,
+    hypotheses,
+    row_view,
+    sample_rows,
+    top_alternates,
+    tree_of,
+    value_handling,
 )
+from ._tissue_context import TissueContext, context_mask, given_context, infer_context
 
 if TYPE_CHECKING:
     from ..matrix import CellMatrix
@@ -76,14 +85,14 @@ UNKNOWN_REASONS = {
     "foreign_types_only": "only cell types foreign to the tissue context had enough markers, "
                           "short of the stronger evidence they need",
 }
-#: Piecewise-linear map from the descent's cumulative probability to the reported confidence
-#: (x, y knots; see docs/annotation.md for how it was fitted).
-CALIBRATION: tuple[tuple[float, ...], tuple[float, ...]] = ((0.0, 1.0), (0.0, 1.0))
+#: Confidence = sigmoid(a logit(p) + b log(coverage) + c log(markers) + d): ``p`` the
+#: descent's cumulative probability, ``coverage`` the candidate panel's fraction found in the
+#: matrix, ``markers`` the call's detected positive markers.  Fitted by
+#: ``tools/fit_calibration.py`` (docs/annotation.md says how).
+CALIBRATION: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)
 #: Confidence of a call carried by fewer than ``min_markers`` detected markers (possible only
 #: where the matrix lacks the type's other markers): below even odds.
 FEW_MARKERS_CAP = 0.45
-_Kind = tuple[str, float]
-_MIN_EXTRA_WEIGHT = 0.25  # a hypothesis adds at least one weak marker's weight  # value kind as read, log base
 _BLOCK = 8192  # cells scored at once inside a chunk (bounds the nodes x cells arrays)
 _MOUSE_GENE = re.compile(r"[a-z]")
 _HUMAN_ORF = re.compile(r"^C\d+orf\d+")
@@ -101,74 +110,6 @@ def detect_species(genes: NDArray[Any] | list[str]) -> Species:
     mouse = sum(1 for g in sample if (_MOUSE_GENE.search(g) and not _HUMAN_ORF.match(g))
                 or _UPPER_MOUSE.match(g))
     return "mouse" if mouse >= max(3, 0.005 * len(sample)) else "human"
-
-
-@dataclass(frozen=True)
-class _Tree:
-    """The model's nodes plus a virtual root per compartment and one global root."""
-
-    n_rows: int
-    parent: NDArray[Any]  # row -> parent row (-1 for the global root)
-    children: list[NDArray[Any]]  # internal rows' children
-    internal: NDArray[Any]  # rows with children, deepest first
-    internal_pos: NDArray[Any]  # row -> position in ``internal`` (-1 for leaves)
-    callable_: NDArray[Any]  # rows that can be a label (model nodes)
-    root: int
-    max_steps: int
-    hypotheses: dict[int, NDArray[Any]]  # internal row -> types below it, grouped by child
-    starts: dict[int, NDArray[Any]]  # internal row -> where each child's group starts
-
-
-def _build_tree(model: MarkerModel) -> _Tree:
-    n_model = model.n_nodes
-    n_comp = len(model.compartment_names)
-    root = n_model + n_comp
-    parent = np.empty(root + 1, dtype=np.int64)
-    parent[:n_model] = np.where(model.parents >= 0, model.parents,
-                                n_model + model.compartment_index)
-    parent[n_model:root] = root
-    parent[root] = -1
-    depth = np.zeros(root + 1, dtype=np.int64)
-    depth[:n_model] = model.depth + 1
-    depth[n_model:root] = 1
-    children = [np.flatnonzero(parent == r) for r in range(root + 1)]
-    internal = np.array([r for r in np.argsort(-depth, kind="stable") if len(children[r])])
-    internal_pos = np.full(root + 1, -1, dtype=np.int64)
-    internal_pos[internal] = np.arange(len(internal))
-    callable_ = np.zeros(root + 1, dtype=bool)
-    callable_[:n_model] = True
-    below: list[list[int]] = [[] for _ in range(root + 1)]  # types in each subtree
-    for node in model.order[::-1]:  # children before parents
-        row = int(node)
-        if model.is_type[row]:
-            below[row].append(row)
-        below[int(parent[row])].extend(below[row])
-    for row in range(n_model, root):
-        below[root].extend(below[row])
-    hypotheses, starts = {}, {}
-    for row in internal.tolist():
-        groups = [below[int(kid)] for kid in children[row]]
-        hypotheses[row] = np.array([h for g in groups for h in g], dtype=np.int64)
-        starts[row] = np.cumsum([0, *[len(g) for g in groups[:-1]]]).astype(np.int64)
-    return _Tree(root + 1, parent, children, internal, internal_pos, callable_, root,
-                 int(depth.max()) + 1, hypotheses, starts)
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """The model restricted to the genes of one matrix."""
-
-    columns: NDArray[Any]  # matrix columns of the panel genes present
-    panel: NDArray[Any]  # their names
-    signed: sp.csr_matrix  # nodes x panel: (positive - negative) / sqrt(sum positive)
-    detects: sp.csr_matrix  # nodes x panel: 1 for a positive marker (own or inherited)
-    own_detects: sp.csr_matrix  # nodes x panel: the node's own positive weights
-    own_defining: sp.csr_matrix  # nodes x panel: 1 for the node's own weight-1 markers
-    chains: list[list[int]]  # nodes: the programme nodes on the path, root side first
-    available: NDArray[Any]  # nodes: types with an own positive marker in the panel
-    positive: NDArray[Any]  # (nodes + 1) x panel: positive weights (last row zero)
-    n_present: NDArray[Any]  # nodes: positive markers present in the panel
-    weight: NDArray[Any]  # nodes: positive marker weight present in the panel
 
 
 class MarkerEngine(ChunkedEngine):
@@ -294,14 +235,14 @@ class MarkerEngine(ChunkedEngine):
         check against the candidate panel, once per matrix."""
         species = detect_species(matrix.genes) if self.species == "auto" else self.species
         model = self.model(species)
-        layout = self._layouts[species].get(matrix.genes, partial(self._panel_layout, model))
-        tree = _tree_of(model)
-        kind, base = _value_handling(matrix)
-        context = self._given or self._infer(matrix, (kind, base), model, tree, layout)
+        layout = self._layouts[species].get(matrix.genes, partial(build_layout, model))
+        tree = tree_of(model)
+        kind = value_handling(matrix)
+        context = self._given or self._infer(matrix, kind, model, tree, layout)
         in_context = context_mask(model, context)
         fraction = self._check_panel(matrix, model, layout, in_context, context)
-        run = partial(self._annotate_block_wise, kind=(kind, base), model=model, tree=tree,
-                      layout=layout, in_context=in_context)
+        run = partial(self._annotate, kind=kind, model=model, tree=tree, layout=layout,
+                      in_context=in_context, coverage=fraction)
         if context.source == "inferred":
             logger.info("%s: tissue context inferred: %s", matrix.source or "matrix",
                         ", ".join(sorted(context.tissues)))
@@ -312,40 +253,26 @@ class MarkerEngine(ChunkedEngine):
         return self.plan(matrix).annotate_chunk(matrix)
 
     # -- once per matrix ------------------------------------------------------------------
-    def _panel_layout(self, model: MarkerModel, genes: NDArray[Any]) -> _Layout:
-        position = {str(g): j for j, g in enumerate(genes)}
-        present = [k for k, g in enumerate(model.genes) if g in position]
-        columns = np.array([position[model.genes[k]] for k in present], dtype=np.int64)
-        panel = np.array([model.genes[k] for k in present], dtype=object)
-        positive = model.positive[:, present]
-        negative = model.negative[:, present]
-        # Scores are normalised (in _options) by the weights of the markers present: a gene
-        # the matrix lacks is no evidence either way (a panel without KRT19 must not count
-        # against ductal cells); min_markers keeps a type whose markers were mostly filtered
-        # out from riding on the one that remains.
-        signed = sp.csr_matrix(positive - negative)
-        detects = sp.csr_matrix((positive > 0).astype(np.float64))
-        own = model.own_positive[:, present]
-        padded = np.vstack([positive, np.zeros((1, len(present)))])
-        has_own = (own > 0).any(axis=1)
-        return _Layout(columns, panel, signed, detects, sp.csr_matrix(own),
-                       sp.csr_matrix((own >= 1.0).astype(np.float64)), _programme_chains(model),
-                       model.is_type & has_own, padded, (positive > 0).sum(axis=1),
-                       positive.sum(axis=1))
+    def _settings(self) -> Settings:
+        return Settings(self.min_markers, self.foreign_evidence, self.level_evidence,
+                        self.saturation, self.detection, self.temperature,
+                        self.min_level_confidence, self.n_alternates)
 
-    def _infer(self, matrix: CellMatrix, kind: _Kind, model: MarkerModel, tree: _Tree,
-               layout: _Layout) -> TissueContext:
-        """The tissue context voted for by a first pass over up to 4,000 cells (evenly
-        spaced, so the same matrix always gives the same context)."""
-        n = matrix.n_cells
-        rows = np.unique(np.linspace(0, n - 1, min(n, 4000)).astype(np.int64)) if n else []
-        sample = matrix.X[rows] if n else matrix.X
+    def _infer(self, matrix: CellMatrix, kind: Kind, model: MarkerModel, tree: Tree,
+               layout: Layout) -> TissueContext:
+        """The tissue context voted for by a first pass over about 4,000 cells (evenly spread
+        runs, so the same matrix always gives the same context)."""
         everything = np.ones(model.n_nodes, dtype=bool)
-        nodes, confidence, _, _ = self._descend_block(
-            sample, kind, model, tree, layout, everything)
-        return infer_context(model, nodes, confidence, len(rows))
+        settings = self._settings()
+        parts = [evidence(window, kind, layout.columns, settings)
+                 for window in sample_rows(matrix.X, 4000)]
+        found = sp.vstack([p[0] for p in parts], format="csr")
+        detected = sp.vstack([p[1] for p in parts], format="csr")
+        h = hypotheses(found, detected, model, layout, everything, settings)
+        walk = descend(h, model, tree, layout, everything, settings)
+        return infer_context(model, walk.label, walk.probability, found.shape[0])
 
-    def _check_panel(self, matrix: CellMatrix, model: MarkerModel, layout: _Layout,
+    def _check_panel(self, matrix: CellMatrix, model: MarkerModel, layout: Layout,
                      in_context: NDArray[Any], context: TissueContext) -> float:
         """The fraction of the candidate panel found; refused below ``min_gene_fraction`` or
         when no candidate type has ``min_markers`` of its markers in the matrix."""
@@ -370,11 +297,13 @@ class MarkerEngine(ChunkedEngine):
         return fraction
 
     # -- per chunk --------------------------------------------------------------------------
-    def _annotate_block_wise(self, matrix: CellMatrix, *, kind: _Kind, model: MarkerModel,
-                             tree: _Tree, layout: _Layout, in_context: NDArray[Any]
-                             ) -> ChunkCalls:
-        parts = [self._annotate_block(matrix.X[a:a + _BLOCK], kind, model, tree, layout,
-                                      in_context)
+    def _annotate(self, matrix: CellMatrix, *, kind: Kind, model: MarkerModel, tree: Tree,
+                  layout: Layout, in_context: NDArray[Any], coverage: float) -> ChunkCalls:
+        settings = self._settings()
+        found, detected = evidence(matrix.X, kind, layout.columns, settings)
+        parts = [self._annotate_block(row_view(found, a, min(a + _BLOCK, matrix.n_cells)),
+                                      row_view(detected, a, min(a + _BLOCK, matrix.n_cells)),
+                                      model, tree, layout, in_context, coverage, settings)
                  for a in range(0, max(matrix.n_cells, 1), _BLOCK)]
         if len(parts) == 1:
             return parts[0]
@@ -382,323 +311,72 @@ class MarkerEngine(ChunkedEngine):
             labels=[x for p in parts for x in p.labels],
             confidence=np.concatenate([p.confidence for p in parts]),
             ontology_ids=[x for p in parts for x in p.ontology_ids or []],
-            alternates=[x for p in parts for x in p.alternates or []],
-            markers=[x for p in parts for x in p.markers or []],
+            alternates=pa.concat_arrays([p.alternates for p in parts]),  # type: ignore[misc]
+            markers=pa.concat_arrays([p.markers for p in parts]),  # type: ignore[misc]
             extra={k: pa.concat_arrays([p.extra[k] for p in parts]) for k in parts[0].extra},
         )
 
-    def _evidence(self, X: sp.csr_matrix, value_kind: _Kind, layout: _Layout
-                  ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-        """Evidence ``min(x / saturation, 1)`` and detection (0 / 1), cells x panel."""
-        kind, base = value_kind
-        if kind == _RESCALED_LOG:
-            block = _rescale_log(X, layout.columns, base)
-        else:
-            block = log_normalize(X, kind, columns=layout.columns, dtype=np.float64)
-        detected = block.copy()
-        detected.data = (detected.data >= np.log1p(self.detection)).astype(np.float64)
-        detected.eliminate_zeros()
-        block.data = np.minimum(block.data / self.saturation, 1.0)
-        block.eliminate_zeros()
-        return block, detected
-
-    def _hypotheses(self, evidence: sp.csr_matrix, detected: sp.csr_matrix,
-                    model: MarkerModel, layout: _Layout, in_context: NDArray[Any]
-                    ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
-        """Per node and cell: the weighted evidence of its markers (own and inherited,
-        positive minus negative, not yet normalised) and whether its hypothesis is eligible;
-        per cell, whether some hypothesis was eligible before the context's stronger bar;
-        per node and cell, the detected positive markers."""
-        transposed = detected.T.tocsr()
-        raw = (layout.signed @ evidence.T.tocsr()).toarray().astype(np.float32)
-        counts = (layout.detects @ transposed).toarray()
-        levels = self._levels_shown(model, layout, transposed)
-        # A type none of whose own markers is in the matrix has no evidence of its own.
-        types = layout.available[:, None]
-        foreign = ~in_context[:, None]
-        # Where the matrix lacks a type's other markers (a 1,000-gene panel), fewer detected
-        # markers may carry a call, at a confidence below even odds (FEW_MARKERS_CAP).
-        at_hand = np.minimum(self.min_markers, layout.n_present)[:, None]
-        needed = np.where(foreign, self.min_markers * self.foreign_evidence, at_hand)
-        eligible = types & levels & (counts >= needed)
-        plain = types & levels & (counts >= at_hand)
-        foreign_only = plain.any(axis=0) & ~eligible.any(axis=0)
-        return raw, eligible, foreign_only, counts
-
-    def _levels_shown(self, model: MarkerModel, layout: _Layout,
-                      detected_t: sp.csr_matrix) -> NDArray[Any]:
-        """Per node and cell: the programmes of the node's lineages are shown.
-
-        The *programme nodes* on a node's path are its lineage nodes that are types
-        (``hematopoietic cell``, ``myeloid leukocyte``, ``T cell``, ``epithelial cell``) and,
-        below a lineage node without markers of its own (``mononuclear phagocyte``), the
-        first type on the path (``monocyte``).  Each must show its programme: detected own
-        positive weight of at least ``level_evidence``, or a detected *defining* marker
-        (weight 1) of a programme node below it (a monocyte's LYZ speaks for the
-        hematopoietic programme above it where PTPRC dropped out; a transit amplifying
-        cell's cycling genes do not speak for the epithelial one).  A subtype's markers
-        refine its lineage's call, they never make it alone: memory T cell genes such as
-        ANXA1 or LMNA say nothing without a T cell programme.  A programme node whose own
-        markers are all missing from the matrix cannot show it.
-        """
-        own = layout.own_detects @ detected_t
-        shown = own.toarray() >= self.level_evidence
-        defining = (layout.own_defining @ detected_t).toarray() > 0
-        out = np.ones_like(shown)
-        for node, chain in enumerate(layout.chains):
-            implied = np.zeros(shown.shape[1], dtype=bool)
-            for programme in chain[::-1]:  # deepest first
-                out[node] &= shown[programme] | implied
-                implied |= defining[programme]
-        return out
-
-    def _descend_block(self, X: sp.csr_matrix, value_kind: _Kind, model: MarkerModel,
-                       tree: _Tree, layout: _Layout, in_context: NDArray[Any]
-                       ) -> tuple[NDArray[Any], NDArray[Any], dict[str, Any], sp.csr_matrix]:
-        """The label node and confidence per cell (``-1`` / 0 for no call), plus what the
-        report columns need."""
-        evidence, detected = self._evidence(X, value_kind, layout)
-        raw, eligible, foreign_only, counts = self._hypotheses(evidence, detected, model,
-                                                               layout, in_context)
-        n = raw.shape[1]
-        conditional = np.zeros((tree.n_rows, n), dtype=np.float32)
-        choice = np.empty((len(tree.internal), n), dtype=np.int64)
-        for pos, row in enumerate(tree.internal):
-            logits = self._options(row, raw, eligible, model, tree, layout, in_context)
-            kids = tree.children[row]
-            with np.errstate(invalid="ignore", over="ignore"):
-                top = logits.max(axis=0)
-                weights = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
-                total = weights.sum(axis=0)
-                probs = np.divide(weights, total, out=np.zeros_like(weights),
-                                  where=total > 0)
-            conditional[kids] = probs[:-1]
-            pick = np.argmax(logits, axis=0)
-            choice[pos] = np.where(pick == len(kids), row,
-                                   kids[np.minimum(pick, len(kids) - 1)])
-        steps = tree.max_steps
-        path = np.full((steps, n), -1, dtype=np.int64)
-        cumulative = np.zeros((steps, n), dtype=np.float64)
-        current = np.full(n, tree.root, dtype=np.int64)
-        cum = np.ones(n)
-        active = eligible.any(axis=0)
-        columns = np.arange(n)
-        for step in range(steps):
-            pos = tree.internal_pos[current]
-            following = np.where(pos >= 0, choice[np.maximum(pos, 0), columns], current)
-            moving = active & (following != current)
-            cum = np.where(moving, cum * conditional[following, columns], cum)
-            current = np.where(moving, following, current)
-            path[step] = np.where(moving, current, -1)
-            cumulative[step] = np.where(moving, cum, 0.0)
-            active = moving
-        label, confidence, depth = self._choose(path, cumulative, tree)
-        info = {"path": path, "cumulative": cumulative, "depth": depth, "conditional":
-                conditional, "choice": choice, "foreign_only": foreign_only,
-                "supported": counts[np.maximum(label, 0), np.arange(n)]}
-        return label, confidence, info, evidence
-
-    def _options(self, row: int, raw: NDArray[Any], eligible: NDArray[Any],
-                 model: MarkerModel, tree: _Tree, layout: _Layout,
-                 in_context: NDArray[Any]) -> NDArray[Any]:
-        """Logits of the options at node ``row``: each child (its subtree's best eligible
-        hypothesis), then stopping at the node itself.
-
-        A hypothesis is scored by the evidence it adds *beyond the deciding node*: its
-        markers' weighted evidence less the node's, over the square root of its marker
-        weight beyond the node's, plus its prior beyond the node's.  The evidence every option
-        shares (a T cell's CD3 genes when CD4 and CD8 T cells compete) thus neither dilutes
-        nor decides the choice.  Stopping scores 0: it wins when no subtype adds evidence.
-        """
-        hyps, starts = tree.hypotheses[row], tree.starts[row]
-        if row < model.n_nodes:
-            base_raw, base_weight, base_prior = raw[row], layout.weight[row], model.prior[row]
-        else:
-            base_raw, base_weight, base_prior = np.float32(0.0), 0.0, 0.0
-        extra_weight = np.maximum(layout.weight[hyps] - base_weight, _MIN_EXTRA_WEIGHT)
-        scores = ((raw[hyps] - base_raw) / np.sqrt(extra_weight)[:, None]
-                  + (model.prior[hyps] - base_prior)[:, None])
-        foreign = ~in_context[hyps]
-        scores[foreign] = np.where(scores[foreign] > 0,
-                                   scores[foreign] / self.foreign_evidence, scores[foreign])
-        scores = np.where(eligible[hyps], scores, -np.inf)
-        options = np.maximum.reduceat(scores, starts, axis=0)
-        stop = np.full((1, raw.shape[1]), -np.inf, dtype=np.float32)
-        if row < model.n_nodes and model.is_type[row]:
-            stop[0] = np.where(eligible[row], 0.0, -np.inf)
-        return np.vstack([options, stop]) / np.float32(self.temperature)
-
-    def _choose(self, path: NDArray[Any], cumulative: NDArray[Any], tree: _Tree
-                ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
-        """The deepest callable node on each path with cumulative probability at or above
-        ``min_level_confidence``; else the shallowest callable node, at its own probability."""
-        on_path = path >= 0
-        callable_ = on_path & tree.callable_[np.maximum(path, 0)]
-        good = callable_ & (cumulative >= self.min_level_confidence)
-        steps, n = path.shape
-        index = np.arange(steps)[:, None]
-        deepest_good = np.where(good, index, -1).max(axis=0)
-        first_callable = np.where(callable_, index, steps).min(axis=0)
-        depth = np.where(deepest_good >= 0, deepest_good, first_callable)
-        found = depth < steps
-        depth = np.where(found, depth, 0)
-        columns = np.arange(n)
-        label = np.where(found, path[depth, columns], -1)
-        confidence = np.where(found, cumulative[depth, columns], 0.0)
-        return label, confidence, np.where(found, depth, -1)
-
-    def _annotate_block(self, X: sp.csr_matrix, value_kind: _Kind, model: MarkerModel,
-                        tree: _Tree, layout: _Layout, in_context: NDArray[Any]) -> ChunkCalls:
-        label, confidence, info, evidence = self._descend_block(X, value_kind, model, tree,
-                                                                layout, in_context)
-        confidence = _calibrate(confidence)
-        # Fewer than min_markers detected genes never make a call of even odds.
-        confidence = np.where(info["supported"] < self.min_markers,
-                              np.minimum(confidence, FEW_MARKERS_CAP), confidence)
+    def _annotate_block(self, found: Any, detected: Any, model: MarkerModel, tree: Tree,
+                        layout: Layout, in_context: NDArray[Any], coverage: float,
+                        settings: Settings) -> ChunkCalls:
+        h = hypotheses(found, detected, model, layout, in_context, settings)
+        walk = descend(h, model, tree, layout, in_context, settings)
+        label = walk.label
         called = label >= 0
-        names = [model.names[k] if k >= 0 else UNKNOWN for k in label.tolist()]
-        ids = [model.ids[k] if k >= 0 else None for k in label.tolist()]
-        l1 = [model.compartments[k] if k >= 0 else None for k in label.tolist()]
-        l2 = [model.names[model.lineages[k]] if k >= 0 else None for k in label.tolist()]
-        has_markers = np.diff(evidence.indptr) > 0
+        supported = h.counts[np.maximum(label, 0), np.arange(len(label))]
+        confidence = calibrate(walk.probability, coverage, supported, self.min_markers)
+        tables = _name_tables(model)
+        names = tables["names"][label].tolist()
+        ids = tables["ids"][label].tolist()
+        l1 = tables["compartments"][label].tolist()
+        l2 = tables["lineages"][label].tolist()
+        has_markers = np.diff(found.indptr) > 0
         reason = np.where(called, None, np.where(
             ~has_markers, "no_marker_genes",
-            np.where(info["foreign_only"], "foreign_types_only", "too_few_markers")))
-        markers = self._cell_markers(evidence, layout, label)
-        alternates = self._alternates(info, tree, model, label)
-        extra = {
-            "label_l1": _dictionary(l1), "label_l2": _dictionary(l2),
-            "unknown_reason": _dictionary(reason.tolist()),
-        }
+            np.where(h.foreign_only, "foreign_types_only", "too_few_markers")))
+        alt_nodes, alt_scores = top_alternates(walk, self.n_alternates)
+        alt_conf = calibrate(alt_scores, coverage, 1 << 30, self.min_markers)
+        alternates = alternates_array(alt_nodes, alt_conf, tables["names"])
+        extra = {"label_l1": _dictionary(l1), "label_l2": _dictionary(l2),
+                 "unknown_reason": _dictionary(reason.tolist())}
         return ChunkCalls(labels=names, confidence=np.where(called, confidence, 0.0),
-                          ontology_ids=ids, alternates=alternates, markers=markers,
+                          ontology_ids=ids, alternates=alternates,
+                          markers=cell_markers(found, layout, label, self.n_markers),
                           extra=extra)
 
-    def _alternates(self, info: dict[str, Any], tree: _Tree, model: MarkerModel,
-                    label: NDArray[Any]) -> list[list[tuple[str, float]]]:
-        """Losing options at the label's level and above, with cumulative probabilities."""
-        path, cumulative, depth = info["path"], info["cumulative"], info["depth"]
-        conditional, choice = info["conditional"], info["choice"]
-        n = len(label)
-        k_alt = max(self.n_alternates, 0)
-        if not k_alt or not n:
-            return [[] for _ in range(n)]
-        out: list[list[tuple[str, float]]] = [[] for _ in range(n)]
-        steps = path.shape[0]
-        columns = np.arange(n)
-        for step in range(steps):
-            chosen = path[step]
-            rows = np.flatnonzero((chosen >= 0) & (step <= depth))
-            if not len(rows):
-                continue
-            parent_cum = np.where(step > 0, cumulative[max(step - 1, 0)], 1.0)
-            parents = tree.parent[chosen[rows]]
-            for parent in np.unique(parents):
-                sel = rows[parents == parent]
-                kids = tree.children[parent]
-                scores = conditional[np.ix_(kids, sel)] * (
-                    parent_cum[sel] if step > 0 else np.ones(len(sel)))
-                scores[kids[:, None] == chosen[sel][None, :]] = 0.0
-                order = np.argsort(-scores, axis=0, kind="stable")[:k_alt]
-                for j, cell in enumerate(sel.tolist()):
-                    for o in order[:, j]:
-                        s = float(scores[o, j])
-                        if s <= 0:
-                            break
-                        node = int(kids[o])
-                        while not tree.callable_[node]:  # a compartment: its best branch
-                            node = int(choice[tree.internal_pos[node], cell])
-                        out[cell].append((model.names[node], s))
-        del columns
-        calibrated = []
-        for row in out:
-            row.sort(key=lambda a: -a[1])
-            calibrated.append([(name, float(_calibrate(np.array([s]))[0]))
-                               for name, s in row[:k_alt]])
-        return calibrated
 
-    def _cell_markers(self, evidence: sp.csr_matrix, layout: _Layout,
-                      label: NDArray[Any]) -> list[list[str]]:
-        """Per cell, the positive markers of its label (own or inherited) that carried the
-        most evidence."""
-        n = len(label)
-        if not len(layout.panel) or self.n_markers <= 0:
-            return [[] for _ in range(n)]
-        rows = np.repeat(np.arange(n), np.diff(evidence.indptr))
-        # label -1 picks the all-zero last row
-        contribution = evidence.data * layout.positive[label[rows], evidence.indices]
-        keep = contribution > 0
-        rows, cols, contribution = rows[keep], evidence.indices[keep], contribution[keep]
-        order = np.lexsort((cols, -contribution, rows))  # ties broken by gene, stably
-        rows, cols = rows[order], cols[order]
-        starts = np.searchsorted(rows, np.arange(n + 1))
-        genes = layout.panel[cols].tolist()
-        k = self.n_markers
-        return [genes[a:min(b, a + k)] for a, b in zip(starts[:-1].tolist(),
-                                                       starts[1:].tolist(), strict=True)]
+def calibrate(probability: NDArray[Any], coverage: float, markers: NDArray[Any] | int,
+              min_markers: int) -> NDArray[Any]:
+    """The reported confidence of calls at cumulative ``probability`` (see
+    :data:`CALIBRATION`); calls carried by fewer than ``min_markers`` detected markers stay
+    below even odds (:data:`FEW_MARKERS_CAP`)."""
+    a, b, c, d = CALIBRATION
+    p = np.clip(np.asarray(probability, dtype=np.float64), 1e-6, 1 - 1e-6)
+    counts = np.maximum(np.asarray(markers, dtype=np.float64), 1.0)
+    z = a * np.log(p / (1 - p)) + b * np.log(max(coverage, 1e-3)) + c * np.log(counts) + d
+    out = 1.0 / (1.0 + np.exp(-z))
+    out = np.where(np.asarray(probability) > 0, out, 0.0)
+    out = np.where(counts < min_markers, np.minimum(out, FEW_MARKERS_CAP), out)
+    return out.astype(np.float32)
 
 
-_RESCALED_LOG = "lognorm, rescaled"
-#: log1p of counts per 10,000 sums to at most this much per cell once un-logged.
-_LOG1P_CP10K_SUM = 1.5e4
-_LOG_BASES = (2.0, float(np.e), 10.0)
+_NAME_TABLES: dict[int, tuple[MarkerModel, dict[str, NDArray[Any]]]] = {}
 
 
-def _value_handling(matrix: CellMatrix) -> tuple[str, float]:
-    """How the engine reads the values: as their value kind says, except log values of a
-    larger scale than log1p(counts per 10,000) (log2 FPKM, log1p CPM), which are un-logged,
-    rescaled per cell to 10,000 and logged again (:func:`_rescale_log`).  The log base is the
-    one under which the cells' un-logged totals agree best (depth-normalised values sum to
-    the same total in every cell).  Decided once per matrix from up to 1,000 evenly spaced
-    cells, so every chunk is read the same way."""
-    if matrix.value_kind != "lognorm" or not matrix.n_cells or not matrix.nnz:
-        return matrix.value_kind, float(np.e)
-    rows = np.unique(np.linspace(0, matrix.n_cells - 1, min(matrix.n_cells, 1000))
-                     .astype(np.int64))
-    sample = matrix.X[rows]
-    starts = sample.indptr[:-1][np.diff(sample.indptr) > 0]
-    data = sample.data.astype(np.float64)
-    if not len(starts) or float(np.median(np.add.reduceat(np.expm1(data), starts))
-                                 ) <= _LOG1P_CP10K_SUM:
-        return matrix.value_kind, float(np.e)
-    with np.errstate(over="ignore"):
-        spread = [float(np.std(np.log(np.add.reduceat(np.power(b, data) - 1.0, starts))))
-                  for b in _LOG_BASES]
-    return _RESCALED_LOG, _LOG_BASES[int(np.nanargmin(spread))]
-
-
-def _rescale_log(X: sp.csr_matrix, columns: NDArray[Any], base: float) -> sp.csr_matrix:
-    """``log1p`` of each cell's un-logged values (``base ** x - 1``) rescaled to 10,000,
-    panel columns only."""
-    from ..numerics import cell_totals, panel_block
-
-    unlogged = sp.csr_matrix((np.power(base, X.data.astype(np.float64)) - 1.0, X.indices,
-                              X.indptr), shape=X.shape)
-    totals = cell_totals(unlogged)
-    block = panel_block(unlogged, columns)
-    scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
-    block.data = np.log1p(block.data * np.repeat(scale, np.diff(block.indptr)))
-    return block
-
-
-def _programme_chains(model: MarkerModel) -> list[list[int]]:
-    """Per node: the programme nodes on its path, root side first."""
-    chains: list[list[int]] = [[] for _ in range(model.n_nodes)]
-    for node in model.order:
-        parent = int(model.parents[node])
-        chain = list(chains[parent]) if parent >= 0 else []
-        typed_lineage = model.is_lineage[node] and model.is_type[node]
-        first_below_virtual = (parent >= 0 and model.is_lineage[parent]
-                               and not model.is_type[parent] and model.is_type[node])
-        if typed_lineage or first_below_virtual:
-            chain.append(node)
-        chains[node] = chain
-    return chains
-
-
-def _calibrate(p: NDArray[Any]) -> NDArray[Any]:
-    x, y = CALIBRATION
-    return np.interp(p, x, y).astype(np.float32)
+def _name_tables(model: MarkerModel) -> dict[str, NDArray[Any]]:
+    """Per node (and ``-1``, the last entry: no call): label, id, compartment, lineage."""
+    entry = _NAME_TABLES.get(id(model))
+    if entry is None or entry[0] is not model:
+        tables = {
+            "names": np.array([*model.names, UNKNOWN], dtype=object),
+            "ids": np.array([*model.ids, None], dtype=object),
+            "compartments": np.array([*model.compartments, None], dtype=object),
+            "lineages": np.array([*(model.names[k] for k in model.lineages), None],
+                                 dtype=object),
+        }
+        entry = (model, tables)
+        _NAME_TABLES[id(model)] = entry
+    return entry[1]
 
 
 def _dictionary(values: list[str | None]) -> pa.Array:
@@ -706,21 +384,6 @@ def _dictionary(values: list[str | None]) -> pa.Array:
         pa.dictionary(pa.int32(), pa.string()))
 
 
-_TREES: dict[int, _Tree] = {}
-
-
-def _tree_of(model: MarkerModel) -> _Tree:
-    key = id(model)
-    tree = _TREES.get(key)
-    if tree is None:
-        tree = _build_tree(model)
-        _TREES[key] = tree
-    return tree
-
-
 register_engine("markers", MarkerEngine,
                 "embedded knowledge-base engine: 270 Cell Ontology types over 37 tissues, "
                 "tissue context, abstention; no reference, no network")
-
-if False:  # pragma: no cover - keeps Path imported for type checkers of older tools
-    Path()
