@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from ._marker_model import MarkerModel
 
 __all__ = ["Descent", "Layout", "Settings", "Tree", "alternates_array", "build_layout",
-           "cell_markers", "descend", "evidence", "hypotheses", "row_view", "sample_rows",
-           "top_alternates", "tree_of", "value_handling"]
+           "cell_markers", "descend", "detection_threshold", "evidence", "hypotheses",
+           "row_view", "sample_rows", "top_alternates", "tree_of", "value_handling"]
 
 #: The value handling of a matrix: its value kind as read, and a log base.
 Kind = tuple[str, float]
@@ -111,25 +111,29 @@ def _rescale_log(X: sp.csr_matrix, columns: NDArray[Any], base: float) -> sp.csr
     totals = cell_totals(unlogged)
     block = panel_block(unlogged, columns)
     scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
-    block.data = np.log1p(block.data * np.repeat(scale, np.diff(block.indptr)))
+    block.data = np.log1p(block.data * np.repeat(scale, np.diff(block.indptr))
+                          ).astype(np.float32)
     return block
 
 
 def evidence(X: sp.csr_matrix, kind: Kind, columns: NDArray[Any], settings: Settings
-             ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """Evidence ``min(x / saturation, 1)`` and detection (1 from ``detection`` counts per
-    10,000), cells x panel."""
+             ) -> sp.csr_matrix:
+    """Evidence ``min(x / saturation, 1)``, cells x panel.  A marker is *detected* from
+    ``detection`` counts per 10,000, i.e. from evidence ``log1p(detection) / saturation``
+    (:func:`detection_threshold`)."""
     value_kind, base = kind
     if value_kind == RESCALED_LOG:
         block = _rescale_log(X, columns, base)
     else:
-        block = log_normalize(X, value_kind, columns=columns, dtype=np.float64)
-    detected = block.copy()
-    detected.data = (detected.data >= np.log1p(settings.detection)).astype(np.float64)
-    detected.eliminate_zeros()
-    block.data = np.minimum(block.data / settings.saturation, 1.0)
-    block.eliminate_zeros()
-    return block, detected
+        block = log_normalize(X, value_kind, columns=columns, dtype=np.float32)
+    block.data = np.minimum(block.data * np.float32(1.0 / settings.saturation),
+                            np.float32(1.0)).astype(np.float32, copy=False)
+    return block
+
+
+def detection_threshold(settings: Settings) -> float:
+    """The evidence from which a marker counts as detected (evidence is monotone in x)."""
+    return float(np.float32(np.log1p(settings.detection) / settings.saturation))
 
 
 # -- the tree the descent walks ----------------------------------------------------------------
@@ -279,8 +283,8 @@ class Hypotheses:
     foreign_only: NDArray[Any]  # per cell: only foreign types fell short of their bar
 
 
-def hypotheses(evidence_: sp.csr_matrix, detected: sp.csr_matrix, model: MarkerModel,
-               layout: Layout, in_context: NDArray[Any], settings: Settings) -> Hypotheses:
+def hypotheses(evidence_: sp.csr_matrix, model: MarkerModel, layout: Layout,
+               in_context: NDArray[Any], settings: Settings) -> Hypotheses:
     """Every node's hypothesis for every cell of a block.
 
     Eligible: a type with an own marker in the panel, at least ``min_markers`` detected
@@ -288,10 +292,14 @@ def hypotheses(evidence_: sp.csr_matrix, detected: sp.csr_matrix, model: MarkerM
     ``FEW_MARKERS_CAP``; ``foreign_evidence`` times as many for a type foreign to the tissue
     context), and its lineage's programme shown (:func:`_programmes_shown`).
     """
-    # Sparse weights times a dense panel block: a panel's worth of cells, never more.
-    raw = _accumulate(layout.signed @ _dense_t(evidence_), model)
+    # Weights times the transposed block: short weight rows (differences from the parent)
+    # make the sparse products cheap; each entry sums in its weight row's order, whatever
+    # else is in the block.
+    transposed = evidence_.T.tocsr()
+    raw = _accumulate((layout.signed @ transposed).toarray(), model)
+    transposed.data = (transposed.data >= detection_threshold(settings)).astype(np.float32)
     n_nodes, n_programmes = model.n_nodes, len(layout.programmes)
-    stacked = layout.on_detection @ _dense_t(detected)
+    stacked = np.asarray((layout.on_detection @ transposed).toarray(), dtype=np.float32)
     counts = _accumulate(stacked[:n_nodes], model)
     shown = _programmes_shown(
         layout, stacked[n_nodes:n_nodes + n_programmes] >= settings.level_evidence,
@@ -308,12 +316,6 @@ def hypotheses(evidence_: sp.csr_matrix, detected: sp.csr_matrix, model: MarkerM
     _foreign(alone, np.arange(model.n_nodes), in_context, settings)
     return Hypotheses(raw, masked, alone, eligible, counts,
                       plain.any(axis=0) & ~eligible.any(axis=0))
-
-
-def _dense_t(block: sp.csr_matrix) -> NDArray[Any]:
-    """A cells x panel block as a dense, C-ordered panel x cells float32 array."""
-    transposed = sp.csr_matrix(block.T.tocsr(), dtype=np.float32)
-    return transposed.toarray()
 
 
 def _accumulate(delta: NDArray[Any], model: MarkerModel) -> NDArray[Any]:

@@ -260,15 +260,13 @@ class MarkerEngine(ChunkedEngine):
 
     def _infer(self, matrix: CellMatrix, kind: Kind, model: MarkerModel, tree: Tree,
                layout: Layout) -> TissueContext:
-        """The tissue context voted for by a first pass over about 4,000 cells (evenly spread
+        """The tissue context voted for by a first pass over about 3,000 cells (evenly spread
         runs, so the same matrix always gives the same context)."""
         everything = np.ones(model.n_nodes, dtype=bool)
         settings = self._settings()
-        parts = [evidence(window, kind, layout.columns, settings)
-                 for window in sample_rows(matrix.X, 4000)]
-        found = sp.vstack([p[0] for p in parts], format="csr")
-        detected = sp.vstack([p[1] for p in parts], format="csr")
-        h = hypotheses(found, detected, model, layout, everything, settings)
+        found = sp.vstack([evidence(window, kind, layout.columns, settings)
+                           for window in sample_rows(matrix.X, 3000)], format="csr")
+        h = hypotheses(found, model, layout, everything, settings)
         walk = descend(h, model, tree, layout, everything, settings)
         return infer_context(model, walk.label, walk.probability, found.shape[0])
 
@@ -300,9 +298,8 @@ class MarkerEngine(ChunkedEngine):
     def _annotate(self, matrix: CellMatrix, *, kind: Kind, model: MarkerModel, tree: Tree,
                   layout: Layout, in_context: NDArray[Any], coverage: float) -> ChunkCalls:
         settings = self._settings()
-        found, detected = evidence(matrix.X, kind, layout.columns, settings)
+        found = evidence(matrix.X, kind, layout.columns, settings)
         parts = [self._annotate_block(row_view(found, a, min(a + _BLOCK, matrix.n_cells)),
-                                      row_view(detected, a, min(a + _BLOCK, matrix.n_cells)),
                                       model, tree, layout, in_context, coverage, settings)
                  for a in range(0, max(matrix.n_cells, 1), _BLOCK)]
         if len(parts) == 1:
@@ -316,10 +313,10 @@ class MarkerEngine(ChunkedEngine):
             extra={k: pa.concat_arrays([p.extra[k] for p in parts]) for k in parts[0].extra},
         )
 
-    def _annotate_block(self, found: Any, detected: Any, model: MarkerModel, tree: Tree,
+    def _annotate_block(self, found: sp.csr_matrix, model: MarkerModel, tree: Tree,
                         layout: Layout, in_context: NDArray[Any], coverage: float,
                         settings: Settings) -> ChunkCalls:
-        h = hypotheses(found, detected, model, layout, in_context, settings)
+        h = hypotheses(found, model, layout, in_context, settings)
         walk = descend(h, model, tree, layout, in_context, settings)
         label = walk.label
         called = label >= 0
