@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import bridge  # noqa: E402
 from bridge._annotate import _resolve_genes  # noqa: E402
 from bridge.engines import get_engine  # noqa: E402
+from bridge.engines._marker_scoring import descend, evidence, hypotheses  # noqa: E402
 from bridge.engines.markers import FEW_MARKERS_CAP  # noqa: E402
 
 
@@ -60,16 +61,17 @@ def raw_calls(matrix: bridge.CellMatrix, **params: float) -> dict[str, np.ndarra
         warnings.simplefilter("ignore")
         plan = engine.plan(matrix)
     options = plan.annotate_chunk.keywords  # type: ignore[attr-defined]
-    model = options["model"]
+    model, settings = options["model"], engine._settings()
     labels, probability, supported = [], [], []
     for start in range(0, matrix.n_cells, 8192):
         block = matrix.X[start:start + 8192]
-        label, cumulative, info, _ = engine._descend_block(
-            block, options["kind"], model, options["tree"], options["layout"],
-            options["in_context"])
-        labels.extend(model.ids[k] if k >= 0 else None for k in label.tolist())
-        probability.append(cumulative)
-        supported.append(info["supported"])
+        found = evidence(block, options["kind"], options["layout"].columns, settings)
+        h = hypotheses(found, model, options["layout"], options["in_context"], settings)
+        walk = descend(h, model, options["tree"], options["layout"], options["in_context"],
+                       settings)
+        labels.extend(model.ids[k] if k >= 0 else None for k in walk.label.tolist())
+        probability.append(walk.probability)
+        supported.append(h.counts[np.maximum(walk.label, 0), np.arange(len(walk.label))])
     return {"ontology_id": np.array(labels, dtype=object),
             "p": np.concatenate(probability), "markers": np.concatenate(supported),
             "coverage": np.full(matrix.n_cells, plan.genes_matched)}
