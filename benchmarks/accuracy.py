@@ -464,7 +464,7 @@ def main() -> int:
                   f"(target >= 0.96: {'met' if emb['coarse'] >= 0.96 else 'NOT met'}), "
                   f"CD8 T {emb['CD8 T']:.3f} (target >= 0.87: "
                   f"{'met' if emb['CD8 T'] >= 0.87 else 'NOT met'})")
-        print(f"  {data.name}: {non_blood_check(data)}")
+            print(f"  {data.name}: {non_blood_check(data)}")
         else:
             print(f"  {data.name}: embedded engine n/a")
     print(f"  pbmc68k_reduced CD34+ cells, embedded engine: {progenitor_check()}")

@@ -50,7 +50,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]

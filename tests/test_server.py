@@ -24,13 +24,13 @@ from bridge._contract.wire import ARROW_MEDIA_TYPE, matrix_arrow_body, sparse_to
 
 pytest.register_assert_rewrite("tests._server")
 from tests._server import (  # noqa: E402
-    marker_gene_cells,
     API_KEY,
     MAX_BODY_MB,
     MAX_CELLS,
     OTHER_KEY,
     LiveServer,
     ThreadServer,
+    marker_gene_cells,
     synthetic_cells,
 )
 

@@ -266,9 +266,8 @@ def load_marker_model(atlas: str | None = None, species: Species = "human") -> M
         lineages=np.array([index[lineage_of[n]] for n in nodes]),
         is_lineage=np.array([lineage_of[n] == n for n in nodes]), depth=depth,
         tissues=tissues, prior=prior, genes=genes, positive=positive, negative=negative,
-        own_positive=own_pos, own_negative=own_neg, order=np.argsort(depth, kind="stable"), species=species,
-        source=source,
-        ontology_version=ontology.version, children=children,
+        own_positive=own_pos, own_negative=own_neg, order=np.argsort(depth, kind="stable"),
+        species=species, source=source, ontology_version=ontology.version, children=children,
     )
 
 

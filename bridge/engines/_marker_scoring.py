@@ -16,6 +16,7 @@ cells of its block) and works on the marker panel's columns only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,7 @@ Kind = tuple[str, float]
 RESCALED_LOG = "lognorm, rescaled"
 #: log1p of counts per 10,000 sums to at most this much per cell once un-logged.
 _LOG1P_CP10K_SUM = 1.5e4
-_LOG_BASES = (2.0, float(np.e), 10.0)
+_LOG_BASES = (2.0, math.e, 10.0)
 #: A hypothesis adds at least one weak marker's weight beyond the node deciding about it.
 _MIN_EXTRA_WEIGHT = 0.25
 
@@ -87,14 +88,14 @@ def value_handling(matrix: CellMatrix) -> Kind:
     which the cells' un-logged totals agree best (depth-normalised values sum to the same
     total in every cell).  Decided once per matrix from about 1,000 cells."""
     if matrix.value_kind != "lognorm" or not matrix.n_cells or not matrix.nnz:
-        return matrix.value_kind, float(np.e)
+        return matrix.value_kind, math.e
     sample = sample_rows(matrix.X, 1000)
     lengths = np.concatenate([np.diff(w.indptr) for w in sample])
     data = np.concatenate([w.data for w in sample]).astype(np.float64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[lengths > 0]
     if not len(starts) or float(np.median(np.add.reduceat(np.expm1(data), starts))
                                  ) <= _LOG1P_CP10K_SUM:
-        return matrix.value_kind, float(np.e)
+        return matrix.value_kind, math.e
     with np.errstate(over="ignore"):
         spread = [float(np.std(np.log(np.add.reduceat(np.power(b, data) - 1.0, starts))))
                   for b in _LOG_BASES]

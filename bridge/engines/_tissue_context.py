@@ -11,10 +11,10 @@ other type is foreign and needs much stronger evidence.  An empty context restri
 Inference (``tissue="auto"``) never looks at labels: a first pass over (a sample of) the
 cells with no context calls each cell, and every confident call of a tissue-restricted type
 votes for its tissues (a type of *k* tissues gives each ``1/k``).  The tissues whose support
-reach :data:`RELATIVE_SUPPORT` of the best one's (and :data:`MIN_SUPPORT` of the cells) form the context; the
-votes are kept as the evidence recorded in the calls' metadata.  A sample with no tissue voted
-for whose confident calls are nearly all circulating immune and erythroid types is taken for
-blood.
+reaches :data:`RELATIVE_SUPPORT` of the best one's (and :data:`MIN_SUPPORT` of the cells) form
+the context; the votes are kept as the evidence recorded in the calls' metadata.  A sample
+with no tissue voted for whose confident calls are nearly all circulating immune and erythroid
+types is taken for blood.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def infer_context(model: MarkerModel, labels: NDArray[Any], confidence: NDArray[
                   n_cells: int, *, min_confidence: float = 0.5) -> TissueContext:
     """The context the confident calls of a first pass (node per cell, ``-1`` uncalled)
     vote for."""
-    votes: Counter[str] = Counter()
+    votes: dict[str, float] = {}
     by_type: dict[str, Counter[str]] = {}
     circulating = called = 0
     for node, conf in zip(labels.tolist(), confidence.tolist(), strict=True):
@@ -177,10 +177,10 @@ def infer_context(model: MarkerModel, labels: NDArray[Any], confidence: NDArray[
         if "any" in listed or not model.is_type[node]:
             continue
         for tissue in listed:
-            votes[tissue] += 1.0 / len(listed)
+            votes[tissue] = votes.get(tissue, 0.0) + 1.0 / len(listed)
             by_type.setdefault(tissue, Counter())[model.names[node]] += 1
     n = max(n_cells, 1)
-    support = {t: round(v / n, 4) for t, v in votes.most_common()}
+    support = {t: round(v / n, 4) for t, v in sorted(votes.items(), key=lambda kv: -kv[1])}
     best = max(support.values(), default=0.0)
     chosen = frozenset(t for t, s in support.items()
                        if s >= MIN_SUPPORT and s >= RELATIVE_SUPPORT * best)

@@ -195,7 +195,7 @@ class MarkerEngine(ChunkedEngine):
         self.n_markers = n_markers
         self.n_alternates = n_alternates
         self.min_gene_fraction = min_gene_fraction
-        self._layouts: dict[str, GeneLayoutCache[_Layout]] = {
+        self._layouts: dict[str, GeneLayoutCache[Layout]] = {
             "human": GeneLayoutCache(), "mouse": GeneLayoutCache()}
 
     # -- the public engine surface --------------------------------------------------------
@@ -209,7 +209,7 @@ class MarkerEngine(ChunkedEngine):
         (every type's when the context is inferred), both species."""
         out: set[str] = set()
         for species in ("human", "mouse"):
-            model = self.model(species)  # type: ignore[arg-type]
+            model = self.model(species)
             keep = model.is_type.copy()
             if self._given is not None:
                 keep &= context_mask(model, self._given)
@@ -308,8 +308,8 @@ class MarkerEngine(ChunkedEngine):
             labels=[x for p in parts for x in p.labels],
             confidence=np.concatenate([p.confidence for p in parts]),
             ontology_ids=[x for p in parts for x in p.ontology_ids or []],
-            alternates=pa.concat_arrays([p.alternates for p in parts]),  # type: ignore[misc]
-            markers=pa.concat_arrays([p.markers for p in parts]),  # type: ignore[misc]
+            alternates=pa.concat_arrays([p.alternates for p in parts]),
+            markers=pa.concat_arrays([p.markers for p in parts]),
             extra={k: pa.concat_arrays([p.extra[k] for p in parts]) for k in parts[0].extra},
         )
 
@@ -328,9 +328,10 @@ class MarkerEngine(ChunkedEngine):
         l1 = tables["compartments"][label].tolist()
         l2 = tables["lineages"][label].tolist()
         has_markers = np.diff(found.indptr) > 0
-        reason = np.where(called, None, np.where(
-            ~has_markers, "no_marker_genes",
-            np.where(h.foreign_only, "foreign_types_only", "too_few_markers")))
+        reason = np.full(len(label), None, dtype=object)
+        reason[~called] = "too_few_markers"
+        reason[~called & h.foreign_only] = "foreign_types_only"
+        reason[~called & ~has_markers] = "no_marker_genes"
         alt_nodes, alt_scores = top_alternates(walk, self.n_alternates)
         alt_conf = calibrate(alt_scores, coverage, 1 << 30, self.min_markers)
         alternates = alternates_array(alt_nodes, alt_conf, tables["names"])
