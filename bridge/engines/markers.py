@@ -1,36 +1,30 @@
 """The embedded marker engine (model ``"markers"``): the knowledge base, no reference, no network.
 
-How a cell is called
---------------------
+How a cell is called (``docs/annotation.md`` says more; the arithmetic is in
+:mod:`._marker_scoring`, the tree in :mod:`._marker_model`, the tissue context in
+:mod:`._tissue_context`):
+
 1. **Evidence.** Values are normalised per cell to ``x = log1p(value / total * 10,000)``
-   (counts and TPM / CPM / FPKM alike; log-normalised input is used as given), touching only
-   the marker panel's columns after the per-cell totals.  A marker's evidence is
-   ``e = min(x / saturation, 1)``: in sparse data detection, not level, separates types.  A
-   marker counts as *detected* from ``detection`` counts per 10,000 (``x >= log1p(0.5)``).
-2. **Hypotheses.** Every cell type of the knowledge base (:mod:`._marker_model`: a tree
-   from the Cell Ontology) is a hypothesis carrying its own markers and its ancestors'.  Its
-   score is the weighted evidence of its positive markers minus its negative markers,
-   divided by ``sqrt(sum of positive weights)`` (so a type with many markers is not favoured
-   over one with a few specific ones), plus its prior.  A hypothesis is *eligible* only with at
-   least ``min_markers`` detected positive markers: one read of one gene never makes a call.
-3. **Tissue context** (:mod:`._tissue_context`).  Types foreign to the context need
-   ``foreign_evidence`` times the markers and have their score divided by it.
-4. **Descent.** From the root, each node's options are its children (scored by the best
-   eligible hypothesis in their subtree) and, for a type, stopping at the node itself
-   (scored by its own hypothesis: a cell with the generic programme and no subtype's stays
-   generic).  A softmax with ``temperature`` over the options gives conditional
-   probabilities; the cell follows the best option at each step.  Its label is the deepest
-   node on that path whose cumulative probability is at least ``min_level_confidence``, and
-   its ``confidence`` that cumulative probability passed through :data:`CALIBRATION`
-   (``docs/annotation.md`` says how the map was fitted).
-5. A cell with no eligible hypothesis is ``Unknown`` with an ``unknown_reason``.  ``markers``
-   are the genes that carried the call, ``alternates`` the losing options along the path
-   with their cumulative probabilities; ``label_l1`` / ``label_l2`` are the call's
-   compartment and lineage.
+   (counts and TPM / CPM / FPKM alike; log-normalised values as given, log values of a larger
+   scale rescaled), touching only the marker panel's columns after the per-cell totals.  A
+   marker's evidence is ``min(x / saturation, 1)``; it is *detected* from ``detection``
+   counts per 10,000.
+2. **Hypotheses.** Every cell type of the knowledge base, placed in a tree derived from the
+   Cell Ontology, carries its own markers and its ancestors'.  It is eligible with at least
+   ``min_markers`` detected positive markers and its lineage's programme shown; types foreign
+   to the tissue context need ``foreign_evidence`` times the markers.
+3. **Descent.** From the root, each node's options are its children (the best eligible
+   hypothesis below each, scored by the evidence it adds beyond the node) and stopping at the
+   node; a softmax with ``temperature`` gives conditional probabilities and the cell follows
+   the best option.  Its label is the deepest node whose cumulative probability is at least
+   ``min_level_confidence``; ``confidence`` is that probability through :data:`CALIBRATION`.
+4. A cell with no eligible hypothesis is ``Unknown`` with an ``unknown_reason``.  ``markers``
+   are the genes that carried the call, ``alternates`` the losing options along the path;
+   ``label_l1`` / ``label_l2`` are the call's compartment and lineage.
 
 Every step is per cell: calls never depend on which other cells share a chunk.  What is
-decided once per matrix (species, tissue context when inferred) is worked out in
-:meth:`MarkerEngine.plan` before the chunks.
+decided once per matrix (species, tissue context when inferred, how log values are read) is
+worked out in :meth:`MarkerEngine.plan` before the chunks.
 """
 
 from __future__ import annotations
