@@ -73,7 +73,9 @@ from bridge.engines.reference import ReferenceEngine
 from bridge.matrix import CellMatrix
 from bridge.numerics import log_normalize
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = next((p / "shared" / "data" for p in Path(__file__).resolve().parents
+               if (p / "shared" / "data").is_dir()),
+              Path(__file__).resolve().parents[2] / "shared" / "data")
 COARSE = ("B", "CD4 T", "CD8 T", "NK", "monocyte")
 SORTED_TO_COARSE = {"B": "B", "CD4TN": "CD4 T", "CD4TCM": "CD4 T", "CD4Treg": "CD4 T",
                     "CD8TN": "CD8 T", "NK": "NK", "Monocyte": "monocyte"}
