@@ -87,7 +87,7 @@ CALIBRATION: tuple[float, float, float, float] = (0.1454, 0.4459, 0.0577, 1.3405
 #: Confidence of a call carried by fewer than ``min_markers`` detected markers (possible only
 #: where the matrix lacks the type's other markers): below even odds.
 FEW_MARKERS_CAP = 0.45
-_BLOCK = 8192  # cells scored at once inside a chunk (bounds the nodes x cells arrays)
+_BLOCK = 16384  # cells scored at once inside a chunk (bounds the nodes x cells arrays)
 _MOUSE_GENE = re.compile(r"[a-z]")
 _HUMAN_ORF = re.compile(r"^C\d+orf\d+")
 _UPPER_MOUSE = re.compile(r"^(GM\d{3,}|\d{7}[A-Z]\d{2}RIK|[A-Z]\d{6}RIK|\d+RIK)$")
@@ -254,12 +254,12 @@ class MarkerEngine(ChunkedEngine):
 
     def _infer(self, matrix: CellMatrix, kind: Kind, model: MarkerModel, tree: Tree,
                layout: Layout) -> TissueContext:
-        """The tissue context voted for by a first pass over about 3,000 cells (evenly spread
+        """The tissue context voted for by a first pass over about 2,000 cells (evenly spread
         runs, so the same matrix always gives the same context)."""
         everything = np.ones(model.n_nodes, dtype=bool)
         settings = self._settings()
         found = sp.vstack([evidence(window, kind, layout.columns, settings)
-                           for window in sample_rows(matrix.X, 3000)], format="csr")
+                           for window in sample_rows(matrix.X, 2000)], format="csr")
         h = hypotheses(found, model, layout, everything, settings)
         walk = descend(h, model, tree, layout, everything, settings)
         return infer_context(model, walk.label, walk.probability, found.shape[0])
