@@ -170,6 +170,8 @@ CODES: dict[str, tuple[str, str]] = {
     "invalid_parameter": ("invalid_input", "an argument is out of range or of the wrong type"),
     "invalid_payload": ("invalid_input", "a request body does not have the contract's form"),
     "unknown_parameter": ("invalid_input", "an engine was given a parameter it does not take"),
+    "unknown_tissue": ("invalid_input", "a tissue context names no tissue the knowledge base "
+                       "knows"),
     "invalid_cells": ("invalid_input", "cell ids are empty, missing or duplicated"),
     "invalid_genes": ("invalid_input", "gene ids are empty, missing or duplicated"),
     "invalid_shape": ("invalid_input", "the matrix has no cells or no genes, or a bad shape"),

@@ -391,7 +391,40 @@ def _summary(matrix: CellMatrix, calls: pa.Table, rows: NDArray[Any], confidence
             except json.JSONDecodeError:
                 pass
             items.append((key.replace("_", " "), value))
+    context = _tissue_context(meta.get(b"scbridge.tissue"))
+    if context:
+        items.append(("tissue context", context))
+    if "unknown_reason" in calls.column_names:
+        reasons = pc.value_counts(pc.drop_null(pc.cast(calls.column("unknown_reason"),
+                                                        pa.string()))).to_pylist()
+        if reasons:
+            items.append(("Unknown, by reason", ", ".join(
+                f"{r['values']} {r['counts']:,}" for r in reasons)))
     return items
+
+
+def _tissue_context(raw: bytes | None) -> str:
+    """``scbridge.tissue`` in words: the tissues, how they were chosen, and the evidence."""
+    if not raw:
+        return ""
+    try:
+        context = json.loads(raw.decode(errors="replace"))
+    except json.JSONDecodeError:
+        return ""
+    if not isinstance(context, dict):
+        return ""
+    tissues = ", ".join(context.get("tissues") or []) or "none (every type considered)"
+    text = f"{tissues} ({context.get('source', '?')})"
+    support = context.get("support") or {}
+    if context.get("source") == "inferred" and support:
+        text += "; cells voting per tissue: " + ", ".join(
+            f"{t} {float(v):.1%}" for t, v in list(support.items())[:4])
+    types = context.get("types") or {}
+    for tissue, counts in list(types.items())[:2]:
+        text += f"; {tissue}: " + ", ".join(f"{n} {c}" for n, c in list(counts.items())[:3])
+    if context.get("reason"):
+        text += f"; {context['reason']}"
+    return text
 
 
 def _page(title: str, summary: list[tuple[str, str]], figures: list[tuple[str, str, str]]

@@ -108,8 +108,9 @@ def cell_totals(X: sp.csr_matrix) -> NDArray[Any]:
     return totals
 
 
-def panel_block(X: sp.csr_matrix, columns: NDArray[Any]) -> sp.csr_matrix:
-    """``X[:, columns]`` (float64, sorted indices) without scipy's fancy indexing, which
+def panel_block(X: sp.csr_matrix, columns: NDArray[Any],
+                dtype: type[np.floating[Any]] = np.float64) -> sp.csr_matrix:
+    """``X[:, columns]`` (``dtype``, sorted indices) without scipy's fancy indexing, which
     copies the whole ``indices`` array to int64 when ``indptr`` is int64.
 
     Extra memory: 3 bytes per non-zero of ``X`` (a small column map and a mask), plus the
@@ -121,15 +122,15 @@ def panel_block(X: sp.csr_matrix, columns: NDArray[Any]) -> sp.csr_matrix:
     lookup_type = np.int16 if len(columns) < 2**15 else np.int32
     lookup = np.full(X.shape[1], -1, dtype=lookup_type)
     lookup[columns] = np.arange(len(columns), dtype=lookup_type)
-    mapped = lookup[X.indices]
+    mapped = lookup[X.indices[: X.indptr[-1]]]
     positions = np.flatnonzero(mapped >= 0)
     new_columns = mapped[positions].astype(np.int32)
     del mapped
-    rows = np.searchsorted(X.indptr, positions, side="right") - 1
-    counts = np.bincount(rows, minlength=n_cells)
+    # Panel entries per row: where each row's start falls among the (sorted) positions.
+    counts = np.diff(np.searchsorted(positions, X.indptr))
     indptr = np.zeros(n_cells + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
-    out = sp.csr_matrix((X.data[positions].astype(np.float64), new_columns, indptr),
+    out = sp.csr_matrix((X.data[positions].astype(dtype), new_columns, indptr),
                         shape=(n_cells, len(columns)))
     out.sort_indices()  # panel order differs from matrix column order
     return out
@@ -144,11 +145,13 @@ def log_normalize(X: sp.csr_matrix, value_kind: str, *, target_sum: float = TARG
     genes, in that order, still scaled by each cell's total over all of its genes (only the
     kept columns are copied).  Cells without any expression stay all zero.
     """
-    block = X.astype(np.float64) if columns is None else panel_block(X, columns)
+    # float32 work stays float32 (half the memory traffic); totals are float64 either way
+    work = np.float32 if dtype == np.float32 else np.float64
+    block = X.astype(work) if columns is None else panel_block(X, columns, dtype=work)
     if value_kind != "lognorm":
         totals = cell_totals(X)
         scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-        block.data = block.data * np.repeat(scale, np.diff(block.indptr))
+        block.data = block.data * np.repeat(scale.astype(work), np.diff(block.indptr))
         np.log1p(block.data, out=block.data)
     out = sp.csr_matrix((block.data.astype(dtype, copy=False), block.indices, block.indptr),
                         shape=block.shape)

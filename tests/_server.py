@@ -199,16 +199,15 @@ class Scripted:
 
 
 def marker_gene_cells(n_cells: int = 400, *, seed: int = 0) -> CellMatrix:
-    """Counts on the embedded marker database's own gene symbols (for model="markers")."""
-    import csv
-    from importlib.resources import files
+    """Counts on the knowledge base's own gene symbols (for model="markers"): each cell
+    expresses the positive markers of one blood cell type and of its ancestors."""
+    from bridge.engines._marker_model import load_marker_model
 
-    with (files("bridge.engines") / "data" / "markers.tsv").open() as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    by_type: dict[str, list[str]] = {}
-    for row in rows:
-        if row["direction"] == "+":
-            by_type.setdefault(row["cell_type"], []).append(row["gene"])
+    model = load_marker_model()
+    blood = [k for k in range(model.n_nodes) if model.is_type[k]
+             and model.compartments[k] == "immune" and "blood" in model.tissues[k]]
+    by_type = {model.names[k]: [g for g, w in zip(model.genes, model.positive[k], strict=True)
+                                if w > 0] for k in blood}
     genes = sorted({g for gs in by_type.values() for g in gs} | {"ACTB", "B2M", "MALAT1"})
     column = {g: j for j, g in enumerate(genes)}
     rng = np.random.default_rng(seed)

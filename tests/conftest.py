@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the repository (searched upwards, so git worktrees find it too)
+SHARED_DATA = next((p / "shared" / "data" for p in Path(__file__).resolve().parents
+                    if (p / "shared" / "data").is_dir()),
+                   Path(__file__).resolve().parents[1].parent / "shared" / "data")
 R_PACKAGES = ("Matrix", "SeuratObject", "SingleCellExperiment", "DelayedArray")
 
 

@@ -29,9 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True,
                         help="calls file: .parquet, .arrow (IPC file), .csv or .json")
     parser.add_argument("--model", default="markers", help="engine (default: markers)")
-    parser.add_argument("--atlas", help="marker database / reference file of the engine")
-    parser.add_argument("--tissue", help="tissue context of the markers engine: a tissue name "
-                                         "or UBERON id (e.g. pancreas, UBERON:0001264)")
+    parser.add_argument("--atlas", help="the engine's knowledge base (a folder or marker file in "
+                                        "its format) or reference file")
+    parser.add_argument("--tissue", help="tissue context of the markers engine: a tissue name, "
+                                         "synonym or UBERON id (e.g. pancreas, "
+                                         "UBERON:0001264; ';' between several), 'auto' "
+                                         "(default: inferred from the data) or 'all'")
     parser.add_argument("--min-gene-fraction", type=float, default=None, metavar="F",
                         help="refuse inputs holding fewer of the model's genes than this "
                              "fraction (default: the model's own)")
@@ -148,6 +151,10 @@ def summary(table: pa.Table) -> str:
         extra = f", {mapped:,} ids mapped to symbols" if mapped else ""
         lines.append(f"genes matched: {float(matched):.1%} of the engine's genes "
                      f"(ids: {kind}{extra})")
+    context = meta.get("tissue")
+    if isinstance(context, dict):
+        tissues = ", ".join(context.get("tissues") or []) or "none (every type considered)"
+        lines.append(f"tissue context: {tissues} ({context.get('source', '?')})")
     width = max((len(str(c["values"])) for c in counts), default=5)
     for c in counts:
         share = c["counts"] / n if n else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -80,7 +81,14 @@ def _mouse_to_human(symbol: str) -> str | None:
         return exception
     orthologs = mouse_orthologs()
     if symbol in orthologs:
-        return orthologs[symbol]
+        target = orthologs[symbol]
+        # Many-to-one pairs: a human gene with a same-name mouse orthologue is that gene's
+        # only; a mouse paralogue (Cldn13 -> CLDN4, Aldoart1 -> ALDOA) would otherwise take
+        # the human name in data sets that lack the same-name gene.
+        if target and target != symbol.upper() and (
+                orthologs.get(target[:1] + target[1:].lower()) == target):
+            return None
+        return target
     # Not in the orthologue table (renamed since Ensembl 105, or none shipped): the
     # upper-cased symbol where it is a current human symbol.
     upper = symbol.upper()
@@ -131,6 +139,35 @@ def _apply(genes: Sequence[str], lookup: Callable[[str], str | None]
     return out, n
 
 
+_UPPER_MOUSE = re.compile(r"^(GM\d{3,}|[0-9A-Z]*\d[0-9A-Z]*RIK\d?)$")
+
+
+def _upper_cased_mouse(genes: Sequence[str]) -> bool:
+    """Whether symbols that look human are upper-cased mouse symbols: mouse-only names
+    (``GM12345``, ``1700001C19RIK``) among them."""
+    step = max(1, len(genes) // 5000)
+    sample = [str(g) for g in genes[::step]]
+    hits = sum(1 for g in sample if _UPPER_MOUSE.match(g))
+    return hits >= max(3, 0.005 * len(sample))
+
+
+def _human_symbol_lookup(upper_mouse: bool) -> Callable[[str], str | None]:
+    """Outdated human symbols to current ones; with ``upper_mouse``, upper-cased mouse symbols
+    (HBA-A1, LYZ2: some pipelines write them so) through the orthologue table when they are
+    not human symbols themselves."""
+    aliases = human_aliases()
+    if not upper_mouse:
+        return aliases.get
+    current = human_symbols()
+
+    def lookup(g: str) -> str | None:
+        alias = aliases.get(g)
+        if alias or g in current:
+            return alias
+        return _mouse_to_human(g[:1] + g[1:].lower())
+    return lookup
+
+
 def _lookup_for(kind: str) -> Callable[[str], str | None]:
     """How one id of ``kind`` maps to a current human symbol (``None``: it does not)."""
     if kind == "ensembl_human":
@@ -177,12 +214,18 @@ def map_to_human_symbols(genes: Sequence[str] | NDArray[Any]) -> GeneMapping:
     """Map Ensembl ids (human or mouse), mouse symbols and outdated human symbols to current
     human symbols where the shipped tables know them.
 
-    A mixture (part Ensembl ids, part symbols) is mapped id by id, each by its own kind.
+    A mixture (part Ensembl ids, part symbols) is mapped id by id, each by its own kind;
+    upper-cased mouse symbols are recognised by their mouse-only names and mapped as mouse.
     """
     genes = np.asarray(genes, dtype=object)
     ids = [str(g) for g in genes]
     kind = detect_gene_id_kind(ids)
-    lookup = _mixed_lookup(ids) if kind == "mixed" else _lookup_for(kind)
+    if kind == "mixed":
+        lookup = _mixed_lookup(ids)
+    elif kind in ("ensembl_human", "ensembl_mouse", "symbols_mouse"):
+        lookup = _lookup_for(kind)
+    else:
+        lookup = _human_symbol_lookup(_upper_cased_mouse(ids))
     mapped, n = _apply(ids, lookup)
     return GeneMapping(mapped, kind, n)
 

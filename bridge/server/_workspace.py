@@ -145,11 +145,11 @@ _Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
 
 @cache
 def marker_tissues() -> list[str]:
-    """Tissues the embedded marker database annotates for (``tissue=`` of model markers)."""
-    from ..engines.markers import load_marker_database
+    """Tissue names of the knowledge base's vocabulary (``tissue=`` of model markers; the
+    engine also takes synonyms and UBERON ids, and "auto" / "all")."""
+    from ..engines._knowledge_base import load_tissues
 
-    names = {t.strip() for entry in load_marker_database().tissues for t in entry.split(";")}
-    return sorted(n for n in names if n and n not in ("any", "tissue"))
+    return sorted(row["name"] for row in load_tissues())
 
 
 async def _paced(chunks: AsyncIterator[bytes], timeout: float) -> AsyncIterator[bytes]:
@@ -200,11 +200,18 @@ def job_options(fields: dict[str, Any], catalog: Catalog
         if model != "markers":
             raise ApiError(422, "invalid_parameter", f"tissue applies to model 'markers', not "
                            f"{model!r}.", "leave tissue empty for this model")
-        if not isinstance(tissue, str) or tissue.lower() not in marker_tissues():
-            raise ApiError(422, "unknown_tissue", f"unknown tissue {str(tissue)[:60]!r}; the "
-                           f"marker database knows: {', '.join(marker_tissues())}.",
-                           "pick one of them, or leave tissue empty for all")
-        tissue = tissue.lower()
+        if not isinstance(tissue, str) or len(tissue) > 200:
+            raise ApiError(422, "invalid_parameter", "tissue must be a tissue name or UBERON "
+                           "id.", "pick one of the listed tissues, or leave it on auto")
+        if tissue.lower() not in ("auto", "all"):
+            from .._errors import BridgeError
+            from ..engines._tissue_context import resolve_tissues
+            from ._problems import from_bridge_error
+
+            try:
+                resolve_tissues(tissue)  # an unknown name is refused here, with close matches
+            except BridgeError as exc:
+                raise from_bridge_error(exc) from None
     threshold = fields.get("min_confidence")
     if threshold is not None and (isinstance(threshold, bool)
                                   or not isinstance(threshold, int | float)
