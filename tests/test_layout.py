@@ -323,7 +323,7 @@ def test_cli_report_and_write_back_share_one_layout(monkeypatch, tmp_path: Path)
         return lay_out(*args, **kwargs)
 
     monkeypatch.setattr(_layout, "umap_layout", counted)
-    matrix, _ = synthetic_matrix(["naive B cell", "CD14 monocyte", "NK cell"], n_per_type=20)
+    matrix, _ = synthetic_matrix(["naive B cell", "classical monocyte", "natural killer cell"], n_per_type=20)
     source = bridge.write(matrix, tmp_path / "in.h5ad")
     back, report = tmp_path / "out.h5ad", tmp_path / "r.html"
     assert main(["annotate", str(source), "--out", str(tmp_path / "c.parquet"), "--quiet",

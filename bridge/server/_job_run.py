@@ -49,11 +49,14 @@ class Progress:
     def __init__(self, folder: Path) -> None:
         self.path = folder / "progress.json"
         self.extra: dict[str, Any] = {}
+        self.stages: list[str] = []  # every stage so far: a brief one is never lost to polling
 
     def __call__(self, stage: str, fraction: float, message: str, **extra: Any) -> None:
         self.extra.update(extra)
-        write_json(self.path, {"stage": stage, "fraction": fraction, "message": message,
-                               "updated": time.time(), **self.extra})
+        if not self.stages or self.stages[-1] != stage:
+            self.stages.append(stage)
+        write_json(self.path, {"stage": stage, "stages": self.stages, "fraction": fraction,
+                               "message": message, "updated": time.time(), **self.extra})
         logger.info("%s (%.0f%%): %s", stage, 100 * fraction, message)
 
 

@@ -392,6 +392,7 @@ class JobManager:
             "id": job["id"], "name": job["name"], "state": job["state"],
             "stage": "finished" if job["state"] in FINISHED else progress.get("stage",
                                                                               job["state"]),
+            "stages": list(progress.get("stages", [])),
             "progress": round(fraction, 4), "message": progress.get("message", ""),
             "options": job["options"], "created": job["created"], "started": job["started"],
             "finished": job["finished"], "error": job["error"],
