@@ -15,7 +15,7 @@ abort <- function(message, code = NULL, family = NULL, parent = NULL, hint = NUL
   code <- code %||% kind_codes[kind[[1L]] %||% "input"]
   code <- unname(code)
   cond <- errorCondition(paste(message, collapse = "\n"),
-                         class = utils::head(error_classes(code, family, remote), -3L),
+                         class = utils::head(error_classes(code, family, remote), -2L),
                          call = call, parent = parent, code = code,
                          family = family %||% code_family(code, remote), hint = hint, ...)
   stop(cond)
@@ -47,11 +47,16 @@ warn <- function(message, code, call = scbridge_call(), ...) {
 
 # The call of the exported scbridge function the user called (outermost first), or NULL.
 scbridge_call <- function() {
-  exported <- getNamespaceExports(asNamespace("scbridge"))
-  for (call in sys.calls()) {
-    fn <- call[[1L]]
+  ns <- asNamespace("scbridge")
+  exported <- getNamespaceExports(ns)
+  calls <- sys.calls()
+  for (k in seq_along(calls)) {
+    fn <- calls[[k]][[1L]]
     if (is.call(fn) && as.character(fn[[1L]]) %in% c("::", ":::")) fn <- fn[[3L]]
-    if (is.name(fn) && as.character(fn) %in% exported) return(call)
+    if (is.name(fn) && as.character(fn) %in% exported &&
+        identical(environment(sys.function(k)), ns)) {
+      return(calls[[k]])
+    }
   }
   NULL
 }

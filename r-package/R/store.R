@@ -6,8 +6,9 @@
 # provenance) are kept once per annotation run in object@misc$scbridge[[prefix]] /
 # metadata(object)$scbridge[[prefix]], keyed by "<run>:<cell id at annotation>"; the column
 # <prefix>_key holds each cell's key. calls() looks the object's current cells up by their
-# keys: a subset or renamed object finds its rows, a merged or combined object finds those of
-# every run whose calls it still holds, and cells whose run is not there are refused clearly.
+# keys: a subset or renamed object finds its rows, an SCE combined with cbind() those of every
+# run it holds; Seurat's merge() keeps the columns but drops @misc, and calls() then says so
+# (as it refuses any cells whose run the object does not hold).
 
 #' The full cell-type calls kept in an object
 #'
@@ -46,19 +47,29 @@ calls <- function(object, prefix = "cell_type", flatten = FALSE) {
   check_string(prefix, "prefix", null_ok = FALSE)
   check_flag(flatten, "flatten")
   runs <- stored_runs(object, prefix)
+  meta <- cell_metadata(object)
+  key_column <- key_column_name(prefix)
+  keys <- meta[[key_column]]
+  if (!length(runs) && !is.null(keys)) {
+    # Seurat's merge() keeps the cell metadata but drops @misc.
+    abort(c(sprintf(paste("The cells were annotated (column '%s') but the object no longer holds",
+                          "their full calls: merge() keeps the cell metadata (%s, ...), which",
+                          "stays right, and drops what Seurat keeps in @misc."), key_column,
+                    prefix),
+            sprintf("For the runner-ups and marker genes, annotate this object again: annotate_cells(object, prefix = \"%s\", overwrite = TRUE).",
+                    prefix)), code = "stale_calls")
+  }
   if (!length(runs)) {
     abort(sprintf(
       "This object holds no scbridge calls under prefix '%s'; run annotate_cells(object, prefix = \"%s\") first.",
       prefix, prefix), code = "not_found")
   }
-  meta <- cell_metadata(object)
-  key_column <- key_column_name(prefix)
-  keys <- meta[[key_column]]
   if (is.null(keys)) {
     abort(sprintf("The object has scbridge calls under prefix '%s' but no '%s' column to find them by; annotate it again.",
                   prefix, key_column), code = "stale_calls")
   }
-  table <- if (length(runs) == 1L) runs[[1L]]$calls else do.call(rbind, lapply(runs, `[[`, "calls"))
+  table <- if (length(runs) == 1L) runs[[1L]]$calls else
+    do.call(rbind, unname(lapply(runs, `[[`, "calls")))
   rows <- match(keys, rownames(table))
   if (anyNA(rows)) {
     missing <- which(is.na(rows))
@@ -101,7 +112,7 @@ stored_runs <- function(object, prefix) {
   }
   runs <- lapply(holders, function(h) h[[prefix]])
   runs <- Filter(Negate(is.null), runs)
-  runs[!duplicated(vapply(runs, function(r) r$run %||% "", ""))]
+  unname(runs[!duplicated(vapply(runs, function(r) r$run %||% "", ""))])
 }
 
 store_results <- function(object, prefix, value) {

@@ -50,7 +50,11 @@ def _capturing(records: list[dict[str, str]]) -> Iterator[None]:
     logger.propagate = False
     try:
         with warnings.catch_warnings(record=True) as caught:
+            # Every warning each time (R decides what to show), except the deprecation
+            # notices of libraries, which Python itself hides from users.
             warnings.simplefilter("always")
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
             try:
                 yield
             finally:
