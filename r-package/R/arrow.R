@@ -29,7 +29,7 @@ arrow_backend <- function() {
   found <- arrow_backends()
   wanted <- getOption("scbridge.arrow_backend")
   if (!is.null(wanted)) {
-    wanted <- match.arg(wanted, c("nanoarrow", "arrow"))
+    wanted <- check_choice(wanted, c("nanoarrow", "arrow"), "options(scbridge.arrow_backend)")
     if (!wanted %in% found) {
       abort(sprintf("options(scbridge.arrow_backend = \"%s\") is set, but %s", wanted,
                     arrow_backend_missing(wanted)), code = "missing_dependency")

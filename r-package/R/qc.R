@@ -50,7 +50,14 @@ cell_qc <- function(object, ..., doublets = TRUE, min_counts = 500, min_genes = 
     if (!isTRUE(doublets) && !isFALSE(doublets) && !identical(doublets, "scanpy")) {
       abort("`doublets` must be TRUE, FALSE or \"scanpy\".", code = "invalid_parameter")
     }
-    thresholds <- list(min_counts = min_counts, min_genes = min_genes,
+    # min_genes is a whole number in the core (QCThresholds): its reasons read "n_genes<200".
+    thresholds <- list(min_counts = min_counts,
+                       min_genes = if (is.numeric(min_genes) && length(min_genes) == 1L &&
+                                       !is.na(min_genes) && min_genes == round(min_genes)) {
+                         as.integer(min_genes)
+                       } else {
+                         min_genes
+                       },
                        max_mito_fraction = max_mito_fraction,
                        max_doublet_score = max_doublet_score)
     for (name in names(thresholds)) {

@@ -230,12 +230,12 @@ test_that("http engine over Arrow agrees with python cell for cell on every clas
 
 test_that("an unknown or missing backend in options(scbridge.arrow_backend) is a dependency error", {
   withr::local_options(scbridge.arrow_backend = "feather")
-  expect_error(scbridge:::arrow_backend(), "should be one of")
+  expect_error(scbridge:::arrow_backend(), class = "scbridge_error_invalid_parameter")
   for (backend in c("nanoarrow", "arrow")) {
     if (!backend %in% scbridge:::arrow_backends()) {
       withr::local_options(scbridge.arrow_backend = backend)
       expect_error(scbridge:::arrow_backend(), sprintf("the R package %s is not installed", backend),
-                   class = "scbridge_error_dependency")
+                   class = "scbridge_error_missing_dependency")
     }
   }
 })

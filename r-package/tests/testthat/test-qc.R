@@ -13,7 +13,7 @@ test_that("cell_qc() gives the QC table per cell; python and cli agree", {
   expect_true(all(is.na(qc$doublet_score)))
   # 120 cells of ~30 genes: all fail min_genes = 200, and say so
   expect_true(all(!qc$qc_pass))
-  expect_match(qc$qc_reason, "n_genes<200", all = TRUE, fixed = TRUE)
+  expect_match(qc$qc_reason, "n_genes<200;", all = TRUE, fixed = TRUE)
   expect_equal(attr(qc, "thresholds")$min_genes, 200)
   expect_output(print(qc), "scbridge QC of 120 cells: 0 pass, 120 flagged")
   lenient <- cell_qc(m, engine = "python", doublets = FALSE, min_genes = 5, min_counts = 10)
