@@ -114,9 +114,10 @@
 #'   table(seu$cell_type)
 #'   head(seu[[c("cell_type", "cell_type_confidence")]])
 #'
-#'   # cluster-level labels at lineage depth, as the identities
+#'   # cluster-level labels, as the identities (level = "l2" would put the
+#'   # lineages there, with a model that reports them)
 #'   seu <- annotate_cells(seu, min_gene_fraction = 0.05, groups = "RNA_snn_res.1",
-#'                         level = "l2", prefix = "lineage", set_ident = TRUE)
+#'                         prefix = "by_cluster", set_ident = TRUE)
 #'   table(SeuratObject::Idents(seu))
 #'
 #'   # a matrix gives the calls themselves, one row per cell
