@@ -15,9 +15,11 @@ new_engine <- function(name, label, status, setup, ...) {
             class = "scbridge_engine")
 }
 
-engine_object <- function(name) {
-  switch(name, python = python_engine(), cli = cli_engine(), http = http_engine())
-}
+# The registry: engine name -> constructor (defined in engine-<name>.R).
+engine_constructors <- list(python = function() python_engine(), cli = function() cli_engine(),
+                            http = function() http_engine())
+
+engine_object <- function(name) engine_constructors[[name]]()
 
 #' @export
 print.scbridge_engine <- function(x, ...) {

@@ -174,3 +174,32 @@ test_that("every engine gives the same depths, cluster-level labels, QC and thre
   expect_same_calls(annotate_cells(m, engine = "cli", qc = TRUE),
                     annotate_cells(m, engine = "python", qc = TRUE))
 })
+
+test_that("the depths of a call (label_l1 / label_l2, unknown_reason) travel alike on every engine", {
+  skip_if_no_python()
+  skip_if_no_cli()
+  server <- test_server()
+  m <- plain(sim_counts())
+  seu <- make_seurat_v4(m)
+  ref <- annotate_cells(m, engine = "python")
+  if (is.null(ref$label_l2)) {
+    # A core whose markers model reports no depths: level = "l2" is refused on every engine.
+    for (engine in c("python", "cli")) {
+      expect_error(annotate_cells(seu, engine = engine, level = "l2"),
+                   class = "scbridge_error_level_unavailable")
+    }
+    expect_error(annotate_cells(seu, engine = "http", endpoint = server$endpoint,
+                                api_key = server$key, level = "l2"),
+                 class = "scbridge_error_level_unavailable")
+    return(invisible())
+  }
+  expect_same_calls(annotate_cells(m, engine = "cli"), ref)
+  expect_same_calls(annotate_cells(m, engine = "http", endpoint = server$endpoint,
+                                   api_key = server$key), ref)
+  out <- annotate_cells(seu, engine = "python", level = "l2")
+  meta <- attr(out, "meta.data")
+  expect_identical(meta$cell_type, ref$label_l2)
+  expect_identical(meta$cell_type_l1, ref$label_l1)
+  expect_identical(meta$cell_type_label, ref$label)
+  if (!is.null(ref$unknown_reason)) expect_identical(meta$cell_type_reason, ref$unknown_reason)
+})
