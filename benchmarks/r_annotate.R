@@ -4,14 +4,19 @@
 # Targets: the cli engine <= 2x the python engine (issue 13); the python engine <= 1.5x the
 # core alone.
 #
+# --data FILE takes the cells of a Seurat .rds (e.g. ../shared/data/sorted_pbmc_seurat.rds,
+# real PBMCs) instead of simulated ones, repeated (renamed) up to --cells.
+#
 # Usage (from the repository root; the R package must be installed, e.g.
 #   R CMD INSTALL -l /tmp/scb_lib r-package):
 #   SCBRIDGE_PYTHON=.venv/bin/python Rscript benchmarks/r_annotate.R [--cells 30000]
-#     [--genes 2000] [--repeats 5] [--lib /tmp/scb_lib] [--small]
+#     [--genes 2000] [--repeats 5] [--lib /tmp/scb_lib] [--small] [--data FILE]
 # The core, python and cli runs are interleaved (each repeat runs all three), so they share the
 # load of a busy machine; each row gives the best and the median wall time and the CPU time
-# (R and its subprocesses). The cli engine is timed per transport: Arrow (its default; the
-# row names the writer: nanoarrow / arrow where installed, else the package's own) and .rds.
+# (R and its subprocesses). The cli engine is timed as it runs by default (Arrow CSR, written
+# by nanoarrow / arrow where installed, else by the package's own writer, to the session's
+# warm `scbridge worker`), with a process per call (options(scbridge.cli_worker = FALSE)), and
+# with .rds.
 # The http engine is timed per transport against `scbridge serve` on loopback. The calls of
 # every row are compared with the python engine's.
 `%||%` <- function(x, y) if (is.null(x)) y else x
@@ -36,36 +41,62 @@ python <- file.path(normalizePath(dirname(python), mustWork = TRUE), basename(py
 Sys.setenv(RETICULATE_PYTHON = python)
 options(scbridge.cli = file.path(dirname(python), "scbridge"), scbridge.verbose = FALSE)
 
-# -- data: marker genes of the built-in model + filler genes, four blood cell types ----------
+# -- data: real cells repeated (--data), or marker genes of the built-in model + filler genes
+# over four simulated blood cell types -----------------------------------------------------
+data_file <- opt("data", "")
 set.seed(42)
-marker_sets <- list(
-  T = c("CD3D", "CD3E", "IL7R", "CD2"), B = c("MS4A1", "CD79A", "CD79B", "CD19"),
-  NK = c("NKG7", "GNLY", "KLRD1", "PRF1"), Mono = c("LYZ", "CD14", "S100A8", "S100A9"))
-markers <- c(unlist(marker_sets, use.names = FALSE), "PTPRC")
-model_genes <- readLines("r-package/tests/testthat/fixtures/model_genes.txt")
-genes <- unique(c(markers, model_genes, sprintf("FILLER%05d", seq_len(n_genes))))[seq_len(n_genes)]
-types <- sample(names(marker_sets), n_cells, replace = TRUE)
-background <- rsparsematrix(n_genes, n_cells, density = 0.05,
-                            rand.x = function(n) as.double(rpois(n, 1) + 1))
-rows <- unlist(lapply(types, function(t) match(c(marker_sets[[t]], "PTPRC"), genes)))
-cols <- rep(seq_len(n_cells), each = 5L)
-strong <- sparseMatrix(i = rows, j = cols, x = as.double(rpois(length(rows), 12) + 3),
-                       dims = c(n_genes, n_cells))
-counts <- as(background + strong, "CsparseMatrix")
-dimnames(counts) <- list(genes, sprintf("cell%06d", seq_len(n_cells)))
+if (nzchar(data_file)) {
+  source_counts <- readRDS(data_file)@assays$RNA@counts
+  copies <- ceiling(n_cells / ncol(source_counts))
+  counts <- do.call(cbind, lapply(seq_len(copies), function(k) {
+    x <- source_counts
+    colnames(x) <- paste0(colnames(x), "_", k)
+    x
+  }))[, seq_len(n_cells)]
+  n_genes <- nrow(counts)
+} else {
+  marker_sets <- list(
+    T = c("CD3D", "CD3E", "IL7R", "CD2"), B = c("MS4A1", "CD79A", "CD79B", "CD19"),
+    NK = c("NKG7", "GNLY", "KLRD1", "PRF1"), Mono = c("LYZ", "CD14", "S100A8", "S100A9"))
+  markers <- c(unlist(marker_sets, use.names = FALSE), "PTPRC")
+  model_genes <- readLines("r-package/tests/testthat/fixtures/model_genes.txt")
+  genes <- unique(c(markers, model_genes, sprintf("FILLER%05d", seq_len(n_genes))))[seq_len(n_genes)]
+  types <- sample(names(marker_sets), n_cells, replace = TRUE)
+  background <- rsparsematrix(n_genes, n_cells, density = 0.05,
+                              rand.x = function(n) as.double(rpois(n, 1) + 1))
+  rows <- unlist(lapply(types, function(t) match(c(marker_sets[[t]], "PTPRC"), genes)))
+  cols <- rep(seq_len(n_cells), each = 5L)
+  strong <- sparseMatrix(i = rows, j = cols, x = as.double(rpois(length(rows), 12) + 3),
+                         dims = c(n_genes, n_cells))
+  counts <- as(background + strong, "CsparseMatrix")
+  dimnames(counts) <- list(genes, sprintf("cell%06d", seq_len(n_cells)))
+}
 seu <- suppressWarnings(SeuratObject::CreateSeuratObject(counts = counts))
-cat(sprintf("Seurat object: %s cells x %s genes, %s non-zeros\n", format(n_cells, big.mark = ","),
-            format(n_genes, big.mark = ","), format(length(counts@x), big.mark = ",")))
+cat(sprintf("Seurat object: %s cells x %s genes, %s non-zeros (%s)\n",
+            format(n_cells, big.mark = ","), format(n_genes, big.mark = ","),
+            format(length(counts@x), big.mark = ","),
+            if (nzchar(data_file)) sprintf("the cells of %s, repeated", data_file) else "simulated"))
 
-# Wall and CPU seconds of f() (CPU: this R process, its Python threads and its subprocesses).
+# CPU seconds the cli engine's worker (a live subprocess, which proc.time() does not count)
+# has used so far; 0 when there is none.
+worker_cpu <- function() {
+  worker <- scbridge:::the$cli_worker
+  if (is.null(worker) || !worker$process$is_alive()) return(0)
+  sum(worker$process$get_cpu_times()[c("user", "system")])
+}
+
+# Wall and CPU seconds of f() (CPU: this R process, its Python threads, its subprocesses and
+# the cli engine's worker).
 timed <- function(f) {
   gc()
   before <- proc.time()
+  worker_before <- worker_cpu()
   f()
   spent <- proc.time() - before
+  worker_spent <- max(0, worker_cpu() - worker_before)
   c(wall = spent[["elapsed"]],
     cpu = sum(spent[c("user.self", "sys.self")]) + sum(spent[c("user.child", "sys.child")],
-                                                       na.rm = TRUE))
+                                                       na.rm = TRUE) + worker_spent)
 }
 
 # -- the three local paths, interleaved ----------------------------------------------------
@@ -80,6 +111,11 @@ runs <- list(
     options(scbridge.cli_transport = "arrow")
     annotate_cells(seu, engine = "cli", overwrite = TRUE)
   },
+  cli_once = function() {
+    options(scbridge.cli_transport = "arrow", scbridge.cli_worker = FALSE)
+    on.exit(options(scbridge.cli_worker = NULL))
+    annotate_cells(seu, engine = "cli", overwrite = TRUE)
+  },
   cli_rds = function() {
     options(scbridge.cli_transport = "rds")
     on.exit(options(scbridge.cli_transport = NULL))
@@ -90,7 +126,7 @@ results <- list()
 times <- lapply(runs, function(f) matrix(numeric(0), ncol = 2, dimnames = list(NULL, c("wall", "cpu"))))
 for (r in seq_len(repeats)) {
   for (name in names(runs)) {
-    if (name == "cli_rds" && r > 2L) next  # the slow path: two runs are enough
+    if (name %in% c("cli_once", "cli_rds") && r > 2L) next  # the slow paths: two runs each
     times[[name]] <- rbind(times[[name]], timed(function() results[[name]] <<- runs[[name]]()))
   }
 }
@@ -147,8 +183,11 @@ same <- function(obj) {
 labels <- c(
   core = "Python core alone (call_cells, matrix already in Python)",
   python = "R python engine (reticulate), Seurat -> meta.data",
-  cli = sprintf("R cli engine (Arrow CSR stream by %s + subprocess + Arrow calls)", arrow_writer),
-  cli_rds = "R cli engine (.rds + subprocess reading it through rpy2 + Arrow calls)",
+  cli = sprintf("R cli engine (Arrow CSR by %s -> the session's scbridge worker -> Arrow calls)",
+                arrow_writer),
+  cli_once = sprintf("R cli engine, a process per call (Arrow CSR by %s, scbridge.cli_worker = FALSE)",
+                     arrow_writer),
+  cli_rds = "R cli engine (.rds -> the worker, reading it through rpy2 -> Arrow calls)",
   http_json = "R http engine (JSON, scbridge serve on loopback)",
   http_arrow = sprintf("R http engine (Arrow stream by %s, scbridge serve on loopback)",
                        arrow_writer))
@@ -166,7 +205,7 @@ rows <- data.frame(
 rows$x_python_best <- rows$best_s / best("python")
 rows$x_python_median <- rows$median_s / middle("python")
 rows$x_python_cpu <- rows$cpu_s / best("python", "cpu")
-cat(sprintf("%d interleaved repeats (core, python, cli); the .rds cli path and http: 2 runs each\n",
+cat(sprintf("%d interleaved repeats (core, python, cli); the other cli paths and http: 2 runs each\n",
             repeats))
 print(format(rows, digits = 3), row.names = FALSE)
 ratio <- c(best = best("cli") / best("python"), median = middle("cli") / middle("python"),

@@ -310,7 +310,9 @@ run_annotation <- function(found, engine, opts, groups) {
   started <- Sys.time()
   m <- found$matrix
   check_values(m, found$source)
-  value_kind <- check_expression(m, found$source, found$layer, opts$value_kind)
+  kind <- check_expression(m, found$source, found$layer, opts$value_kind)
+  # A kind the user named goes to the engine; a detected one is the engine's to detect too.
+  value_kind <- if (isTRUE(attr(kind, "detected"))) NULL else kind
   if (looks_ensembl(rownames(m))) {
     inform("the gene ids look like Ensembl ids (", rownames(m)[[1L]],
            ", ...); the core maps them to gene symbols.")
@@ -338,7 +340,7 @@ run_annotation <- function(found, engine, opts, groups) {
     reference = if (inherits(opts$reference, "scbridge_reference")) opts$reference$file else
       if (is.character(opts$reference)) opts$reference,
     tissue = opts$tissue, level = opts$level, source = found$source, layer = found$layer,
-    value_kind = value_kind %||% detect_value_kind(m@x), min_confidence = opts$min_confidence,
+    value_kind = as.vector(kind), min_confidence = opts$min_confidence,
     groups = if (is.character(opts$groups) && length(opts$groups) == 1L) opts$groups else
       if (!is.null(groups)) "per-cell values",
     parameters = opts$params, endpoint = if (engine$name == "http") opts$endpoint,

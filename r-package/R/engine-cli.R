@@ -1,5 +1,7 @@
 # The cli engine: the `scbridge` command in a subprocess (`scbridge annotate IN --out
-# calls.arrow`, and `qc`, `build-reference`, `rank-markers`, `embed`).
+# calls.arrow`, and `qc`, `build-reference`, `rank-markers`, `embed`), run in the session's
+# `scbridge worker` (one warm process for all the session's commands) where the command has
+# it, else in a process of its own.
 #
 # IN is an Arrow CSR stream (docs/format.md) written straight from the dgCMatrix slots:
 # uncompressed, read by the core without starting R (R/arrow.R: the R package nanoarrow or
@@ -80,36 +82,125 @@ write_cli_input <- function(m, source, dir, value_kind = NULL, obs = list()) {
   path
 }
 
-# Runs `scbridge CMD args`; re-raises its stderr in R (see above).
+# Runs `scbridge CMD args` and re-raises its stderr in R (see above): in the session's
+# `scbridge worker` where it can, else in a process of its own.
 run_cli <- function(command, args) {
   exe <- cli_check()
   args <- c(if (is_verbose()) "-v", command, args)
-  env <- subprocess_env()
-  if (requireNamespace("processx", quietly = TRUE)) {
-    res <- processx::run(exe, args, error_on_status = FALSE, env = env)
-    status <- res$status
-    stderr <- res$stderr
-  } else {
-    errfile <- tempfile()
-    on.exit(unlink(errfile), add = TRUE)
-    status <- system2(exe, shQuote(args), stdout = FALSE, stderr = errfile,
-                      env = paste0("LD_LIBRARY_PATH=", shQuote(env[["LD_LIBRARY_PATH"]])))
-    stderr <- paste(readLines(errfile, warn = FALSE), collapse = "\n")
-  }
-  said <- cli_stderr_records(stderr, command)
+  done <- cli_worker_run(exe, args) %||% cli_run_once(exe, args)
+  said <- cli_stderr_records(done$stderr, command)
   signal_core_conditions(Filter(function(r) r$level != "error", said))
-  if (status != 0L) {
+  if (done$status != 0L) {
     errors <- Filter(function(r) r$level == "error", said)
     if (length(errors)) {
       last <- errors[[length(errors)]]
       abort(sprintf("`scbridge %s` failed: %s", command, last$message), code = last$code,
-            stderr = stderr)
+            stderr = done$stderr)
     }
-    tail <- utils::tail(strsplit(trimws(stderr), "\n", fixed = TRUE)[[1L]], 5L)
-    abort(c(sprintf("`scbridge %s` failed (exit status %d):", command, status), tail),
-          code = "engine_failure", stderr = stderr)
+    tail <- utils::tail(strsplit(trimws(done$stderr), "\n", fixed = TRUE)[[1L]], 5L)
+    abort(c(sprintf("`scbridge %s` failed (exit status %d):", command, done$status), tail),
+          code = "engine_failure", stderr = done$stderr)
   }
   invisible(TRUE)
+}
+
+# One command in a process of its own: list(status, stderr).
+cli_run_once <- function(exe, args) {
+  env <- subprocess_env()
+  if (requireNamespace("processx", quietly = TRUE)) {
+    res <- processx::run(exe, args, error_on_status = FALSE, env = env)
+    return(list(status = res$status, stderr = res$stderr))
+  }
+  errfile <- tempfile()
+  on.exit(unlink(errfile), add = TRUE)
+  status <- system2(exe, shQuote(args), stdout = FALSE, stderr = errfile,
+                    env = paste0("LD_LIBRARY_PATH=", shQuote(env[["LD_LIBRARY_PATH"]])))
+  list(status = status, stderr = paste(readLines(errfile, warn = FALSE), collapse = "\n"))
+}
+
+# -- the session's worker ----------------------------------------------------------------
+# `scbridge worker` runs the commands it reads on stdin (one JSON array of arguments per line)
+# in one process and answers each with one JSON line {status, stdout, stderr}: the Python
+# start, the imports and the engines built are paid for once per session instead of once per
+# command (about a second each). options(scbridge.cli_worker = FALSE) turns it off; a
+# `scbridge` without the command, or without processx / jsonlite here, runs each command on
+# its own. The worker is started again when the command or the environment changed, and
+# stopped when a reply does not come (an interrupt, a crash): nothing is read out of turn.
+cli_worker_wanted <- function() {
+  isTRUE(getOption("scbridge.cli_worker", TRUE)) &&
+    requireNamespace("processx", quietly = TRUE) && requireNamespace("jsonlite", quietly = TRUE)
+}
+
+# list(status, stderr) of the command run in the worker, or NULL when there is no worker.
+cli_worker_run <- function(exe, args) {
+  if (!cli_worker_wanted()) return(NULL)
+  worker <- cli_worker(exe)
+  if (is.null(worker)) return(NULL)
+  reply <- cli_worker_ask(worker, args)
+  if (is.null(reply)) {
+    stderr <- tryCatch(worker$process$read_all_error(), error = function(e) "")
+    cli_worker_stop()
+    abort(c("The `scbridge worker` process stopped without answering.",
+            utils::tail(strsplit(trimws(stderr), "\n", fixed = TRUE)[[1L]], 5L),
+            "The next call starts a new one; options(scbridge.cli_worker = FALSE) runs each command on its own."),
+          code = "engine_failure", stderr = stderr)
+  }
+  list(status = as.integer(reply$status), stderr = as.character(reply$stderr %||% ""))
+}
+
+cli_worker <- function(exe) {
+  env <- subprocess_env()
+  key <- paste(c(exe, env), collapse = "\r")
+  worker <- the$cli_worker
+  if (!is.null(worker) && identical(worker$key, key) && worker$process$is_alive()) return(worker)
+  cli_worker_stop()
+  if (key %in% the$cli_worker_refused) return(NULL)
+  process <- processx::process$new(exe, "worker", stdin = "|", stdout = "|", stderr = "|",
+                                   env = env, cleanup = TRUE)
+  worker <- list(key = key, process = process)
+  # A scbridge without the worker command exits at once with a usage error.
+  hello <- cli_worker_ask(worker, "--version")
+  if (is.null(hello) || !identical(as.integer(hello$status), 0L)) {
+    try(process$kill(), silent = TRUE)
+    the$cli_worker_refused <- c(the$cli_worker_refused, key)
+    return(NULL)
+  }
+  the$cli_worker <- worker
+  worker
+}
+
+cli_worker_stop <- function() {
+  if (!is.null(the$cli_worker)) try(the$cli_worker$process$kill(), silent = TRUE)
+  the$cli_worker <- NULL
+}
+
+# Sends one command; its reply, or NULL when the worker ended first. A reply not read (an
+# interrupt while waiting) stops the worker, so no later call reads it.
+cli_worker_ask <- function(worker, args) {
+  process <- worker$process
+  answered <- FALSE
+  on.exit(if (!answered) {
+    try(process$kill(), silent = TRUE)
+    if (identical(the$cli_worker$key, worker$key)) the$cli_worker <- NULL
+  }, add = TRUE)
+  sent <- tryCatch({
+    process$write_input(paste0(json_strings(args), "\n"))
+    TRUE
+  }, error = function(e) FALSE)  # it ended: the pipe is closed
+  if (!sent) return(NULL)
+  buffer <- ""
+  repeat {
+    process$poll_io(1000L)
+    buffer <- paste0(buffer, process$read_output())
+    if (grepl("\n", buffer, fixed = TRUE)) break
+    if (!process$is_alive()) {
+      buffer <- paste0(buffer, process$read_all_output())
+      if (!grepl("\n", buffer, fixed = TRUE)) return(NULL)
+      break
+    }
+  }
+  answered <- TRUE
+  jsonlite::parse_json(sub("\n.*$", "", buffer))
 }
 
 # The lines the command printed on stderr as records: list(level, message, code), continuation

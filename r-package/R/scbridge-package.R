@@ -23,6 +23,10 @@
 #' * `scbridge.cli`: the `scbridge` executable of the `cli` engine (else env
 #'   `SCBRIDGE_CLI`, else `scbridge` on the `PATH`, else the `scbridge` beside
 #'   env `SCBRIDGE_PYTHON`).
+#' * `scbridge.cli_worker` (default `TRUE`): run the `cli` engine's commands
+#'   in one `scbridge worker` process per session (kept warm: the Python start
+#'   and imports are paid for once), or, with `FALSE`, each in a process of its
+#'   own.
 #' * `scbridge.cli_transport`: how the `cli` engine hands the matrix over:
 #'   `"auto"` / `"arrow"` (an uncompressed Arrow CSR stream, the default) or
 #'   `"rds"` (an uncompressed .rds, read through rpy2: slower).

@@ -25,11 +25,12 @@ is_counts_layer <- function(layer) {
 }
 
 # Refuses a matrix without a single expressed value; warns about cells without any; checks
-# what a counts layer holds against `value_kind`. Returns the value kind the engines are told
-# (NULL: theirs to detect).
+# what a counts layer holds against `value_kind`. Returns the value kind: `value_kind` when
+# given, else the one detected, marked attr "detected" (the engines detect it themselves).
 check_expression <- function(m, where, layer, value_kind) {
   x <- m@x
-  if (!length(x) || !any(x != 0)) {
+  # Stored values are non-zero nearly always: the full scan only when the first one is zero.
+  if (!length(x) || (x[[1L]] == 0 && !any(x != 0))) {
     abort(c(sprintf("%s holds no expression at all: every value of its %d cells is zero.",
                     where, ncol(m)),
             "Check the layer (layer = \"counts\" or \"data\") or the subset you annotate."),
@@ -58,7 +59,7 @@ check_expression <- function(m, where, layer, value_kind) {
                  if (found == "lognorm") "log-normalised" else "normalised"),
          code = "non_integer_counts")
   }
-  value_kind
+  value_kind %||% structure(found, detected = TRUE)
 }
 
 # Common gene symbols found in almost every scRNA-seq data set, to tell which side of a

@@ -79,3 +79,51 @@ test_that("the subprocess environment drops R's library directories", {
   env <- scbridge:::subprocess_env()
   expect_identical(env[["LD_LIBRARY_PATH"]], "/opt/mine/lib")
 })
+
+test_that("commands run in the session's `scbridge worker`, restarted when it ends", {
+  skip_if_no_python()
+  skip_if_no_cli()
+  m <- plain(sim_counts())
+  scbridge:::cli_worker_stop()
+  withr::local_options(scbridge.cli_worker = FALSE)
+  once <- annotate_cells(m, engine = "cli")
+  expect_null(scbridge:::the$cli_worker)
+  withr::local_options(scbridge.cli_worker = TRUE)
+  expect_same_calls(annotate_cells(m, engine = "cli"), once)
+  worker <- scbridge:::the$cli_worker
+  expect_true(worker$process$is_alive())
+  pid <- worker$process$get_pid()
+  expect_same_calls(annotate_cells(m, engine = "cli"), once)
+  expect_identical(scbridge:::the$cli_worker$process$get_pid(), pid)  # the same process
+  # errors and warnings come through the worker as they do from the command
+  expect_error(annotate_cells(m, model = "no-such-model", engine = "cli"),
+               class = "scbridge_error_unknown_model")
+  expect_identical(scbridge:::the$cli_worker$process$get_pid(), pid)
+  # a worker that ended is replaced by a new one
+  worker$process$kill()
+  expect_same_calls(annotate_cells(m, engine = "cli"), once)
+  expect_false(identical(scbridge:::the$cli_worker$process$get_pid(), pid))
+  scbridge:::cli_worker_stop()
+  expect_null(scbridge:::the$cli_worker)
+})
+
+test_that("a scbridge without the worker command runs each command on its own", {
+  skip_if_no_python()
+  skip_if_no_cli()
+  if (.Platform$OS.type != "unix") skip_engine("the stand-in command is a shell script")
+  old <- file.path(withr::local_tempdir(), "scbridge")
+  writeLines(c("#!/bin/sh",
+               "if [ \"$1\" = worker ]; then",
+               "  echo \"scbridge: error: argument COMMAND: invalid choice: 'worker'\" >&2",
+               "  exit 2",
+               "fi",
+               sprintf("exec '%s' \"$@\"", scbridge:::cli_path())), old)
+  Sys.chmod(old, "0755")
+  m <- plain(sim_counts())
+  ref <- annotate_cells(m, engine = "python")
+  scbridge:::cli_worker_stop()
+  withr::local_options(scbridge.cli = old, scbridge.cli_worker = TRUE)
+  expect_same_calls(annotate_cells(m, engine = "cli"), ref)
+  expect_null(scbridge:::the$cli_worker)
+  expect_true(any(grepl(old, scbridge:::the$cli_worker_refused, fixed = TRUE)))
+})
