@@ -144,6 +144,7 @@ test_that("level chooses the depth of the main column; a depth the model lacks i
   }
   # With the depth columns, as a Calls table carries them (here added to this core's calls).
   calls <- ref
+  calls$unknown_reason <- NULL
   calls$label_l1 <- ifelse(grepl("T cell|B cell|NK|monocyte", calls$label), "immune", "other")
   calls$label_l2 <- sub("^.* (T cell|B cell)$", "\\1", calls$label)
   cols <- scbridge:::object_columns(calls, "ct", "l2", "run")
