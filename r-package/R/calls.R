@@ -222,14 +222,6 @@ majority_by_group <- function(labels, groups) {
   list(label = label_levels[winner][g], share = share[g])
 }
 
-add_smoothed <- function(calls, groups) {
-  if (is.null(groups)) return(calls)
-  voted <- majority_by_group(calls$label, groups)
-  calls$label_smoothed <- voted$label
-  calls$smoothed_confidence <- voted$share
-  calls
-}
-
 # The label columns of each depth: "label" (the call itself), "l2" (lineage), "l1"
 # (compartment), as the core names them.
 level_columns <- c(label = "label", l2 = "label_l2", l1 = "label_l1")

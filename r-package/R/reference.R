@@ -11,15 +11,17 @@
 #'   or a genes x cells matrix.
 #' @param label_column The cell metadata column holding the labels; for a
 #'   matrix, one label per cell.
-#' @param file Where to write the reference (Parquet). `NULL` (default): a
-#'   temporary file, kept for this R session.
+#' @param file Where to write the reference (Parquet; `.parquet` is added to a
+#'   name without it). `NULL` (default): a temporary file, kept for this R
+#'   session.
 #' @param genes_per_label Informative genes kept per label.
 #' @param min_cells_per_label Labels with fewer cells are refused.
 #' @param max_cells_per_label Larger labels are subsampled.
 #' @param engine `"auto"` (python, then cli), `"python"` or `"cli"`.
 #' @return An object of class `scbridge_reference`: a list with `file`,
-#'   `labels` (the labels the model learned), `n_genes`, `label_column`,
-#'   `n_cells`, `source`.
+#'   `labels` (the labels the model learned; `NULL` from the cli engine, whose
+#'   command does not report them), `n_genes`, `label_column`, `n_cells`,
+#'   `source`.
 #' @examples
 #' if (scbridge_available()) {
 #'   ref <- build_reference(SeuratObject::pbmc_small, "RNA_snn_res.1",
@@ -53,6 +55,11 @@ build_reference <- function(object, label_column, file = NULL, ..., genes_per_la
     eng <- choose_engine(engine, default_endpoint(), "build_reference")
     check_values(m, found$source)
     file <- file %||% tempfile("scbridge-reference", fileext = ".parquet")
+    if (!grepl("\\.parquet$", file, ignore.case = TRUE)) {
+      # The core writes references as Parquet and names them so.
+      file <- paste0(file, ".parquet")
+      inform("the reference is written to ", file)
+    }
     column <- if (is_object) label_column else "label"
     done <- progress_step(sprintf("Building a reference from %s cells with the %s engine",
                                   format(ncol(m), big.mark = ","), eng$name))
@@ -62,7 +69,7 @@ build_reference <- function(object, label_column, file = NULL, ..., genes_per_la
                     min_cells_per_label = as.integer(min_cells_per_label),
                     max_cells_per_label = as.integer(max_cells_per_label))))
     done()
-    structure(list(file = normalizePath(file), labels = built$labels %||% reference_file_labels(file),
+    structure(list(file = normalizePath(file), labels = built$labels,
                    n_genes = built$n_genes, label_column = column, n_cells = ncol(m),
                    source = found$source),
               class = "scbridge_reference")
@@ -87,10 +94,6 @@ reference_labels <- function(object, label_column, cells, is_object) {
   }
   as.character(label_column)
 }
-
-# The labels of a reference file the cli engine wrote (the core keeps them in the Parquet
-# metadata, which base R cannot read): NULL.
-reference_file_labels <- function(file) NULL
 
 #' @export
 print.scbridge_reference <- function(x, ...) {

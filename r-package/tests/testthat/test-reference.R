@@ -41,9 +41,11 @@ test_that("a reference built from a labelled object annotates other cells with i
 test_that("the cli engine builds and uses references like the python engine", {
   skip_if_no_python()
   skip_if_no_cli()
-  file <- file.path(withr::local_tempdir(), "ref.parquet")
+  file <- file.path(withr::local_tempdir(), "ref")  # .parquet is added
   ref <- build_reference(labelled_seurat(), "truth", file = file, engine = "cli")
-  expect_identical(ref$file, normalizePath(file))
+  expect_identical(ref$file, normalizePath(paste0(file, ".parquet")))
+  expect_null(ref$labels)
+  expect_output(print(ref), "labels in the file")
   query <- plain(sim_counts())
   expect_same_calls(annotate_cells(query, reference = ref, engine = "cli"),
                     annotate_cells(query, reference = python_reference(), engine = "python"))
