@@ -108,21 +108,21 @@
 #'   [cell_qc()], [annotation_markers()], [scbridge_engines()].
 #' @examples
 #' if (scbridge_available()) {
-#'   seu <- SeuratObject::pbmc_small
-#'   # pbmc_small holds 230 genes: lower the share of the model's genes needed
-#'   seu <- annotate_cells(seu, min_gene_fraction = 0.05)
+#'   # pbmc_small holds 230 genes: the core warns that calls may be less
+#'   # reliable than on a whole transcriptome
+#'   seu <- suppressWarnings(annotate_cells(SeuratObject::pbmc_small))
 #'   table(seu$cell_type)
 #'   head(seu[[c("cell_type", "cell_type_confidence")]])
 #'
 #'   # cluster-level labels, as the identities (level = "l2" would put the
 #'   # lineages there, with a model that reports them)
-#'   seu <- annotate_cells(seu, min_gene_fraction = 0.05, groups = "RNA_snn_res.1",
-#'                         prefix = "by_cluster", set_ident = TRUE)
+#'   seu <- annotate_cells(seu, groups = "RNA_snn_res.1", prefix = "by_cluster",
+#'                         set_ident = TRUE)
 #'   table(SeuratObject::Idents(seu))
 #'
 #'   # a matrix gives the calls themselves, one row per cell
 #'   counts <- SeuratObject::GetAssayData(SeuratObject::pbmc_small, slot = "counts")
-#'   head(annotate_cells(counts, min_gene_fraction = 0.05, flatten = TRUE))
+#'   head(annotate_cells(counts, flatten = TRUE))
 #' }
 #' @export
 annotate_cells <- function(object, ...) {

@@ -24,7 +24,7 @@
 #'   z statistic). Row names are the genes, made unique as Seurat does.
 #' @examples
 #' if (scbridge_available()) {
-#'   seu <- annotate_cells(SeuratObject::pbmc_small, min_gene_fraction = 0.05)
+#'   seu <- annotate_cells(SeuratObject::pbmc_small)
 #'   head(annotation_markers(seu, top_n = 5, min_cells = 2))
 #'   # any other labels of the cells
 #'   head(annotation_markers(seu, labels = "RNA_snn_res.1", top_n = 5))

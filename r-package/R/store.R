@@ -35,7 +35,7 @@
 #'   merged in from an object annotated separately: annotate the merged object).
 #' @examples
 #' if (scbridge_available()) {
-#'   seu <- annotate_cells(SeuratObject::pbmc_small, min_gene_fraction = 0.05)
+#'   seu <- annotate_cells(SeuratObject::pbmc_small)
 #'   head(calls(seu))
 #'   calls(seu)$alternates[[1]]
 #'   # the rows follow the cells through subset()
