@@ -46,6 +46,8 @@ writeLines(jsonlite::toJSON(out, auto_unbox = TRUE), args[[3]])
 
 def _engine_env() -> dict[str, str]:
     env = dict(os.environ)
+    # testthat runs message snapshots (expect_snapshot) only off CRAN; they are part of the suite.
+    env.setdefault("NOT_CRAN", "true")
     python = env.get("SCBRIDGE_PYTHON") or sys.executable
     env["SCBRIDGE_PYTHON"] = python
     cli = Path(python).parent / "scbridge"

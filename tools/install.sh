@@ -17,6 +17,8 @@ R_PACKAGES=(
   r-bioc-singlecellexperiment r-bioc-delayedarray r-bioc-hdf5array r-bioc-singler
   r-cran-testthat r-cran-reticulate r-cran-httr2 r-cran-jsonlite r-cran-roxygen2
   r-cran-processx r-cran-callr r-cran-cli r-cran-withr
+  # the R package's vignette, built during R CMD check
+  r-cran-knitr r-cran-rmarkdown pandoc
 )
 # The R package's python engine (reticulate) loads libpython: python3-dev brings the shared
 # library for the distribution's Python (a pyenv / python.org build ships its own).

@@ -31,6 +31,7 @@ _COMMANDS = [
     "bridge.cli._embed",
     "bridge.cli._serve",
     "bridge.cli._workspace",
+    "bridge.cli._worker",
 ]
 
 

@@ -180,7 +180,7 @@ check_arrow_csr <- function(found, m, metadata, where) {
                     "%s %s; please report it. Meanwhile options(scbridge.cli_transport = \"rds\",",
                     "scbridge.http_transport = \"json\") avoid it."),
               backend, tryCatch(format(utils::packageVersion(backend)), error = function(e) ""))
-    ), kind = "arrow_format")
+    ), code = "arrow_format")
   }
   invisible(TRUE)
 }

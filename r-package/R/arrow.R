@@ -29,10 +29,10 @@ arrow_backend <- function() {
   found <- arrow_backends()
   wanted <- getOption("scbridge.arrow_backend")
   if (!is.null(wanted)) {
-    wanted <- match.arg(wanted, c("nanoarrow", "arrow"))
+    wanted <- check_choice(wanted, c("nanoarrow", "arrow"), "options(scbridge.arrow_backend)")
     if (!wanted %in% found) {
       abort(sprintf("options(scbridge.arrow_backend = \"%s\") is set, but %s", wanted,
-                    arrow_backend_missing(wanted)), kind = "dependency")
+                    arrow_backend_missing(wanted)), code = "missing_dependency")
     }
     return(wanted)
   }
@@ -74,23 +74,33 @@ need_arrow_backend <- function(what) {
                     backend_min_versions[["nanoarrow"]], backend_min_versions[["arrow"]],
                     arrow_backend_missing()),
             "Install one with install.packages(\"nanoarrow\") (or install.packages(\"arrow\"))."),
-          kind = "dependency")
+          code = "missing_dependency")
   }
   invisible(TRUE)
 }
 
 # Schema metadata of docs/format.md. The value kind follows the core's rule
-# (bridge._validate.looks_like_counts: whole numbers in the first 2^20 stored values), so
-# every transport and engine sees the same kind for the same matrix.
-csr_metadata <- function(m, source) {
-  x <- m@x[seq_len(min(length(m@x), 1048576L))]
+# (detect_value_kind(), R/values.R), so every transport and engine sees the same kind for
+# the same matrix, unless the user named it (`value_kind`).
+csr_metadata <- function(m, source, value_kind = NULL) {
+  value_kind <- value_kind %||% detect_value_kind(m@x)
   list(
     scbridge.format = "scbridge.arrow-csr",
-    scbridge.format_version = "1.0",
-    scbridge.genes = as.character(jsonlite::toJSON(rownames(m))),
-    scbridge.value_kind = if (all(x == round(x))) "counts" else "lognorm",
+    # 1.1 brought the value kind "normalized"; other files stay readable by 1.0 readers.
+    scbridge.format_version = if (value_kind == "normalized") "1.1" else "1.0",
+    scbridge.genes = json_strings(rownames(m)),
+    scbridge.value_kind = value_kind,
     scbridge.source = source
   )
+}
+
+# A character vector as a JSON list of strings, without jsonlite (the cli engine needs none).
+json_strings <- function(x) {
+  if (requireNamespace("jsonlite", quietly = TRUE)) return(as.character(jsonlite::toJSON(x)))
+  x <- gsub("\\\\", "\\\\\\\\", enc2utf8(x))
+  x <- gsub("\"", "\\\"", x, fixed = TRUE)
+  x <- gsub("[[:cntrl:]]", " ", x)
+  paste0("[", paste0("\"", x, "\"", collapse = ","), "]")
 }
 
 # -- nanoarrow ------------------------------------------------------------------------------
@@ -169,11 +179,25 @@ arrow_csr_data <- function(m, metadata, backend) {
 
 # -- writing --------------------------------------------------------------------------------
 # Writes the matrix for the cli engine and returns the path written: an IPC file (.arrow)
-# with arrow, an IPC stream (.arrows) with nanoarrow, which writes streams only. The file is
-# read back and checked.
-write_arrow_csr <- function(m, source, path) {
+# with arrow, an IPC stream (.arrows) with nanoarrow, which writes streams only, or with the
+# base-R writer (R/arrow-ipc.R) where neither is installed or cell metadata (`obs`, utf8
+# columns) must go along. A file one of the packages wrote is read back and checked.
+write_arrow_csr <- function(m, source, path, value_kind = NULL, obs = list()) {
   backend <- arrow_backend()
-  metadata <- csr_metadata(m, source)
+  metadata <- csr_metadata(m, source, value_kind)
+  if (is.null(backend) || length(obs)) {
+    path <- sub("\\.arrow$", ".arrows", path)
+    con <- file(path, "wb")
+    on.exit(close(con))
+    write_ipc_csr(m, metadata, con, obs)
+    close(con)
+    on.exit()
+    check_arrow_csr(list(names = c(names(csr_columns), names(obs)),
+                         types = c(csr_columns, rep("utf8", length(obs))), metadata = metadata,
+                         file_bytes = file.size(path)),
+                    m, metadata, sprintf("The Arrow file R wrote (%s)", path))
+    return(path)
+  }
   data <- arrow_csr_data(m, metadata, backend)
   if (identical(backend, "arrow")) {
     arrow::write_ipc_file(data, path)
@@ -187,9 +211,9 @@ write_arrow_csr <- function(m, source, path) {
 }
 
 # The matrix as Arrow IPC stream bytes for the http engine, read back and checked.
-arrow_csr_stream <- function(m, source) {
+arrow_csr_stream <- function(m, source, value_kind = NULL) {
   backend <- arrow_backend()
-  metadata <- csr_metadata(m, source)
+  metadata <- csr_metadata(m, source, value_kind)
   data <- arrow_csr_data(m, metadata, backend)
   if (identical(backend, "arrow")) {
     bytes <- arrow::write_to_raw(data, format = "stream")
@@ -230,7 +254,7 @@ arrow_calls_records <- function(bytes) {
   }, error = function(e) {
     abort(c("The endpoint's Arrow reply could not be read in R.",
             "options(scbridge.http_transport = \"json\") asks for JSON instead."),
-          kind = "remote", parent = e)
+          code = "remote_reply", remote = TRUE, parent = e)
   })
   for (column in intersect(names(df), c("label", "label_l1", "label_l2", "label_raw"))) {
     df[[column]] <- as.character(df[[column]])

@@ -304,7 +304,9 @@ looks_ensembl <- function(genes) {
 # Values every engine refuses, refused here once so the error is the same whatever the engine.
 check_values <- function(m, where) {
   x <- m@x
-  bad <- if (anyNA(x)) "NA / NaN" else if (any(is.infinite(x))) "infinite" else if (length(x) && min(x) < 0) "negative" else NULL
+  # range(): one pass, no vector allocated (any(is.infinite(x)) allocates one as long as x).
+  r <- if (length(x) && !anyNA(x)) range(x) else c(0, 0)
+  bad <- if (anyNA(x)) "NA / NaN" else if (any(is.infinite(r))) "infinite" else if (r[[1L]] < 0) "negative" else NULL
   if (!is.null(bad)) {
     first <- which(if (bad == "NA / NaN") is.na(x) else if (bad == "infinite") is.infinite(x) else x < 0)[[1L]]
     cell <- colnames(m)[[findInterval(first - 1, m@p, rightmost.closed = FALSE)]]

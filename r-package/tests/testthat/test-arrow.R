@@ -219,8 +219,9 @@ test_that("http engine over Arrow agrees with python cell for cell on every clas
     expect_same_calls(calls(http(make_sce(m))), ref)
     expect_same_calls(calls(http(make_seurat_v4(m), layer = "data")),
                       calls(annotate_cells(make_seurat_v4(m), layer = "data", engine = "python")))
-    # Engine parameters travel in JSON bodies only: auto picks JSON for them, "arrow" refuses.
-    expect_error(http(m, some_parameter = 1), class = "scbridge_error_unsupported")
+    # Unknown arguments are refused before anything is sent; engine parameters other than
+    # tissue travel in JSON bodies only: auto picks JSON for them.
+    expect_error(http(m, some_parameter = 1), class = "scbridge_error_unknown_parameter")
     withr::local_options(scbridge.http_transport = "auto")
     expect_identical(scbridge:::http_transport(), "arrow")
     expect_identical(scbridge:::http_transport(list(some_parameter = 1)), "json")
@@ -229,12 +230,12 @@ test_that("http engine over Arrow agrees with python cell for cell on every clas
 
 test_that("an unknown or missing backend in options(scbridge.arrow_backend) is a dependency error", {
   withr::local_options(scbridge.arrow_backend = "feather")
-  expect_error(scbridge:::arrow_backend(), "should be one of")
+  expect_error(scbridge:::arrow_backend(), class = "scbridge_error_invalid_parameter")
   for (backend in c("nanoarrow", "arrow")) {
     if (!backend %in% scbridge:::arrow_backends()) {
       withr::local_options(scbridge.arrow_backend = backend)
       expect_error(scbridge:::arrow_backend(), sprintf("the R package %s is not installed", backend),
-                   class = "scbridge_error_dependency")
+                   class = "scbridge_error_missing_dependency")
     }
   }
 })

@@ -66,7 +66,7 @@ test_that("joining more non-zeros than a dgCMatrix holds is a capacity error", {
   seu <- make_seurat_v5_split(m)
   withr::local_options(scbridge.max_nnz = 10)
   expect_error(em(seu), class = "scbridge_error_capacity")
-  expect_error(em(seu), "Annotate one layer at a time")
+  expect_error(em(seu), "Annotate one layer at a time", class = "scbridge_error_too_large")
 })
 
 test_that("SingleCellExperiment assays of every matrix class", {
@@ -87,20 +87,23 @@ test_that("an unknown assay or layer lists the available ones", {
   m <- plain(sim_counts())
   seu <- make_seurat_v4(m)
   expect_error(em(seu, assay = "ADT"), class = "scbridge_error_not_found")
-  expect_error(em(seu, assay = "ADT"), "available assays: RNA")
+  expect_error(em(seu, assay = "ADT"), "available assays: RNA", class = "scbridge_error_not_found")
   expect_error(em(seu, layer = "spliced"), class = "scbridge_error_not_found")
-  expect_error(em(seu, layer = "spliced"), "available layers: counts, data")
+  expect_error(em(seu, layer = "spliced"), "available layers: counts, data",
+               class = "scbridge_error_not_found")
   v5 <- make_seurat_v5_split(m)
-  expect_error(em(v5, layer = "spliced"), "available layers: counts.A, counts.B, data")
+  expect_error(em(v5, layer = "spliced"), "available layers: counts.A, counts.B, data",
+               class = "scbridge_error_not_found")
   sce <- make_sce(m)
   expect_error(em(sce, assay = "spliced"), class = "scbridge_error_not_found")
-  expect_error(em(sce, assay = "spliced"), "available assays: counts, logcounts")
+  expect_error(em(sce, assay = "spliced"), "available assays: counts, logcounts",
+               class = "scbridge_error_not_found")
 })
 
 test_that("scale.data is refused with advice", {
   seu <- make_seurat_v4(plain(sim_counts()))
   expect_error(em(seu, layer = "scale.data"), class = "scbridge_error_input")
-  expect_error(em(seu, layer = "scale.data"), "choose layer")
+  expect_error(em(seu, layer = "scale.data"), "choose layer", class = "scbridge_error_input")
 })
 
 test_that("matrices without names or with duplicated ids are refused", {
@@ -108,10 +111,10 @@ test_that("matrices without names or with duplicated ids are refused", {
   bare <- m
   dimnames(bare) <- list(NULL, NULL)
   expect_error(em(bare), class = "scbridge_error_input")
-  expect_error(em(bare), "rownames")
+  expect_error(em(bare), "rownames", class = "scbridge_error_input")
   dup <- m
   colnames(dup)[2] <- colnames(dup)[1]
-  expect_error(em(dup), "duplicated cell ids")
+  expect_error(em(dup), "duplicated cell ids", class = "scbridge_error_input")
   expect_error(em(list(a = 1)), class = "scbridge_error_unsupported")
 })
 
