@@ -70,6 +70,17 @@ _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 Transport = Literal["arrow", "json"]
 
 
+def _infers_tissue(model: str) -> bool:
+    """Whether ``model`` is one of ours that infers a tissue context (a model this package
+    does not know, such as a hosted one, is sent exactly the requests it asks for)."""
+    from . import engine_parameters
+
+    try:
+        return "tissue" in engine_parameters(model)
+    except Exception:  # an unknown model name
+        return False
+
+
 def annotate_url(endpoint: str) -> str:
     """The annotate URL for a base URL (``http://host:8000``, ``.../v1``) or the full URL."""
     url = endpoint.rstrip("/")
@@ -352,7 +363,8 @@ class RemoteClient:
         with self._http() as http, ThreadPoolExecutor(self.max_concurrency) as pool:
             pending: dict[Future[pa.Table], tuple[int, int]] = {}
             tissue, context = self.tissue, None
-            if n_chunks > 1 and (tissue is None or tissue.strip().lower() == "auto"):
+            if (n_chunks > 1 and (tissue is None or tissue.strip().lower() == "auto")
+                    and _infers_tissue(self.model)):
                 tissue, context = self._context_for_run(http, matrix)
 
             def submit(index: int, chunk: CellMatrix) -> None:

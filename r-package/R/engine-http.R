@@ -178,7 +178,7 @@ http_annotate <- function(m, source, request) {
   n <- ncol(m)
   genes_json <- as.character(jsonlite::toJSON(rownames(m)))
   starts <- chunk_starts(n, chunk_size)
-  if (length(starts) > 1L && is.null(params$tissue)) {
+  if (length(starts) > 1L && is.null(params$tissue) && identical(model, "markers")) {
     # tissue = "auto" over several requests: one context for all of them.
     params$tissue <- http_run_tissue(m, source, request, transport, genes_json)
   }
@@ -237,7 +237,7 @@ http_annotate <- function(m, source, request) {
 spread_runs <- function(total, n = 2000, windows = 8) {
   if (total <= n) return(list(c(0, total)))
   width <- max(1, n %/% windows)
-  starts <- (seq_len(windows) - 1) * (as.numeric(total) - width) %/% (windows - 1)
+  starts <- ((seq_len(windows) - 1) * (as.numeric(total) - width)) %/% (windows - 1)
   lapply(starts, function(s) c(s, s + width))
 }
 
@@ -245,7 +245,7 @@ spread_runs <- function(total, n = 2000, windows = 8) {
 # would have its context inferred from its own cells, so the calls would depend on
 # chunk_size: the service is first sent the cells the embedded engine samples for its
 # inference (spread_runs() over all cells), and the context it infers from them is then asked
-# for by name (as the Python client does). NULL for a model without a tissue context.
+# for by name (as the Python client does). NULL for a reply without a tissue context.
 http_run_tissue <- function(m, source, request, transport, genes_json) {
   cells <- unlist(lapply(spread_runs(ncol(m)), function(r) seq.int(r[[1]] + 1, r[[2]])))
   sample <- m[, cells, drop = FALSE]

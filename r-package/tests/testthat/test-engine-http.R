@@ -62,7 +62,10 @@ test_that("429 and 5xx replies are retried with backoff, chunks stay in order", 
     expect_identical(out$cell, colnames(m))
     expect_true(all(out$label == "T cell"))
     expect_identical(out$alternates[[120]], c(`NK cell` = 0.25))
-    expect_identical(readLines(log), c(as.character(c(status, status)), "200", "200", "200"))
+    # The first request is the tissue inference's sample (tissue = "auto", three chunks),
+    # retried twice; then the three chunks.
+    expect_identical(readLines(log),
+                     c(as.character(c(status, status)), "200", "200", "200", "200"))
     proc$kill()
   }
 })

@@ -9,7 +9,7 @@ test_that("every scbridge.* option the package reads is documented on ?scbridge"
   used <- unique(unlist(regmatches(code, gregexpr("scbridge\\.[a-z_]+", code))))
   used <- setdiff(used, c("scbridge.format", "scbridge.format_version", "scbridge.genes",
                           "scbridge.value_kind", "scbridge.source", "scbridge.qc_thresholds",
-                          "scbridge.model"))
+                          "scbridge.model", "scbridge.tissue"))
   expect_true(length(used) >= 12L)
   rd <- tools::Rd_db("scbridge")[["scbridge-package.Rd"]]
   text <- paste(capture.output(tools::Rd2txt(rd, options = list(underline_titles = FALSE))),
