@@ -30,6 +30,7 @@ __all__ = [
     "arrow_schema",
     "batches_from_matrix",
     "check_schema",
+    "compact_offsets",
     "list_parts",
     "matrix_from_batches",
     "needs_large",
@@ -90,6 +91,18 @@ def needs_large(nnz: int, offsets: Offsets) -> bool:
         msg = f"{nnz:,} non-zeros do not fit 32-bit offsets; use offsets='int64' or 'auto'."
         raise CapacityError(msg)
     return nnz > INT32_MAX
+
+
+def compact_offsets(indptr: NDArray[Any]) -> NDArray[Any]:
+    """``indptr`` (starting at 0) as int32 when its values fit, else as it is.
+
+    A chunk of a ``large_list`` batch has 64-bit offsets that usually fit 32 bits again;
+    scipy widens ``indices`` to int64 (a copy) for every operation on a matrix with int64
+    ``indptr``, so chunks get 32-bit offsets back where they can.
+    """
+    if indptr.dtype == np.int32 or (len(indptr) and int(indptr[-1]) > INT32_MAX):
+        return indptr
+    return indptr.astype(np.int32)
 
 
 def batches_from_matrix(

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the project; SCBRIDGE_SHARED_DATA points elsewhere (a git worktree).
+SHARED_DATA = Path(os.environ.get("SCBRIDGE_SHARED_DATA")
+                   or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 R_PACKAGES = ("Matrix", "SeuratObject", "SingleCellExperiment", "DelayedArray")
 
 

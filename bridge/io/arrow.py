@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,12 +24,16 @@ from .._arrow_csr import (
     arrow_schema,
     batches_from_matrix,
     check_schema,
+    compact_offsets,
     matrix_from_batches,
     needs_large,
     open_reader,
 )
 from .._errors import FormatError
 from ..matrix import CellMatrix
+
+if TYPE_CHECKING:
+    from ..numerics import ValueKind
 
 __all__ = [
     "FORMAT_NAME",
@@ -128,10 +132,38 @@ def read_arrow(
     )
 
 
-def iter_arrow_chunks(path: str | os.PathLike[str]) -> Iterator[CellMatrix]:
-    """One :class:`CellMatrix` per record batch, streamed from a memory-mapped file."""
-    where = os.fspath(path)
-    source = pa.memory_map(where, "r")
+def iter_arrow_chunks(
+    source: str | os.PathLike[str] | pa.Buffer | pa.NativeFile,
+    chunk_size: int | None = None,
+    *,
+    where: str | None = None,
+    validate: bool = True,
+    value_kind: ValueKind | None = None,
+) -> Iterator[CellMatrix]:
+    """Stream an Arrow CSR file batch by batch, in chunks of at most ``chunk_size`` cells.
+
+    A path is memory-mapped; chunks are views on the map (only their offsets are new, and
+    32-bit again where a chunk of a ``large_list`` batch fits), and each chunk is validated
+    on its own, so memory stays bounded by one chunk however large the file is.
+    """
+    if isinstance(source, pa.Buffer | pa.NativeFile):
+        where = where or "the Arrow CSR data"
+    else:
+        where = where or os.fspath(source)
+        source = pa.memory_map(os.fspath(source), "r")
     reader = open_reader(source, where)
-    for batch in reader:
-        yield matrix_from_batches([batch], reader.schema, where=where, keepalive=source)
+    check_schema(reader.schema, where)
+    try:
+        for batch in reader:
+            whole = matrix_from_batches([batch], reader.schema, where=where, keepalive=source,
+                                        validate=False)
+            if value_kind:
+                whole.value_kind = value_kind
+            for chunk in whole.iter_chunks(chunk_size or max(whole.n_cells, 1)):
+                chunk.X.indptr = compact_offsets(chunk.X.indptr)
+                if validate:
+                    chunk.validate()
+                yield chunk
+    except (pa.ArrowInvalid, OSError) as exc:
+        msg = f"{where}: the Arrow data ends early or is corrupt ({exc}). Re-create the file."
+        raise FormatError(msg, code="invalid_arrow") from None

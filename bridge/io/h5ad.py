@@ -144,15 +144,32 @@ def iter_h5ad_chunks(
     chunk_size: int,
     *,
     layer: str | None = None,
+    assay: str | None = None,
     value_kind: ValueKind | None = None,
 ) -> Iterator[CellMatrix]:
-    """Stream an ``.h5ad`` in chunks of cells with backed mode (files larger than memory)."""
+    """Stream an ``.h5ad`` in chunks of cells with backed mode (files larger than memory).
+
+    A CSR matrix is read one slice of ``indptr`` / ``indices`` / ``data`` at a time (64-bit
+    ``indptr`` beyond 2**31 values included: each chunk's offsets start at 0 again); each
+    chunk is validated on its own.  A CSC matrix cannot be sliced by cells without reading
+    every column, so it is read whole once (logged).
+    """
     import anndata
 
+    from .._arrow_csr import compact_offsets
+
     where = os.fspath(path)
+    if assay is not None:
+        msg = f"{where}: AnnData has no assays; choose the matrix with layer= (X, raw or a layer)."
+        raise InputError(msg)
     adata = anndata.read_h5ad(where, backed="r")
     try:
         X, genes, name = _select(adata, layer, where)
+        if getattr(X, "format", None) == "csc":
+            logger.warning("%s: %s is stored by genes (CSC); reading it whole to stream it by "
+                           "cells (memory is not bounded: rewrite it as CSR for large files)",
+                           where, name)
+            X = _to_csr(X.to_memory(), where)
         genes = np.asarray(genes, dtype=object)
         obs = obs_to_arrow(adata.obs)
         cells = np.asarray(adata.obs_names, dtype=object)
@@ -160,6 +177,7 @@ def iter_h5ad_chunks(
         for start in range(0, adata.n_obs, chunk_size):
             stop = min(start + chunk_size, adata.n_obs)
             block = _to_csr(X[start:stop], where)
+            block.indptr = compact_offsets(block.indptr)
             kind = kind or value_kind_for_layer(name, block.data)
             yield CellMatrix(
                 block,
