@@ -47,6 +47,8 @@ from .matrix import CellMatrix
 if TYPE_CHECKING:
     from distributed import Client
 
+    from .numerics import ValueKind
+
 __all__ = ["PartitionCalls", "annotate_partitions", "partition_paths", "write_partition_calls_dir",
            "write_partitions"]
 
@@ -119,7 +121,8 @@ def annotate_partitions(
     client: Client | str | None = None, model: str = "markers", atlas: str | None = None,
     min_confidence: float | None = None, qc: bool = True, n_workers: int | None = None,
     calls_dir: str | os.PathLike[str] | None = None, resume: bool = False,
-    chunk_size: int | None = None, progress: bool = True, **engine_params: Any,
+    chunk_size: int | None = None, value_kind: ValueKind | None = None, progress: bool = True,
+    **engine_params: Any,
 ) -> pa.Table:
     """Annotate a partitioned data set with Dask, one task per partition, calls in order.
 
@@ -146,6 +149,8 @@ def annotate_partitions(
         partition's cells and this run's options; compute only the others.
     chunk_size
         Cells per chunk within a partition (default 50,000): bounds each worker's memory.
+    value_kind
+        What the values are, when the partitions' own ``scbridge.value_kind`` is wrong.
     progress
         A progress bar over finished partitions.
 
@@ -162,7 +167,7 @@ def annotate_partitions(
     stops the run with a :class:`~bridge.BridgeError` of code ``worker_lost``.
     """
     found = _check(partitions, engine_params, calls_dir, resume)
-    options = _options(model, atlas, min_confidence, qc, chunk_size, engine_params)
+    options = _options(model, atlas, min_confidence, qc, chunk_size, value_kind, engine_params)
     if calls_dir is None:
         with _dask_client(client, n_workers) as dask_client:
             tables = _run(dask_client, found, options, None, False, progress)
@@ -180,13 +185,14 @@ def write_partition_calls_dir(
     calls_dir: str | os.PathLike[str], *, client: Client | str | None = None,
     n_workers: int | None = None, model: str = "markers", atlas: str | None = None,
     min_confidence: float | None = None, qc: bool = True, resume: bool = False,
-    chunk_size: int | None = None, progress: bool = True, **engine_params: Any,
+    chunk_size: int | None = None, value_kind: ValueKind | None = None, progress: bool = True,
+    **engine_params: Any,
 ) -> list[PartitionCalls]:
     """Annotate a partitioned data set into ``calls_dir`` (one Parquet file per partition,
     see :func:`annotate_partitions`) without gathering the calls; what each task did, in
     partition order.  ``scbridge annotate DIR --out`` streams the files into its output."""
     found = _check(partitions, engine_params, calls_dir, resume)
-    options = _options(model, atlas, min_confidence, qc, chunk_size, engine_params)
+    options = _options(model, atlas, min_confidence, qc, chunk_size, value_kind, engine_params)
     return _run_to_calls_dir(found, options, calls_dir, client=client, n_workers=n_workers,
                              resume=resume, progress=progress)
 
@@ -210,7 +216,8 @@ def _check(partitions: Any, engine_params: dict[str, Any],
 
 
 def _options(model: str, atlas: str | None, min_confidence: float | None, qc: bool,
-             chunk_size: int | None, engine_params: dict[str, Any]) -> dict[str, Any]:
+             chunk_size: int | None, value_kind: ValueKind | None,
+             engine_params: dict[str, Any]) -> dict[str, Any]:
     if min_confidence is not None and not 0.0 <= float(min_confidence) <= 1.0:
         msg = f"min_confidence must lie in [0, 1], got {min_confidence}"
         raise InputError(msg, code="invalid_parameter")
@@ -218,7 +225,8 @@ def _options(model: str, atlas: str | None, min_confidence: float | None, qc: bo
         msg = f"chunk_size must be positive, got {chunk_size}."
         raise InputError(msg, code="invalid_parameter")
     return {"model": model, "atlas": atlas, "min_confidence": min_confidence, "qc": qc,
-            "chunk_size": chunk_size or DEFAULT_CHUNK_SIZE, "engine_params": engine_params}
+            "chunk_size": chunk_size or DEFAULT_CHUNK_SIZE, "value_kind": value_kind,
+            "engine_params": engine_params}
 
 
 def _run_to_calls_dir(found: list[Partition], options: dict[str, Any],
@@ -266,7 +274,8 @@ def _annotate_partition(partition: Partition, options: dict[str, Any],
             logger.info("partition %s: computing its calls (%s)", partition.url, why)
         engine = get_engine(options["model"], atlas=options["atlas"], **options["engine_params"])
         size = options["chunk_size"]
-        table = annotate_chunks(partition.chunks(size), engine=engine, model=options["model"],
+        chunks = partition.chunks(size, value_kind=options["value_kind"])
+        table = annotate_chunks(chunks, engine=engine, model=options["model"],
                                 qc=options["qc"], min_confidence=options["min_confidence"],
                                 chunk_size=size, progress=False, where=partition.url)
         if calls is None:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from .engines import Engine
 
-__all__ = ["annotate_chunks", "check_unique_cells"]
+__all__ = ["annotate_chunks", "check_unique_cells", "first_duplicate"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,13 +154,19 @@ def _merge_notes(notes: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def first_duplicate(cells: pa.ChunkedArray | pa.Array) -> Any:
+    """A cell id that appears more than once in ``cells``, or ``None``."""
+    if pc.count_distinct(cells).as_py() == len(cells):
+        return None
+    counts = pc.value_counts(cells)
+    return next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
+
+
 def check_unique_cells(cells: pa.ChunkedArray | pa.Array, where: str) -> None:
     """Refuse a cell id that appears twice in ``cells`` (chunks are checked one by one as they
     are read; this is the check across them)."""
-    if pc.count_distinct(cells).as_py() == len(cells):
-        return
-    counts = pc.value_counts(cells)
-    duplicate = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
-    msg = (f"cell id {duplicate!r} appears more than once in {where}; cell ids must be unique "
-           "(prefix them per sample).")
-    raise InputError(msg, code="invalid_cells")
+    duplicate = first_duplicate(cells)
+    if duplicate is not None:
+        msg = (f"cell id {duplicate!r} appears more than once in {where}; cell ids must be "
+               "unique (prefix them per sample).")
+        raise InputError(msg, code="invalid_cells")

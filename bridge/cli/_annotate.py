@@ -55,8 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cell_type_ontology added (.rds or .h5ad)")
     parser.add_argument("--report", metavar="HTML", help="write an HTML report")
     parser.add_argument("--partitions", action="store_true",
-                        help="input is a folder or glob of Arrow CSR partitions "
-                             "(bridge.write_partitions): one Dask task per partition")
+                        help="input is a folder, glob or URL of Arrow CSR partitions "
+                             "(bridge.write_partitions): one Dask task per partition "
+                             "(a folder of .arrow files is recognised without this flag)")
+    parser.add_argument("--calls-dir", metavar="DIR",
+                        help="partitions: per-partition calls files (a Parquet data set), "
+                             "written as partitions finish (default: OUT's name + .parts)")
+    parser.add_argument("--resume", action="store_true",
+                        help="partitions: reuse the complete, matching per-partition calls "
+                             "of an earlier run that stopped; compute only the rest")
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="with --partitions: a Dask scheduler (default: a local cluster)")
     parser.add_argument("--workers", type=int, default=None,
@@ -167,23 +174,29 @@ def run(args: argparse.Namespace) -> int:
             msg = ("--report needs the bridge.report module, which this installation lacks; "
                    "run without --report or install the full scbridge package.")
             raise MissingDependencyError(msg)
-    if args.partitions:
+    if args.partitions or _is_partitioned(args.input):
         return _run_partitions(args, out)
-    if args.scheduler or args.workers:
-        msg = "--scheduler and --workers go with --partitions (a folder of Arrow CSR partitions)."
+    if args.scheduler or args.workers or args.resume or args.calls_dir:
+        msg = ("--scheduler, --workers, --resume and --calls-dir go with a partitioned data "
+               "set (a folder of Arrow CSR partitions); split a large file into one with "
+               "`scbridge convert IN FOLDER/ --cells-per-partition N`.")
         raise InputError(msg)
-    matrix = read(args.input, assay=args.assay, layer=args.layer, value_kind=args.value_kind)
+    # Only the report needs the matrix itself; a path lets annotate stream a large file.
+    matrix = (read(args.input, assay=args.assay, layer=args.layer, value_kind=args.value_kind)
+              if args.report else None)
     api_key = os.environ.get(args.api_key_env) if args.endpoint else None
     qc: bool | pa.Table = not args.no_qc
     if args.qc_table:
         from ._table_io import read_table
 
         qc = read_table(args.qc_table)
-    table = annotate(matrix, model=args.model, atlas=args.atlas,
+    options = ({} if matrix is not None else
+               {"assay": args.assay, "layer": args.layer, "value_kind": args.value_kind})
+    table = annotate(args.input if matrix is None else matrix, model=args.model, atlas=args.atlas,
                      min_confidence=args.min_confidence, groups=args.groups,
                      qc=qc, endpoint=args.endpoint, api_key=api_key,
                      transport=args.transport, chunk_size=args.chunk_size,
-                     progress=not args.quiet, **engine_options(args))
+                     progress=not args.quiet, **options, **engine_options(args))
     write_calls(table, out)
     if args.write_back:
         from ..io.write_back import write_back
@@ -195,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
             "cell_type_ontology": table.column("ontology_id"),
         })
         write_back(args.input, columns, args.write_back, overwrite=True)
-    if args.report:
+    if matrix is not None:
         from .._report import write_report
 
         report = write_report(args.report, matrix, table)
@@ -206,24 +219,46 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_partitioned(source: str) -> bool:
+    """A folder of Arrow CSR files, a glob pattern or a URL: a partitioned data set."""
+    from ..io.partitions import is_partition_folder, is_url_or_pattern
+
+    return is_url_or_pattern(source) or is_partition_folder(Path(source))
+
+
+def default_calls_dir(out: Path) -> Path:
+    """Where the per-partition calls of ``--out calls.parquet`` go: ``calls.parts/``."""
+    return out.with_name(out.stem + ".parts")
+
+
 def _run_partitions(args: argparse.Namespace, out: Path) -> int:
-    """``--partitions``: annotate a partitioned data set on a Dask cluster."""
-    from .._partitioned import annotate_partitions
+    """A partitioned data set on a Dask cluster: per-partition calls files as partitions
+    finish (``--resume`` reuses those of a run that stopped), then streamed into ``--out``."""
+    from .._partitioned import write_partition_calls_dir
+    from ._assemble import assemble_calls
 
     refused = [flag for flag, value in (("--endpoint", args.endpoint), ("--groups", args.groups),
                                         ("--write-back", args.write_back),
                                         ("--report", args.report), ("--assay", args.assay),
-                                        ("--layer", args.layer)) if value]
+                                        ("--layer", args.layer), ("--qc-table", args.qc_table))
+               if value]
     if refused:
         msg = (f"{', '.join(refused)} cannot be used with --partitions: annotate the "
                "partitions, then work on the gathered calls.")
         raise InputError(msg)
-    table = annotate_partitions(args.input, client=args.scheduler, n_workers=args.workers,
-                                model=args.model, atlas=args.atlas,
-                                min_confidence=args.min_confidence, qc=not args.no_qc,
-                                progress=not args.quiet, **engine_options(args))
-    write_calls(table, out)
+    calls_dir = Path(args.calls_dir) if args.calls_dir else default_calls_dir(out)
+    done = write_partition_calls_dir(
+        args.input, calls_dir, client=args.scheduler, n_workers=args.workers,
+        model=args.model, atlas=args.atlas, min_confidence=args.min_confidence,
+        qc=not args.no_qc, resume=args.resume, chunk_size=args.chunk_size,
+        value_kind=args.value_kind, progress=not args.quiet, **engine_options(args))
+    partitions = [d.partition for d in done]
+    summary_table = assemble_calls([d.calls for d in done], partitions, out, provenance={
+        "source": f"{len(done)} Arrow CSR partitions", "partitions": partitions})
     if not args.quiet:
-        print(summary(table))
-        print(f"wrote {out}", file=sys.stderr)
+        print(summary(summary_table))
+        resumed = sum(d.resumed for d in done)
+        if args.resume:
+            print(f"resumed: {resumed} of {len(done)} partitions reused from {calls_dir}")
+        print(f"wrote {out} (per-partition calls in {calls_dir})", file=sys.stderr)
     return 0

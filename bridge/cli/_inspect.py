@@ -11,7 +11,8 @@ HELP = "show class, assays, layers, dims, nnz, value kind and gene id kind of an
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help=".rds, .RData, .h5ad, .arrow/.arrows, 10x folder or .h5")
+    parser.add_argument("input", help=".rds, .RData, .h5ad, .arrow/.arrows, 10x folder or .h5, "
+                                      "or a folder / glob / URL of Arrow CSR partitions")
     parser.add_argument("--assay", help="assay to sample for value and gene id kind")
     parser.add_argument("--layer", help="layer to sample for value and gene id kind")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -23,12 +24,19 @@ def inspect(path: str, *, assay: str | None = None, layer: str | None = None) ->
     from ..genes import detect_gene_id_kind
 
     info = io.describe(path)
-    matrix = io.read(path, assay=assay, layer=layer, validate=False)
+    if info.get("kind") == "partitions":
+        # A partitioned data set can be larger than memory: its first chunk is the sample,
+        # the totals come from the partitions' own lengths.
+        matrix = next(io.read_chunks(path, 1000))
+        cells, nnz = info["cells"], info["nnz"]
+    else:
+        matrix = io.read(path, assay=assay, layer=layer, validate=False)
+        cells, nnz = matrix.n_cells, matrix.nnz
     info["default"] = {
         "source": matrix.source,
-        "cells": matrix.n_cells,
+        "cells": cells,
         "genes": matrix.n_genes,
-        "nnz": matrix.nnz,
+        "nnz": nnz,
         "value_kind": matrix.value_kind,
         "gene_id_kind": detect_gene_id_kind(matrix.genes),
         "first_genes": [str(g) for g in matrix.genes[:5]],
@@ -40,6 +48,9 @@ def inspect(path: str, *, assay: str | None = None, layer: str | None = None) ->
 
 def _text(info: dict[str, Any]) -> str:
     lines = [f"class: {info['class']}"]
+    if info.get("kind") == "partitions":
+        shown = info["partitions"][:3] + (["..."] if len(info["partitions"]) > 3 else [])
+        lines.append(f"partitions: {len(info['partitions'])} ({', '.join(shown)})")
     for key in ("seurat_version", "active_assay", "source"):
         if info.get(key):
             lines.append(f"{key.replace('_', ' ')}: {info[key]}")
