@@ -227,7 +227,8 @@ def annotate(source: Any, *, model: str = "markers", atlas: str | None = None,
         engine = _engine(model, atlas, endpoint, api_key, transport, engine_params)
         options = {k: v for k, v in (("assay", assay), ("layer", layer),
                                      ("value_kind", value_kind)) if v is not None}
-        return annotate_chunks(read_chunks(source, size, **options), engine=engine,
+        chunks = read_chunks(source, size, balanced=True, **options)
+        return annotate_chunks(chunks, engine=engine,
                                model=model, qc=qc, min_confidence=min_confidence,
                                chunk_size=size, progress=progress, where=str(source))
     if isinstance(source, CellMatrix):

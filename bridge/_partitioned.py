@@ -274,7 +274,7 @@ def _annotate_partition(partition: Partition, options: dict[str, Any],
             logger.info("partition %s: computing its calls (%s)", partition.url, why)
         engine = get_engine(options["model"], atlas=options["atlas"], **options["engine_params"])
         size = options["chunk_size"]
-        chunks = partition.chunks(size, value_kind=options["value_kind"])
+        chunks = partition.chunks(size, value_kind=options["value_kind"], balanced=True)
         table = annotate_chunks(chunks, engine=engine, model=options["model"],
                                 qc=options["qc"], min_confidence=options["min_confidence"],
                                 chunk_size=size, progress=False, where=partition.url)

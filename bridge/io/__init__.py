@@ -140,7 +140,8 @@ def _arrow_chunks(path: Path, chunk_size: int, **kw: Any) -> Iterator[CellMatrix
     if kw.get("assay") or kw.get("layer"):
         msg = f"{path}: an Arrow CSR file holds one matrix; assay= and layer= do not apply."
         raise InputError(msg)
-    yield from iter_arrow_chunks(path, chunk_size, value_kind=kw.get("value_kind"))
+    yield from iter_arrow_chunks(path, chunk_size, value_kind=kw.get("value_kind"),
+                                 balanced=kw.get("balanced", False))
 
 
 def _tenx_matches(path: Path) -> bool:
@@ -308,9 +309,10 @@ def _read_any(source: Any, **kw: Any) -> CellMatrix:
 def read_chunks(source: Any, chunk_size: int, **kw: Any) -> Iterator[CellMatrix]:
     """Stream ``source`` in chunks of cells.
 
-    ``.h5ad`` files are streamed in backed mode and Arrow files batch by batch, so files
-    larger than memory can be converted or annotated; other sources are read, then sliced
-    into views.
+    ``.h5ad`` files are streamed in backed mode, Arrow files batch by batch and partitioned
+    data sets partition by partition, so inputs larger than memory can be converted or
+    annotated (those readers also take ``balanced=True``: near-equal chunks instead of full
+    ones and a remainder); other sources are read, then sliced into views.
     """
     if isinstance(source, str | os.PathLike) and not _is_package_object(source):
         path = _as_path(source)

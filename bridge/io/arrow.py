@@ -31,6 +31,7 @@ from .._arrow_csr import (
 )
 from .._errors import FormatError
 from ..matrix import CellMatrix
+from ._chunks import chunk_bounds
 
 if TYPE_CHECKING:
     from ..numerics import ValueKind
@@ -139,12 +140,15 @@ def iter_arrow_chunks(
     where: str | None = None,
     validate: bool = True,
     value_kind: ValueKind | None = None,
+    balanced: bool = False,
 ) -> Iterator[CellMatrix]:
     """Stream an Arrow CSR file batch by batch, in chunks of at most ``chunk_size`` cells.
 
-    A path is memory-mapped; chunks are views on the map (only their offsets are new, and
-    32-bit again where a chunk of a ``large_list`` batch fits), and each chunk is validated
-    on its own, so memory stays bounded by one chunk however large the file is.
+    Each batch is cut into chunks (of near-equal sizes with ``balanced``, see
+    :func:`~bridge.io._chunks.chunk_bounds`).  A path is memory-mapped; chunks are views on
+    the map (only their offsets are new, and 32-bit again where a chunk of a ``large_list``
+    batch fits), and each chunk is validated on its own, so memory stays bounded by one
+    chunk however large the file is.
     """
     if isinstance(source, pa.Buffer | pa.NativeFile):
         where = where or "the Arrow CSR data"
@@ -159,7 +163,8 @@ def iter_arrow_chunks(
                                         validate=False)
             if value_kind:
                 whole.value_kind = value_kind
-            for chunk in whole.iter_chunks(chunk_size or max(whole.n_cells, 1)):
+            for start, stop in chunk_bounds(whole.n_cells, chunk_size, balanced=balanced):
+                chunk = whole.slice_cells(start, stop)
                 chunk.X.indptr = compact_offsets(chunk.X.indptr)
                 if validate:
                     chunk.validate()

@@ -15,6 +15,7 @@ import scipy.sparse as sp
 from .._errors import InputError, NotFoundError
 from ..matrix import CellMatrix
 from ..numerics import value_kind_for_layer
+from ._chunks import chunk_bounds
 
 if TYPE_CHECKING:
     import anndata
@@ -146,8 +147,10 @@ def iter_h5ad_chunks(
     layer: str | None = None,
     assay: str | None = None,
     value_kind: ValueKind | None = None,
+    balanced: bool = False,
 ) -> Iterator[CellMatrix]:
-    """Stream an ``.h5ad`` in chunks of cells with backed mode (files larger than memory).
+    """Stream an ``.h5ad`` in chunks of at most ``chunk_size`` cells (near-equal ones with
+    ``balanced``) with backed mode (files larger than memory).
 
     A CSR matrix is read one slice of ``indptr`` / ``indices`` / ``data`` at a time (64-bit
     ``indptr`` beyond 2**31 values included: each chunk's offsets start at 0 again); each
@@ -174,8 +177,7 @@ def iter_h5ad_chunks(
         obs = obs_to_arrow(adata.obs)
         cells = np.asarray(adata.obs_names, dtype=object)
         kind = value_kind
-        for start in range(0, adata.n_obs, chunk_size):
-            stop = min(start + chunk_size, adata.n_obs)
+        for start, stop in chunk_bounds(adata.n_obs, chunk_size, balanced=balanced):
             block = _to_csr(X[start:stop], where)
             block.indptr = compact_offsets(block.indptr)
             kind = kind or value_kind_for_layer(name, block.data)
