@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -298,8 +299,11 @@ def _run(client: Client, found: list[Partition], options: dict[str, Any],
 
     calls = [None if calls_dir is None else str(calls_file(calls_dir, i))
              for i in range(len(found))]
+    # Keys name their partition (dashboards, logs); the run token keeps two runs apart.
+    run = uuid.uuid4().hex[:8]
+    keys = [f"annotate-{i:05d}-{p.name}-{run}" for i, p in enumerate(found)]
     futures = client.map(_annotate_partition, found, [options] * len(found), calls,
-                         [resume] * len(found), pure=False)
+                         [resume] * len(found), key=keys, pure=False)
     position = {future.key: i for i, future in enumerate(futures)}
     results: list[Any] = [None] * len(futures)
     try:
