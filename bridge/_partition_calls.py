@@ -47,6 +47,7 @@ KEY_PARTITION = b"scbridge.partition"
 KEY_CELLS = b"scbridge.partition_cells"
 KEY_CHECKSUM = b"scbridge.partition_checksum"
 KEY_OPTIONS = b"scbridge.run_options"
+KEY_RUN = b"scbridge.run_id"
 
 
 def calls_file(calls_dir: str | os.PathLike[str], index: int) -> Path:
@@ -88,11 +89,13 @@ def options_fingerprint(options: Mapping[str, Any]) -> str:
 
 
 def write_partition_calls(table: pa.Table, path: str | os.PathLike[str], *, partition: str,
-                          checksum: str, fingerprint: str) -> Path:
-    """Write one partition's calls atomically, with what :func:`check_partition_calls` reads."""
+                          checksum: str, fingerprint: str, run: str = "") -> Path:
+    """Write one partition's calls atomically, with what :func:`check_partition_calls` reads
+    (``run``: the run that wrote it)."""
     meta = dict(table.schema.metadata or {})
     meta.update({KEY_PARTITION: partition.encode(), KEY_CELLS: str(table.num_rows).encode(),
-                 KEY_CHECKSUM: checksum.encode(), KEY_OPTIONS: fingerprint.encode()})
+                 KEY_CHECKSUM: checksum.encode(), KEY_OPTIONS: fingerprint.encode(),
+                 KEY_RUN: run.encode()})
     stamped = table.replace_schema_metadata(meta)
     return _write_atomically(Path(path), lambda temporary: pq.write_table(stamped, temporary))
 
@@ -115,11 +118,12 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
 
 
 def check_partition_calls(path: str | os.PathLike[str], *, n_cells: int, checksum: str,
-                          fingerprint: str) -> str | None:
+                          fingerprint: str, run: str | None = None) -> str | None:
     """Why the calls file ``path`` cannot be reused for a partition, or ``None`` if it can.
 
-    Reused only when it is a complete Parquet file, made with the same options, and holds
-    exactly the partition's cells in order (count and checksum of its own ``cell`` column).
+    Reused only when it is a complete Parquet file, made with the same options (and by the
+    run ``run``, when given), and holds exactly the partition's cells in order (count and
+    checksum of its own ``cell`` column).
     """
     file = Path(path)
     if not file.is_file():
@@ -129,6 +133,8 @@ def check_partition_calls(path: str | os.PathLike[str], *, n_cells: int, checksu
         meta = reader.schema_arrow.metadata or {}
         if meta.get(KEY_OPTIONS, b"").decode() != fingerprint:
             return "made with other options"
+        if run is not None and meta.get(KEY_RUN, b"").decode() != run:
+            return "made by an earlier run"
         if meta.get(KEY_CELLS) != str(n_cells).encode() or reader.metadata.num_rows != n_cells:
             return "another number of cells"
         cells = reader.read(columns=["cell"]).column("cell")
@@ -143,7 +149,7 @@ def read_partition_calls(path: str | os.PathLike[str]) -> pa.Table:
     """One calls file, without the per-partition metadata keys."""
     table = pq.read_table(path)
     meta = {k: v for k, v in (table.schema.metadata or {}).items()
-            if k not in (KEY_PARTITION, KEY_CELLS, KEY_CHECKSUM, KEY_OPTIONS)}
+            if k not in (KEY_PARTITION, KEY_CELLS, KEY_CHECKSUM, KEY_OPTIONS, KEY_RUN)}
     return table.replace_schema_metadata(meta)
 
 

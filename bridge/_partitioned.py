@@ -108,12 +108,17 @@ def partition_paths(partitions: str | os.PathLike[str] | Sequence[str | os.PathL
 
 @dataclass(frozen=True)
 class PartitionCalls:
-    """What a task reports for a partition whose calls went to a calls file."""
+    """What a task reports for a partition whose calls went to a calls file.
+
+    ``reused``: the file was there already, complete and valid (written by an earlier run
+    that is resumed, or earlier in this run by a worker that died before its result was
+    fetched), and was not computed again.
+    """
 
     partition: str
     calls: str
     n_cells: int
-    resumed: bool
+    reused: bool
     seconds: float
 
 
@@ -249,26 +254,30 @@ def _run_to_calls_dir(found: list[Partition], options: dict[str, Any],
         # After an interruption the workers are gone (a local cluster) or their tasks are
         # cancelled: anything half-written is removed, finished files stay for a resume.
         remove_temporaries(folder)
-    resumed = sum(d.resumed for d in done)
-    logger.info("%d partitions annotated into %s (%d reused from an earlier run)",
-                len(done), folder, resumed)
+    logger.info("%d partitions annotated into %s (%d calls files reused)", len(done), folder,
+                sum(d.reused for d in done))
     return done
 
 
 def _annotate_partition(partition: Partition, options: dict[str, Any],
-                        calls: str | None = None, resume: bool = False
+                        calls: str | None = None, resume: bool = False, run: str = ""
                         ) -> pa.Table | PartitionCalls:
-    """One task: annotate one partition, chunk by chunk (memory-mapped when local)."""
+    """One task: annotate one partition, chunk by chunk (memory-mapped when local).
+
+    With a calls file, a complete one that matches the partition is reused: one from an
+    earlier run with ``resume``, and in any case one this run wrote before (a worker that
+    died after writing it, before its result reached the client, costs no recomputation).
+    """
     from ._streaming import annotate_chunks
     from .engines import get_engine
 
     start = time.perf_counter()
     try:
         fingerprint = options_fingerprint(options)
-        if calls is not None and resume:
+        if calls is not None and Path(calls).is_file():
             cells = partition.cells()
             why = check_partition_calls(calls, n_cells=len(cells), checksum=cells_checksum(cells),
-                                        fingerprint=fingerprint)
+                                        fingerprint=fingerprint, run=None if resume else run)
             if why is None:
                 return PartitionCalls(partition.url, calls, len(cells), True,
                                       time.perf_counter() - start)
@@ -283,7 +292,7 @@ def _annotate_partition(partition: Partition, options: dict[str, Any],
             return table
         write_partition_calls(table, calls, partition=partition.url,
                               checksum=cells_checksum(table.column("cell")),
-                              fingerprint=fingerprint)
+                              fingerprint=fingerprint, run=run)
         return PartitionCalls(partition.url, calls, table.num_rows, False,
                               time.perf_counter() - start)
     except BridgeError as exc:
@@ -303,7 +312,7 @@ def _run(client: Client, found: list[Partition], options: dict[str, Any],
     run = uuid.uuid4().hex[:8]
     keys = [f"annotate-{i:05d}-{p.name}-{run}" for i, p in enumerate(found)]
     futures = client.map(_annotate_partition, found, [options] * len(found), calls,
-                         [resume] * len(found), key=keys, pure=False)
+                         [resume] * len(found), [run] * len(found), key=keys, pure=False)
     position = {future.key: i for i, future in enumerate(futures)}
     results: list[Any] = [None] * len(futures)
     try:
@@ -312,14 +321,17 @@ def _run(client: Client, found: list[Partition], options: dict[str, Any],
             for future in as_completed(futures):
                 # An error is raised here, as soon as its partition fails.
                 done = results[position[future.key]] = future.result()
+                # Released once fetched: a worker that dies later holding this result
+                # must not make Dask compute (and write) the partition again.
+                future.release()
                 bar.update(1)
                 if isinstance(done, PartitionCalls):
                     logger.info("partition %s: %d cells %s in %.1f s", done.partition,
-                                done.n_cells, "reused" if done.resumed else "annotated",
+                                done.n_cells, "reused" if done.reused else "annotated",
                                 done.seconds)
         return results
     except KilledWorker as exc:
-        client.cancel(futures)
+        client.cancel([f for f in futures if f.status != "finished"])
         msg = (f"a Dask worker died each time it ran {_task_partition(exc, futures, found)} "
                f"({exc}); it may need more memory than a worker has: use smaller partitions "
                "(bridge.write_partitions(cells_per_partition=...)), a smaller chunk_size, or "
@@ -329,7 +341,7 @@ def _run(client: Client, found: list[Partition], options: dict[str, Any],
         raise BridgeError(msg, code="worker_lost") from None
     except BaseException:
         # Interrupted or failed: stop the partitions still queued on the cluster.
-        client.cancel(futures)
+        client.cancel([f for f in futures if f.status != "finished"])
         raise
 
 

@@ -151,7 +151,7 @@ def test_resume_reuses_only_complete_matching_calls(
     calls_dir = tmp_path / "calls"
     first = write_partition_calls_dir(parts, calls_dir, client=client, qc=False,
                                       progress=False)
-    assert [d.resumed for d in first] == [False] * 4
+    assert [d.reused for d in first] == [False] * 4
     kept = calls_dir / "part-00000.parquet"
     before = kept.stat()
 
@@ -169,7 +169,7 @@ def test_resume_reuses_only_complete_matching_calls(
 
     again = write_partition_calls_dir(changed, calls_dir, client=client, qc=False,
                                       resume=True, progress=False)
-    assert [d.resumed for d in again] == [True, False, False, False]
+    assert [d.reused for d in again] == [True, False, False, False]
     assert kept.stat().st_mtime_ns == before.st_mtime_ns and kept.stat().st_ino == before.st_ino
     table = annotate_partitions(changed, client=client, qc=False, calls_dir=calls_dir,
                                 resume=True, progress=False)
@@ -181,7 +181,7 @@ def test_resume_reuses_only_complete_matching_calls(
     # Other options (a confidence threshold) make every file stale.
     third = write_partition_calls_dir(changed, calls_dir, client=client, qc=False,
                                       min_confidence=0.5, resume=True, progress=False)
-    assert [d.resumed for d in third] == [False] * 4
+    assert [d.reused for d in third] == [False] * 4
     assert not [p for p in calls_dir.iterdir() if p.name.startswith(".")]
 
 

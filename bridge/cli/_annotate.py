@@ -257,7 +257,7 @@ def _run_partitions(args: argparse.Namespace, out: Path) -> int:
         "source": f"{len(done)} Arrow CSR partitions", "partitions": partitions})
     if not args.quiet:
         print(summary(summary_table))
-        resumed = sum(d.resumed for d in done)
+        resumed = sum(d.reused for d in done)
         if args.resume:
             print(f"resumed: {resumed} of {len(done)} partitions reused from {calls_dir}")
         print(f"wrote {out} (per-partition calls in {calls_dir})", file=sys.stderr)
