@@ -66,6 +66,7 @@ def annotate_chunks(chunks: Iterable[CellMatrix], *, engine: Engine, model: str,
     state = _GeneState()
     qc_notes: list[dict[str, Any]] = []
     compute_qc = qc is True
+    largest = 0
     with tqdm(total=total, unit="cells", desc=f"annotating ({model})", leave=False,
               disable=not progress) as bar:
         for chunk in chunks:
@@ -79,6 +80,7 @@ def annotate_chunks(chunks: Iterable[CellMatrix], *, engine: Engine, model: str,
                         table = table.append_column(name, qc_table.column(name))
             tables.append(table)
             cells.append(table.column("cell").combine_chunks())
+            largest = max(largest, chunk.n_cells)
             bar.update(chunk.n_cells)
     if not tables:
         msg = f"{where} holds no cells; there is nothing to annotate."
@@ -96,8 +98,8 @@ def annotate_chunks(chunks: Iterable[CellMatrix], *, engine: Engine, model: str,
     if qc_notes:
         provenance["qc_thresholds"] = json.dumps(_merge_notes(qc_notes))
         if len(tables) > 1:
-            provenance["qc_scope"] = (f"doublet scores within each chunk of at most "
-                                      f"{chunk_size} cells")
+            provenance["qc_scope"] = (f"doublet scores within each of {len(tables)} chunks "
+                                      f"of at most {largest} cells")
     return with_metadata(table, **provenance)
 
 

@@ -59,7 +59,25 @@ def test_qc_is_computed_per_chunk_and_recorded(cells: bridge.CellMatrix, tmp_pat
     assert calls.column("total_counts").equals(expected.column("total_counts"))
     assert calls.column("n_genes").equals(expected.column("n_genes"))
     assert calls.column("doublet_score").null_count == 0
-    assert b"each chunk of at most 300 cells" in calls.schema.metadata[b"scbridge.qc_scope"]
+    assert calls.schema.metadata[b"scbridge.qc_scope"] == \
+        b"doublet scores within each of 3 chunks of at most 217 cells"
+
+
+def test_balanced_chunks_hold_a_bounded_number_of_values(
+        cells: bridge.CellMatrix, whole: pa.Table, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import bridge.io._chunks as chunks_module
+
+    monkeypatch.setattr(chunks_module, "MAX_CHUNK_VALUES", 25_000)  # as if the cells were deep
+    assert -(-cells.nnz // 25_000) == 6
+    path = tmp_path / "atlas.arrow"
+    write_arrow(cells, path)
+    chunks = list(bridge.read_chunks(path, 50_000, balanced=True))
+    assert len(chunks) == 6 and max(c.n_cells for c in chunks) - min(c.n_cells for c in chunks) <= 1
+    assert list(bridge.read_chunks(path, 50_000))[0].n_cells == 650  # as asked, not balanced
+    calls = bridge.annotate(path, qc=False, progress=False)
+    assert calls.select(CALLS).equals(whole)
+    assert calls.schema.metadata[b"scbridge.streamed_chunks"] == b"6"
 
 
 def test_arrow_batches_stream_as_views_on_the_memory_map(cells: bridge.CellMatrix,

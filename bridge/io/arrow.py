@@ -163,7 +163,9 @@ def iter_arrow_chunks(
                                         validate=False)
             if value_kind:
                 whole.value_kind = value_kind
-            for start, stop in chunk_bounds(whole.n_cells, chunk_size, balanced=balanced):
+            bounds = chunk_bounds(whole.n_cells, chunk_size, balanced=balanced,
+                                  n_values=whole.nnz)
+            for start, stop in bounds:
                 chunk = whole.slice_cells(start, stop)
                 chunk.X.indptr = compact_offsets(chunk.X.indptr)
                 if validate:

@@ -177,7 +177,9 @@ def iter_h5ad_chunks(
         obs = obs_to_arrow(adata.obs)
         cells = np.asarray(adata.obs_names, dtype=object)
         kind = value_kind
-        for start, stop in chunk_bounds(adata.n_obs, chunk_size, balanced=balanced):
+        bounds = chunk_bounds(adata.n_obs, chunk_size, balanced=balanced,
+                              n_values=_stored_values(X))
+        for start, stop in bounds:
             block = _to_csr(X[start:stop], where)
             block.indptr = compact_offsets(block.indptr)
             kind = kind or value_kind_for_layer(name, block.data)
@@ -191,6 +193,15 @@ def iter_h5ad_chunks(
             )
     finally:
         adata.file.close()
+
+
+def _stored_values(X: Any) -> int:
+    """Values a matrix stores, without reading it (a backed sparse matrix's ``data`` length)."""
+    group = getattr(X, "group", None)
+    if group is not None and "data" in group:
+        return int(group["data"].shape[0])
+    nnz = getattr(X, "nnz", None)
+    return int(nnz) if nnz is not None else int(np.prod(X.shape))
 
 
 def describe_h5ad(path: str | os.PathLike[str]) -> dict[str, Any]:
