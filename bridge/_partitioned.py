@@ -397,10 +397,25 @@ def _dask_client(client: Client | str | None, n_workers: int | None) -> Iterator
             yield remote
         return
     workers = n_workers or max(1, min(4, os.cpu_count() or 1))
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as local:
+    with _dask_logs_follow_ours(), LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True,
+            dashboard_address=None) as cluster, Client(cluster) as local:
         logger.info("started a local Dask cluster of %d workers", workers)
         yield local
+
+
+@contextmanager
+def _dask_logs_follow_ours() -> Iterator[None]:
+    """Dask's own INFO lines (scheduler, nannies, connections) only when ours are shown
+    (``scbridge -v``); its warnings always."""
+    dask_logger = logging.getLogger("distributed")
+    level = dask_logger.level
+    if not logger.isEnabledFor(logging.INFO):
+        dask_logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        dask_logger.setLevel(level)
 
 
 def _arrow_files(folder: Path) -> list[Path]:
