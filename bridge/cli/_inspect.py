@@ -24,11 +24,13 @@ def inspect(path: str, *, assay: str | None = None, layer: str | None = None) ->
     from ..genes import detect_gene_id_kind
 
     info = io.describe(path)
-    if info.get("kind") == "partitions":
-        # A partitioned data set can be larger than memory: its first chunk is the sample,
-        # the totals come from the partitions' own lengths.
-        matrix = next(io.read_chunks(path, 1000))
-        cells, nnz = info["cells"], info["nnz"]
+    totals = _totals(info, layer) if io.can_stream(path) else None
+    if totals is not None:
+        # A file that streams can be larger than memory: its first chunk is the sample, the
+        # totals are those describe() read from the file's own lengths.
+        options = {k: v for k, v in (("assay", assay), ("layer", layer)) if v is not None}
+        matrix = next(io.read_chunks(path, 1000, validate=False, **options))
+        cells, nnz = totals
     else:
         matrix = io.read(path, assay=assay, layer=layer, validate=False)
         cells, nnz = matrix.n_cells, matrix.nnz
@@ -44,6 +46,18 @@ def inspect(path: str, *, assay: str | None = None, layer: str | None = None) ->
         "obs_columns": matrix.obs.column_names,
     }
     return info
+
+
+def _totals(info: dict[str, Any], layer: str | None) -> tuple[int, int] | None:
+    """(cells, nnz) of the matrix inspected, from describe(), where it says."""
+    if "cells" in info and "nnz" in info:
+        return int(info["cells"]), int(info["nnz"])
+    layers = [entry for assay in info.get("assays", {}).values()
+              for name, entry in assay.get("layers", {}).items()
+              if len(assay.get("layers", {})) == 1 or name == (layer or "X")]
+    if len(layers) != 1 or layers[0].get("nnz") is None:
+        return None
+    return int(layers[0]["cells"]), int(layers[0]["nnz"])
 
 
 def _text(info: dict[str, Any]) -> str:

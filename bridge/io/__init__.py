@@ -141,7 +141,8 @@ def _arrow_chunks(path: Path, chunk_size: int, **kw: Any) -> Iterator[CellMatrix
         msg = f"{path}: an Arrow CSR file holds one matrix; assay= and layer= do not apply."
         raise InputError(msg)
     yield from iter_arrow_chunks(path, chunk_size, value_kind=kw.get("value_kind"),
-                                 balanced=kw.get("balanced", False))
+                                 balanced=kw.get("balanced", False),
+                                 validate=kw.get("validate", True))
 
 
 def _tenx_matches(path: Path) -> bool:
@@ -312,7 +313,8 @@ def read_chunks(source: Any, chunk_size: int, **kw: Any) -> Iterator[CellMatrix]
     ``.h5ad`` files are streamed in backed mode, Arrow files batch by batch and partitioned
     data sets partition by partition, so inputs larger than memory can be converted or
     annotated (those readers also take ``balanced=True``: near-equal chunks instead of full
-    ones and a remainder); other sources are read, then sliced into views.
+    ones and a remainder, and ``validate=False``); other sources are read, then sliced into
+    views.
     """
     if isinstance(source, str | os.PathLike) and not _is_package_object(source):
         path = _as_path(source)

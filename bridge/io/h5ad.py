@@ -148,6 +148,7 @@ def iter_h5ad_chunks(
     assay: str | None = None,
     value_kind: ValueKind | None = None,
     balanced: bool = False,
+    validate: bool = True,
 ) -> Iterator[CellMatrix]:
     """Stream an ``.h5ad`` in chunks of at most ``chunk_size`` cells (near-equal ones with
     ``balanced``) with backed mode (files larger than memory).
@@ -190,6 +191,7 @@ def iter_h5ad_chunks(
                 obs=obs.slice(start, stop - start) if obs.num_columns else None,
                 value_kind=kind,
                 source=f"AnnData {name} ({Path(where).name}, backed)",
+                validate=validate,
             )
     finally:
         adata.file.close()

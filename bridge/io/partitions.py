@@ -83,13 +83,14 @@ class Partition:
             raise InputError(msg, code="not_found") from None
 
     def chunks(self, chunk_size: int | None = None, *, value_kind: ValueKind | None = None,
-               balanced: bool = False) -> Iterator[CellMatrix]:
+               balanced: bool = False, validate: bool = True) -> Iterator[CellMatrix]:
         """The partition's cells in chunks of at most ``chunk_size`` (views on its batches;
         near-equal ones with ``balanced``), each validated on its own."""
         from .arrow import iter_arrow_chunks
 
         yield from iter_arrow_chunks(self._source(), chunk_size, where=self.url,
-                                     value_kind=value_kind, balanced=balanced)
+                                     value_kind=value_kind, balanced=balanced,
+                                     validate=validate)
 
     def cells(self) -> pa.ChunkedArray:
         """The partition's cell ids alone (for a memory-mapped file only their pages are read)."""
@@ -220,11 +221,13 @@ def _is_file(partition: Partition) -> bool:
 def iter_partitions_chunks(partitions: str | os.PathLike[str] | Sequence[Any],
                            chunk_size: int | None = None, *, assay: str | None = None,
                            layer: str | None = None, value_kind: ValueKind | None = None,
-                           balanced: bool = False) -> Iterator[CellMatrix]:
+                           balanced: bool = False, validate: bool = True
+                           ) -> Iterator[CellMatrix]:
     """Stream a partitioned data set chunk by chunk (chunks never cross partitions)."""
     _no_assay_or_layer(assay, layer)
     for partition in list_partitions(partitions):
-        yield from partition.chunks(chunk_size, value_kind=value_kind, balanced=balanced)
+        yield from partition.chunks(chunk_size, value_kind=value_kind, balanced=balanced,
+                                    validate=validate)
 
 
 def read_partitions(partitions: str | os.PathLike[str] | Sequence[Any], *,
