@@ -322,6 +322,7 @@ def read_chunks(source: Any, chunk_size: int, **kw: Any) -> Iterator[CellMatrix]
         if reader.iter_chunks is not None:
             yield from reader.iter_chunks(path, chunk_size, **kw)
             return
+    kw.pop("balanced", None)  # a matrix read whole is cut into full chunks
     yield from read(source, **kw).iter_chunks(chunk_size)
 
 
