@@ -200,7 +200,8 @@ def write_raw(folder: Path, n_cells: int, profiles: sp.csr_matrix, seed: int) ->
             block = profiles[rng.integers(0, profiles.shape[0], stop - start)]
             data.write(memoryview(np.ascontiguousarray(block.data, np.float32)))
             idx.write(memoryview(np.ascontiguousarray(block.indices, np.int32)))
-            indptr[start + 1: stop + 1] = indptr[start] + block.indptr[1:]
+            # int64 before adding: numpy 1.x would keep int32 and wrap past 2**31 values.
+            indptr[start + 1: stop + 1] = indptr[start] + block.indptr[1:].astype(np.int64)
             bar.update(stop - start)
     indptr.tofile(folder / "indptr.i64")
     return int(indptr[-1])

@@ -284,9 +284,11 @@ def matrix_from_batches(
         indices = np.concatenate([p[1] for p in parts])
         data = np.concatenate([p[2] for p in parts])
         ends = np.cumsum([int(p[0][-1]) for p in parts])
-        big = ends[-1] > INT32_MAX
-        pieces = [parts[0][0].astype(np.int64 if big else parts[0][0].dtype)]
-        pieces += [p[0][1:] + ends[i] for i, p in enumerate(parts[1:])]
+        dtype = np.int64 if ends[-1] > INT32_MAX else parts[0][0].dtype
+        # Cast before adding: numpy 1.x keeps an int32 array int32 when the scalar added
+        # fits 32 bits, so the sum would wrap past 2**31 values.
+        pieces = [parts[0][0].astype(dtype)]
+        pieces += [p[0][1:].astype(dtype) + ends[i] for i, p in enumerate(parts[1:])]
         indptr = np.concatenate(pieces)
     else:
         indptr, indices, data = np.zeros(1, np.int32), np.zeros(0, np.int32), np.zeros(0)

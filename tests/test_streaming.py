@@ -126,6 +126,15 @@ def test_past_the_offset_limit_files_and_chunks_keep_64_bit_offsets(
     calls = bridge.annotate(path, chunk_size=10, qc=False, progress=False)
     assert calls.select(CALLS).equals(whole)
 
+    # Batches joined into one CSR past the limit get 64-bit offsets, added in 64 bits.
+    monkeypatch.setattr(arrow_csr, "INT32_MAX", cells.nnz)
+    write_arrow(cells, tmp_path / "batches.arrow", chunk_size=100)  # 32-bit lists
+    monkeypatch.setattr(arrow_csr, "INT32_MAX", limit)
+    assert pa.types.is_list(_schema(tmp_path / "batches.arrow").field("values").type)
+    joined = read_arrow(tmp_path / "batches.arrow")
+    assert joined.X.indptr.dtype == np.int64
+    assert np.array_equal(joined.X.indptr, cells.X.indptr)
+
     # Streaming conversion picks large_list from the input's total values, before the
     # first batch is written; a file within the limit keeps 32-bit lists.
     from bridge.cli._convert import convert
