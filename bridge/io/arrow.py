@@ -86,8 +86,11 @@ def write_batches(
     """Write record batches to an IPC file or stream (used by streaming conversion)."""
     new = pa.ipc.new_stream if stream else pa.ipc.new_file
     sink = path if isinstance(path, pa.NativeFile) else pa.OSFile(os.fspath(path), "wb")
+    # A large_list batch past 2**31 values has a values array longer than 2**31 - 1, which
+    # Arrow's IPC writer refuses unless told that 64-bit lengths are wanted.
+    options = pa.ipc.IpcWriteOptions(allow_64bit=True)
     try:
-        with new(sink, schema) as writer:
+        with new(sink, schema, options=options) as writer:
             for batch in batches:
                 writer.write_batch(batch)
     finally:
