@@ -24,9 +24,12 @@ as flat files, then in turn
   requires, where its estimated memory fits;
 * with ``--h5ad``, a backed ``.h5ad`` (int64 ``indptr``) annotated the same way.
 
-Each run is a separate process tree; a sampler reads ``/proc/<pid>/status`` of every process
+Each run starts with its input out of the page cache (``posix_fadvise(DONTNEED)`` on our own
+files: an atlas larger than memory is read from disk) and is a separate process tree; a
+sampler reads ``/proc/<pid>/status`` of every process
 in the tree 5 times a second and sums ``VmRSS`` (everything resident, the memory-mapped input
-included) and ``RssAnon + RssShmem`` (memory beyond the memory map).  QC is off (``--no-qc``;
+included) and ``RssAnon + RssShmem`` (memory beyond the memory map), and the CPU time of every
+process of the tree (steadier than wall time on a shared machine).  QC is off (``--no-qc``;
 ``--qc`` turns it on) because CellTypist does none and the doublet step dominates otherwise.
 Every output is checked: one row per cell, every cell once, in input order.
 """
@@ -150,8 +153,27 @@ def environment() -> dict[str, str]:
     return env
 
 
-def measure(name: str, n_cells: int, command: Sequence[str], *, log: Path) -> Run:
-    """Run ``command`` as its own process tree; wall time and peak memory of the tree."""
+def evict(path: Path) -> None:
+    """Drop a file's (or a folder's files') pages from the page cache: flushed, then
+    ``posix_fadvise(DONTNEED)``; only our own files, no privileges needed."""
+    for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if not file.is_file():
+            continue
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def measure(name: str, n_cells: int, command: Sequence[str], *, log: Path,
+            inputs: Sequence[Path] = ()) -> Run:
+    """Run ``command`` as its own process tree, its ``inputs`` read from disk (out of the page
+    cache, as an atlas larger than memory is); wall time, CPU time and peak memory of the
+    tree."""
+    for path in inputs:
+        evict(path)
     start = time.perf_counter()
     with open(log, "wb") as handle:
         process = subprocess.Popen(command, env=environment(), stdout=handle,
@@ -350,6 +372,7 @@ def killed_then_resumed(parts: Path, work: Path, n_cells: int, n_parts: int,
     the same command with --resume."""
     calls_dir, out = work / "resume.parts", work / "resume.parquet"
     command = scbridge(str(parts), "--calls-dir", str(calls_dir), "--out", str(out), *options)
+    evict(parts)
     start = time.perf_counter()
     with open(work / "killed.log", "wb") as log:
         process = subprocess.Popen(command, env=environment(), stdout=log,
@@ -368,7 +391,7 @@ def killed_then_resumed(parts: Path, work: Path, n_cells: int, n_parts: int,
     killed_after = time.perf_counter() - start
     done = len(list(calls_dir.glob("part-*.parquet")))
     resumed = measure("partitions, resumed", n_cells, [*command, "--resume"],
-                      log=work / "resumed.log")
+                      log=work / "resumed.log", inputs=[parts, calls_dir])
     return killed_after, done, resumed
 
 
@@ -399,7 +422,8 @@ def one_size(n_cells: int, profiles: sp.csr_matrix, genes: np.ndarray, args: arg
           f"({_size(parts) / GIB:.1f} GiB)", flush=True)
     out = work / "calls.parquet"
     run = measure("partitions (Dask)", n_cells, scbridge(str(parts), "--out", str(out),
-                                                         *options), log=work / "full.log")
+                                                         *options), log=work / "full.log",
+                  inputs=[parts])
     labels = check_calls(out, n_cells)
     runs.append(_report(run))
     if resume:
@@ -423,7 +447,7 @@ def one_size(n_cells: int, profiles: sp.csr_matrix, genes: np.ndarray, args: arg
           f"({single.stat().st_size / GIB:.1f} GiB, {list_type})", flush=True)
     run = measure("one .arrow file (streamed)", n_cells,
                   scbridge(str(single), "--out", str(work / "file.parquet"), *options[2:]),
-                  log=work / "file.log")
+                  log=work / "file.log", inputs=[single])
     same = check_calls(work / "file.parquet", n_cells).equals(labels)
     run.note = f"calls {'==' if same else '!='} partitioned run's"
     runs.append(_report(run))
@@ -433,7 +457,7 @@ def one_size(n_cells: int, profiles: sp.csr_matrix, genes: np.ndarray, args: arg
             run = measure("CellTypist (same .arrow)", n_cells,
                           [sys.executable, __file__, "--celltypist-worker", str(single),
                            str(model), str(work / "celltypist.parquet")],
-                          log=work / "celltypist.log")
+                          log=work / "celltypist.log", inputs=[single])
             check_calls(work / "celltypist.parquet", n_cells)
             runs.append(_report(run))
         else:
@@ -451,7 +475,7 @@ def one_size(n_cells: int, profiles: sp.csr_matrix, genes: np.ndarray, args: arg
         print(f"  .h5ad written in {time.perf_counter() - start:.0f} s", flush=True)
         run = measure(".h5ad (backed, streamed)", n_cells,
                       scbridge(str(h5ad), "--out", str(work / "h5ad.parquet"), *options[2:]),
-                      log=work / "h5ad.log")
+                      log=work / "h5ad.log", inputs=[h5ad])
         same = check_calls(work / "h5ad.parquet", n_cells).equals(labels)
         run.note = f"calls {'==' if same else '!='} partitioned run's"
         runs.append(_report(run))
