@@ -464,7 +464,7 @@ def one_size(n_cells: int, profiles: sp.csr_matrix, genes: np.ndarray, args: arg
             print(f"  CellTypist: skipped, estimated peak {need / GIB:.1f} GiB does not fit "
                   "in 80% of the memory available now", flush=True)
             runs.append(Run("CellTypist (same .arrow)", n_cells, float("nan"), 0, 0, 0,
-                            f"does not fit: ~{need / GIB:.0f} GiB needed"))
+                            note=f"does not fit: ~{need / GIB:.0f} GiB needed"))
     single.unlink()
 
     # 3. A backed .h5ad with int64 indptr.
@@ -554,9 +554,14 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="also write the runs as JSON here")
     parser.add_argument("--celltypist-worker", nargs=3, metavar=("ARROW", "MODEL", "OUT"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--summarize", type=Path, metavar="JSON",
+                        help="only print the summary of runs saved with --results")
     args = parser.parse_args()
     if args.celltypist_worker:
         celltypist_worker(*args.celltypist_worker)
+        return
+    if args.summarize:
+        summary([Run(**r) for r in json.loads(args.summarize.read_text())])
         return
     sys.path.insert(0, str(ROOT))
     args.workdir.mkdir(parents=True, exist_ok=True)
