@@ -387,7 +387,7 @@ def _dask_client(client: Client | str | None, n_workers: int | None) -> Iterator
         return
     if isinstance(client, str):
         try:
-            remote = Client(client, timeout="20s")
+            remote = Client(client)  # waits distributed.comm.timeouts.connect (Dask config)
         except OSError as exc:
             msg = (f"could not reach a Dask scheduler at {client} ({exc}); start one "
                    "(`dask scheduler`, then `dask worker ADDRESS` on each machine) or leave "

@@ -269,3 +269,19 @@ def test_cells_in_two_partitions_are_refused_when_assembling(
     assert "error[invalid_cells]" in err and "part-00001.arrow" in err
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(parts: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    import dask
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"  # nothing listens there
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        assert main(["annotate", str(parts), "--scheduler", address, "--out",
+                     str(tmp_path / "calls.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "error[remote_unreachable]" in err and f"Dask scheduler at {address}" in err
