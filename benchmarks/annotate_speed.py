@@ -32,11 +32,11 @@ GIB = 2**30
 
 
 def make_matrix(n_cells: int, n_genes: int, nnz_per_cell: int, seed: int = 0,
-                counts: bool = False):
-    """Log-normalised CSR (float32; raw counts with ``counts=True``) with ~nnz_per_cell
-    distinct genes per cell, and gene names that include the marker database's genes (so the
-    engine does real work)."""
-    from bridge.engines.markers import load_marker_database
+                raw_counts: bool = False):
+    """Log-normalised CSR (float32; raw counts with ``raw_counts=True``) with ~nnz_per_cell
+    distinct genes per cell, and gene names that include the knowledge base's marker genes (so
+    the engine does real work)."""
+    from bridge.engines._marker_model import load_marker_model
 
     rng = np.random.default_rng(seed)
     popularity = 1.0 / np.arange(1, n_genes + 1) ** 0.6  # a Zipf-like spread of detection
@@ -52,22 +52,22 @@ def make_matrix(n_cells: int, n_genes: int, nnz_per_cell: int, seed: int = 0,
         picked.sort(axis=1)
         keep = np.ones_like(picked, dtype=bool)
         keep[:, 1:] = picked[:, 1:] != picked[:, :-1]
-        counts = keep.sum(axis=1)
+        per_cell = keep.sum(axis=1)
         indices = picked[keep].astype(np.int32)
         values = (1 + rng.poisson(0.6, size=len(indices))).astype(np.float32)
-        row = np.repeat(np.arange(n), counts)
+        row = np.repeat(np.arange(n), per_cell)
         totals = np.bincount(row, weights=values, minlength=n)
-        if not counts:
+        if not raw_counts:
             values = np.log1p(values * (1e4 / totals[row])).astype(np.float32)
         index_chunks.append(indices)
         value_chunks.append(values)
-        indptr.extend((indptr[-1] + np.cumsum(counts)).tolist())
+        indptr.extend((indptr[-1] + np.cumsum(per_cell)).tolist())
     X = sp.csr_matrix((n_cells, n_genes), dtype=np.float32)
     X.data = np.concatenate(value_chunks)
     X.indices = np.concatenate(index_chunks)
     X.indptr = np.asarray(indptr, dtype=np.int64)
     X.has_sorted_indices = True
-    markers = load_marker_database().genes
+    markers = load_marker_model().genes
     genes = [*markers, *[f"GENE{i:05d}" for i in range(n_genes - len(markers))]]
     genes = np.asarray(rng.permutation(genes), dtype=object)
     return X, genes
@@ -200,7 +200,7 @@ def main() -> None:
     print(f"memory: scbridge peak beyond input = {ours_mem / chunk_bytes:.2f} x one 50,000-cell "
           f"chunk ({chunk_bytes / GIB:.2f} GiB); CellTypist = {ct_mem / chunk_bytes:.2f} x")
     del X
-    counts, genes = make_matrix(n_cells, args.genes, args.nnz, counts=True)
+    counts, genes = make_matrix(n_cells, args.genes, args.nnz, raw_counts=True)
     qc_t, qc_mem, n3 = measure(run_annotate_default, counts, genes, None)
     bare_t, bare_mem, n4 = measure(run_annotate_no_qc, counts, genes, None)
     assert n3 == n4 == n_cells

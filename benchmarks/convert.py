@@ -21,14 +21,26 @@ Usage::
     python benchmarks/convert.py --small    # 2,000 x 2,000, 300k non-zeros (a quick check)
 
 The data files are written once to ``--data-dir`` (default: a folder under the system temp dir).
+
+Every peer is measured in every run, or the report says why it could not be and the run exits
+with status 1. (A run once printed only "Embedded R already ended." for anndata2ri: that line
+is rpy2's own INFO log from its exit hook, which the child printed last because it logged at
+INFO for every logger, and the parent showed the last line of stderr. The real failures were
+``ModuleNotFoundError`` (anndata2ri was not installed: it is now in ``scbridge[peers]``) and,
+with anndata2ri 2.0, ``AttributeError`` (the module-level ``anndata2ri.rpy2py`` of 1.x is gone;
+the converter's own ``rpy2py`` works in both). Now the child keeps rpy2 at WARNING and the
+parent reports the exception line itself.)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -110,8 +122,8 @@ def _warm_up(case: str, folder: Path) -> None:
         from bridge.io.rds_write import to_r
 
         tiny_sce = to_r(tiny, container="SingleCellExperiment")
-        with localconverter(anndata2ri.converter):
-            anndata2ri.rpy2py(tiny_sce)
+        with localconverter(anndata2ri.converter) as converter:
+            converter.rpy2py(tiny_sce)
     elif case == "arrow":
         path = folder / "warm-up.arrow"
         bridge.write(tiny, path)
@@ -178,11 +190,14 @@ def run_case(case: str, paths: dict[str, Path]) -> dict[str, float | str | bool]
         robj, out["readRDS_s"], out["readRDS_mb"] = _read_rds(paths["sce.rds"])
         rss = _rss_mb()
         t0 = time.perf_counter()
-        with localconverter(anndata2ri.converter):
-            adata = anndata2ri.rpy2py(robj)
+        with localconverter(anndata2ri.converter) as converter:
+            adata = converter.rpy2py(robj)
         out["convert_s"] = time.perf_counter() - t0
         out["convert_mb"] = _rss_mb() - rss
-        out["nnz"] = float(adata.X.nnz)
+        # The SCE's assay "counts" becomes layers["counts"] (only an assay "X" becomes X).
+        X = adata.X if adata.X is not None else adata.layers["counts"]
+        out["nnz"] = float(X.nnz)
+        out["version"] = f"anndata2ri {importlib.metadata.version('anndata2ri')}"
     elif case == "json":
         import bridge
 
@@ -225,13 +240,38 @@ def run_case(case: str, paths: dict[str, Path]) -> dict[str, float | str | bool]
     return out
 
 
+#: Peers and the Python package each needs.
+PEER_PACKAGES = {"anndata2ri-sce": "anndata2ri"}
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
+
+
+def _why_not(case: str) -> str | None:
+    """Why ``case`` cannot be measured in this Python, or None."""
+    package = PEER_PACKAGES.get(case)
+    if package and importlib.util.find_spec(package) is None:
+        return (f"{package} is not installed in {sys.executable} "
+                f"(pip install {package}; it is part of scbridge[peers])")
+    return None
+
+
+def _failure(stderr: str) -> str:
+    """The exception a child process died of (not whatever it printed last)."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return raised[-1] if raised else (lines[-1] if lines else "no output")
+
+
 def _in_subprocess(case: str, data_dir: Path) -> dict:
+    why = _why_not(case)
+    if why:
+        return {"case": case, "error": f"not measured: {why}"}
     done = subprocess.run(
         [sys.executable, __file__, "--case", case, "--data-dir", str(data_dir)],
         capture_output=True, text=True, check=False,
     )
     if done.returncode != 0:
-        return {"case": case, "error": done.stderr.strip().splitlines()[-1:]}
+        return {"case": case, "error": f"failed: {_failure(done.stderr)}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -262,7 +302,7 @@ def report(results: dict[str, dict]) -> None:
     for title, key in rows:
         r = results.get(key, {})
         if "error" in r:
-            print(f"{title:34} failed: {r['error']}")
+            print(f"{title:34} {r['error']}")
             continue
         notes = []
         if "matrix_s" in r:
@@ -274,6 +314,8 @@ def report(results: dict[str, dict]) -> None:
             notes.append(f"CSR views on R memory: {_fmt(r['views_on_R'])}")
         if "validate_s" in r:
             notes.append(f"validation {_fmt(r['validate_s'], 'ms')} (separate, optional)")
+        if "version" in r:
+            notes.append(str(r["version"]))
         if "parse_s" in r:
             notes.append(f"server parse {_fmt(r['parse_s'], 's')}, body {r['body_mb']:,.0f} MB")
         conv_unit = "s" if r.get("convert_s", 0) >= 1 else "ms"
@@ -305,7 +347,7 @@ def report(results: dict[str, dict]) -> None:
               f"{'met' if ratio >= 25 else 'NOT met'}")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="2,000 x 2,000 with 300k non-zeros")
     parser.add_argument("--data-dir", type=Path, default=None)
@@ -313,12 +355,13 @@ def main() -> None:
     parser.add_argument("--skip-json", action="store_true", help="skip the (slow, 5 GB) JSON path")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("rpy2").setLevel(logging.WARNING)  # its exit hook logs at INFO
     size = (2_000, 2_000, 300_000) if args.small else (20_000, 20_000, 30_000_000)
     data_dir = args.data_dir or Path(tempfile.gettempdir()) / f"scbridge-bench-convert-{size[0]}"
     paths = {k: data_dir / f"matrix.{k}" for k in ("seurat.rds", "sce.rds", "arrow")}
     if args.case:  # child process: one measurement, JSON on the last line
         print(json.dumps(run_case(args.case, paths)))
-        return
+        return 0
     make_data(data_dir, *size)
     print(f"matrix: {size[0]:,} cells x {size[1]:,} genes, ~{size[2]:,} non-zeros; "
           f"files: {', '.join(f'{p.name} {p.stat().st_size / 1e6:,.0f} MB' for p in paths.values())}")
@@ -329,7 +372,13 @@ def main() -> None:
         logger.info("measuring %s ...", case)
         results[case] = _in_subprocess(case, data_dir)
     report(results)
+    missing = [case for case, r in results.items() if "error" in r]
+    if missing:
+        print(f"\nNOT MEASURED: {', '.join(missing)} (reasons above): this run compares "
+              "scbridge with fewer peers than it must.")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,6 +9,7 @@ engine).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -72,8 +73,7 @@ def _check_gene_order(matrix: CellMatrix, genes: NDArray[Any]) -> None:
                f"{np.median(detected[cols]):.0%} of cells while other genes reach {top:.0%}: "
                "the gene names may not match the matrix columns (wrong order or a shifted "
                "feature list). Calls will be wrong if so.")
-        logger.warning(msg)
-        warnings.warn(msg, stacklevel=4)
+        warnings.warn(msg, stacklevel=4)  # one message: the CLI shows warnings as one line
 
 
 def call_cells(matrix: CellMatrix, *, model: str = "markers", atlas: str | None = None,
@@ -125,8 +125,7 @@ def call_cells(matrix: CellMatrix, *, model: str = "markers", atlas: str | None 
         msg = (f"{matrix.source or 'the matrix'}: the gene ids (e.g. "
                f"{', '.join(map(str, matrix.genes[:3]))}) look like neither gene symbols nor "
                "Ensembl ids.")
-        logger.warning(msg)
-        warnings.warn(msg, stacklevel=2)
+        warnings.warn(msg, stacklevel=2)  # one message: the CLI shows warnings as one line
     if genes is not matrix.genes:
         matrix = CellMatrix(matrix.X, matrix.cells, genes, value_kind=matrix.value_kind,
                             source=matrix.source, validate=False, keepalive=matrix.keepalive)
@@ -188,8 +187,10 @@ def annotate(source: Any, *, model: str = "markers", atlas: str | None = None,
         A cell metadata column (e.g. ``"seurat_clusters"``) or one value per cell: adds
         ``label_smoothed`` / ``smoothed_confidence`` by majority vote within each group.
     qc
-        ``True``: compute the QC columns (:func:`bridge.qc`) and append them (recorded, never
-        applied); ``False``: none; a table from :func:`bridge.qc`: append that one.
+        ``True``: compute the QC metrics (:func:`bridge.qc` without doublet scores, which cost
+        far more than the annotation) and append them, recorded, never applied; a table from
+        :func:`bridge.qc` (with doublet scores, or filtered by you): append that one;
+        ``False``: none.
     smooth
         ``"knn"`` (15 neighbours) or a neighbour count: majority vote over a kNN graph, in the
         same separate columns; ignored when ``groups`` is given.
@@ -293,7 +294,14 @@ def _qc_columns(matrix: CellMatrix, qc: bool | pa.Table) -> pa.Table | None:
     if isinstance(qc, pa.Table):
         return qc_for_cells(qc, matrix.cells).replace_schema_metadata(qc.schema.metadata)
     if qc is True:
-        return qc_metrics(matrix)
+        # Doublet scores take seconds per 10,000 cells (a simulation, a PCA and a kNN search):
+        # they come from bridge.qc(), whose table annotate(qc=table) attaches.
+        table = qc_metrics(matrix, doublets=False)
+        notes = json.loads((table.schema.metadata or {}).get(b"scbridge.qc_thresholds", b"{}"))
+        notes["doublets"] = ("not computed by annotate: run bridge.qc() (scbridge qc) and pass "
+                             "its table as qc= (--qc-table)")
+        return table.replace_schema_metadata(
+            {b"scbridge.qc_thresholds": json.dumps(notes).encode()})
     if qc is False or qc is None:
         return None
     msg = f"qc must be True, False or a table from bridge.qc(), got {type(qc).__name__}."

@@ -41,7 +41,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "scbridge.arrow-csr"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"  # 1.1: value kind "normalized"
 _KEY_FORMAT = b"scbridge.format"
 _KEY_VERSION = b"scbridge.format_version"
 _KEY_GENES = b"scbridge.genes"
@@ -187,6 +187,11 @@ class _FileBatches:
 
 
 def check_schema(schema: pa.Schema, where: str) -> tuple[list[str], ValueKind, str]:
+    try:
+        schema.names  # noqa: B018 - pyarrow decodes every field name here
+    except UnicodeDecodeError:
+        msg = f"{where}: the Arrow schema's column names are not UTF-8 text; the file is damaged."
+        raise FormatError(msg, code="invalid_arrow") from None
     meta = schema.metadata or {}
     if meta.get(_KEY_FORMAT) != FORMAT_NAME.encode():
         msg = (
@@ -196,7 +201,7 @@ def check_schema(schema: pa.Schema, where: str) -> tuple[list[str], ValueKind, s
             "See docs/format.md for the layout, or convert the data with `scbridge convert`."
         )
         raise FormatError(msg, code="invalid_arrow")
-    version = meta.get(_KEY_VERSION, b"").decode()
+    version = meta.get(_KEY_VERSION, b"").decode(errors="replace")[:40]
     major = version.split(".", 1)[0]
     if major != FORMAT_VERSION.split(".", 1)[0]:
         msg = (
@@ -209,26 +214,62 @@ def check_schema(schema: pa.Schema, where: str) -> tuple[list[str], ValueKind, s
         if schema.get_field_index(name) < 0:
             msg = f"{where}: Arrow CSR column {name!r} is missing (columns: {schema.names})."
             raise FormatError(msg, code="invalid_arrow")
-    for name in ("indices", "values"):
-        t = schema.field(name).type
-        if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
-            msg = f"{where}: column {name!r} must be a list column, got {t}."
-            raise FormatError(msg, code="invalid_arrow")
-    if schema.field("indices").type.value_type != pa.int32():
-        msg = f"{where}: 'indices' must hold int32, got {schema.field('indices').type}."
-        raise FormatError(msg, code="invalid_arrow")
-    try:
-        genes = json.loads(meta[_KEY_GENES])
-    except (KeyError, ValueError):
-        msg = f"{where}: schema metadata 'scbridge.genes' is missing or not a JSON list."
-        raise FormatError(msg, code="invalid_arrow") from None
-    value_kind = meta.get(_KEY_VALUE_KIND, b"counts").decode()
+    _check_column_types(schema, where)
+    genes = _genes_from_metadata(meta.get(_KEY_GENES), where)
+    value_kind = meta.get(_KEY_VALUE_KIND, b"counts").decode(errors="replace")
     if value_kind not in VALUE_KINDS:
         msg = (f"{where}: unknown value kind {value_kind!r} (expected one of "
                f"{', '.join(VALUE_KINDS)}).")
         raise FormatError(msg, code="invalid_arrow")
     kind: ValueKind = value_kind  # checked just above
-    return genes, kind, meta.get(_KEY_SOURCE, b"").decode()
+    return genes, kind, meta.get(_KEY_SOURCE, b"").decode(errors="replace")[:500]
+
+
+_VALUE_ARROW_TYPES = (pa.float32(), pa.float64(), pa.int32())
+
+
+def _check_column_types(schema: pa.Schema, where: str) -> None:
+    """The column types of docs/format.md, before any buffer is looked at."""
+    cell = schema.field("cell").type
+    if cell != pa.string():
+        msg = f"{where}: column 'cell' must be utf8 (cell ids as text), got {cell}."
+        raise FormatError(msg, code="invalid_arrow")
+    types = {name: schema.field(name).type for name in ("indices", "values")}
+    for name, t in types.items():
+        if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+            msg = f"{where}: column {name!r} must be a list column, got {t}."
+            raise FormatError(msg, code="invalid_arrow")
+    if pa.types.is_large_list(types["indices"]) != pa.types.is_large_list(types["values"]):
+        msg = (f"{where}: 'indices' ({types['indices']}) and 'values' ({types['values']}) must "
+               "use the same list type (both list or both large_list).")
+        raise FormatError(msg, code="invalid_arrow")
+    if types["indices"].value_type != pa.int32():
+        msg = f"{where}: 'indices' must hold int32, got {types['indices']}."
+        raise FormatError(msg, code="invalid_arrow")
+    if types["values"].value_type not in _VALUE_ARROW_TYPES:
+        msg = (f"{where}: 'values' must hold float32, float64 or int32, got "
+               f"{types['values']}; cast the values before writing.")
+        raise FormatError(msg, code="invalid_arrow")
+
+
+def _genes_from_metadata(raw: bytes | None, where: str) -> list[str]:
+    """``scbridge.genes``: a JSON list of strings (nesting or other types refused)."""
+    problem = "is missing" if raw is None else ""
+    genes: Any = None
+    if raw is not None:
+        try:
+            genes = json.loads(raw)
+        except RecursionError:
+            problem = "is nested too deeply to be a list of gene ids"
+        except ValueError:
+            problem = "is not valid JSON"
+        else:
+            if not isinstance(genes, list) or not all(isinstance(g, str) for g in genes):
+                problem = "must be a JSON list of strings (one gene id per column)"
+    if problem:
+        msg = f"{where}: schema metadata 'scbridge.genes' {problem}."
+        raise FormatError(msg, code="invalid_arrow")
+    return list(genes)
 
 
 def list_parts(column: pa.Array, where: str) -> tuple[NDArray[Any], NDArray[Any]]:
@@ -250,6 +291,13 @@ def list_parts(column: pa.Array, where: str) -> tuple[NDArray[Any], NDArray[Any]
 def _batch_to_csr(
     batch: pa.RecordBatch, n_genes: int, where: str
 ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
+    try:
+        # Offsets checked against the buffers (a damaged file could point past them) before
+        # numpy views are taken on them.
+        batch.validate(full=True)
+    except pa.ArrowException as exc:
+        msg = f"{where}: a record batch is damaged ({exc}). Re-create the file."
+        raise FormatError(msg, code="invalid_arrow") from None
     indptr, indices = list_parts(batch.column("indices"), where)
     value_ptr, data = list_parts(batch.column("values"), where)
     if len(value_ptr) != len(indptr) or not np.array_equal(value_ptr, indptr):
@@ -298,7 +346,7 @@ def matrix_from_batches(
         np.concatenate([b.column("cell").to_numpy(zero_copy_only=False) for b in batches])
         if batches else np.empty(0, dtype=object)
     )
-    return CellMatrix(
+    matrix = CellMatrix(
         X,
         cells,
         genes,
@@ -306,7 +354,10 @@ def matrix_from_batches(
         value_kind=value_kind,
         source=source or f"Arrow CSR {where}",
         keepalive=keepalive,
-        validate=validate,
+        validate=False,
     )
+    if validate:  # messages name the file, and the source recorded in it
+        matrix.validate(where=f"{where} ({source})" if source else where)
+    return matrix
 
 

@@ -9,8 +9,7 @@ result is the same on every run.
 from __future__ import annotations
 
 import logging
-from importlib.util import find_spec
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +22,9 @@ from ._errors import InputError
 from .numerics import log_normalize
 
 __all__ = ["embed", "embedding_array", "highly_variable_genes", "layout_2d"]
+
+# embedding_array lives with the embedding table in the contract; re-exported for callers here.
+_ = embedding_array
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,31 @@ def _pca(X: sp.csr_matrix, n_components: int, seed: int) -> NDArray[Any]:
     return (u * s * signs).astype(np.float32)
 
 
+def _pca_scores(matrix: Any, n_components: int, n_top_genes: int, seed: int, *,
+                clip: bool = False) -> tuple[NDArray[Any], int]:
+    """PCA scores (float32) of the scaled variable genes, and how many genes were used;
+    ``clip`` asks for fewer components instead of raising where there cannot be as many."""
+    n_cells = matrix.n_cells
+    if n_components < 1:
+        msg = f"n_components must be at least 1, got {n_components}"
+        raise InputError(msg, code="invalid_parameter")
+    Xn = log_normalize(matrix.X, matrix.value_kind)
+    genes = highly_variable_genes(Xn, n_top_genes)
+    limit = min(n_cells, len(genes)) - 1
+    if clip and limit >= 1:
+        n_components = min(n_components, limit)
+    if n_components > limit:
+        msg = (f"{n_components} components need more than {n_components} cells and variable "
+               f"genes; this input has {n_cells} cells and {len(genes)} expressed genes. Ask for "
+               f"at most {max(limit, 0)}.")
+        raise InputError(msg, code="invalid_parameter")
+    Xg = Xn[:, genes].astype(np.float64)
+    mean = np.asarray(Xg.mean(axis=0)).ravel()
+    sd = np.sqrt(np.maximum(np.asarray(Xg.multiply(Xg).mean(axis=0)).ravel() - mean**2, 0.0))
+    sd[sd < 1e-8] = 1.0
+    return _pca((Xg @ sp.diags(1.0 / sd)).tocsr(), n_components, seed), len(genes)
+
+
 def embed(
     source: Any,
     *,
@@ -91,6 +118,7 @@ def embed(
     assay: str | None = None,
     layer: str | None = None,
     seed: int = 0,
+    layout: str | None = None,
 ) -> pa.Table:
     """A PCA embedding of every cell, as an Arrow table.
 
@@ -105,73 +133,63 @@ def embed(
     assay, layer
         Passed to :func:`bridge.read`.
     seed
-        Seed of the solver's start vector; the same seed gives the same embedding.
+        Seed of the solver's start vector (and of the layout); the same seed gives the same
+        embedding.
+    layout
+        Also lay the cells out in 2-D from this PCA: ``"auto"`` (a UMAP-style layout on the
+        kNN graph when numba is installed, else the first two components), ``"umap-fast"``,
+        ``"umap"`` (umap-learn), ``"tsne"`` or ``"pca"``.  ``None``: no layout column.
 
     Returns
     -------
     pyarrow.Table
         ``cell`` (utf8) and ``embedding`` (``fixed_size_list<float32>[n_components]``), in
-        input cell order; provenance in the schema metadata.
+        input cell order, plus ``layout`` (``fixed_size_list<float32>[2]``) when asked;
+        provenance in the schema metadata (``scbridge.layout`` names the layout method).
+        The PCA, kNN graph and layout are computed once per ``CellMatrix`` and shared with
+        kNN smoothing and the report.
     """
+    from ._cellmap import layout as cell_layout
+    from ._cellmap import pca_scores
     from .io import read
     from .matrix import CellMatrix
 
     matrix = source if isinstance(source, CellMatrix) else read(source, assay=assay, layer=layer)
-    n_cells = matrix.n_cells
-    if n_components < 1:
-        msg = f"n_components must be at least 1, got {n_components}"
-        raise InputError(msg, code="invalid_parameter")
-    Xn = log_normalize(matrix.X, matrix.value_kind)
-    genes = highly_variable_genes(Xn, n_top_genes)
-    limit = min(n_cells, len(genes)) - 1
-    if n_components > limit:
-        msg = (f"{n_components} components need more than {n_components} cells and variable "
-               f"genes; this input has {n_cells} cells and {len(genes)} expressed genes. Ask for "
-               f"at most {max(limit, 0)}.")
-        raise InputError(msg)
-    Xg = Xn[:, genes].astype(np.float64)
-    mean = np.asarray(Xg.mean(axis=0)).ravel()
-    sd = np.sqrt(np.maximum(np.asarray(Xg.multiply(Xg).mean(axis=0)).ravel() - mean**2, 0.0))
-    sd[sd < 1e-8] = 1.0
-    scores = _pca((Xg @ sp.diags(1.0 / sd)).tocsr(), n_components, seed)
-    meta = {b"scbridge.embedding": b"pca", b"scbridge.n_top_genes": str(len(genes)).encode(),
+    scores, n_genes = pca_scores(matrix, n_components=n_components, n_top_genes=n_top_genes,
+                                 seed=seed)
+    meta = {b"scbridge.embedding": b"pca", b"scbridge.n_top_genes": str(n_genes).encode(),
             b"scbridge.seed": str(seed).encode(), b"scbridge.source": matrix.source.encode()}
-    return embedding_table(matrix.cells.astype(str).tolist(), scores, meta)
+    table = embedding_table(matrix.cells.astype(str).tolist(), scores)
+    if layout is not None:
+        laid_out = cell_layout(matrix, method=layout, seed=seed, n_components=n_components,
+                               n_top_genes=n_top_genes)
+        if laid_out is None:
+            msg = (f"{matrix.n_cells} cells are too few for a 2-D layout; pass layout=None.")
+            raise InputError(msg, code="invalid_parameter")
+        coords, method = laid_out
+        table = table.append_column("layout", pa.FixedSizeListArray.from_arrays(
+            pa.array(np.ascontiguousarray(coords, dtype=np.float32).ravel(), pa.float32()), 2))
+        meta[b"scbridge.layout"] = method.encode()
+    return table.replace_schema_metadata(meta)
 
 
 def layout_2d(
     embedding: pa.Table | NDArray[Any],
     *,
-    method: Literal["auto", "umap", "tsne", "pca"] = "auto",
+    method: str = "auto",
     seed: int = 0,
     max_cells: int = 200_000,
 ) -> tuple[NDArray[Any], str]:
-    """Two coordinates per cell for plotting, and the method that made them.
+    """Two coordinates per cell for plotting, and the name of the method that made them.
 
-    ``"auto"`` uses UMAP when umap-learn is installed and there are at most ``max_cells``
-    cells, else the first two components.  ``"tsne"`` uses scikit-learn's t-SNE.
+    ``embedding`` is an embedding table (its ``embedding`` column) or a cells x components
+    array.  ``method``: ``"auto"`` (a UMAP-style layout on the kNN graph, in parallel, when
+    numba is installed and there are more than 15 cells; else the first two components),
+    ``"umap-fast"`` (that layout), ``"umap"`` (umap-learn), ``"tsne"`` (scikit-learn) or
+    ``"pca"``.  ``max_cells`` is kept for compatibility; every size is laid out now.
     """
+    from ._cellmap import DISPLAY_NAMES, layout_points
+
     X = embedding_array(embedding) if isinstance(embedding, pa.Table) else np.asarray(embedding)
-    n_cells = X.shape[0]
-    if method == "auto":
-        has_umap = find_spec("umap") is not None
-        method = "umap" if has_umap and 15 < n_cells <= max_cells else "pca"
-    if method == "umap":
-        import umap
-
-        n_neighbors = min(15, n_cells - 1)
-        reducer = umap.UMAP(n_neighbors=n_neighbors, random_state=seed, n_jobs=1)
-        return np.asarray(reducer.fit_transform(X), dtype=np.float32), "UMAP"
-    if method == "tsne":
-        from sklearn.manifold import TSNE
-
-        perplexity = min(30.0, max(2.0, (n_cells - 1) / 3))
-        coords = TSNE(2, perplexity=perplexity, random_state=seed, init="pca",
-                      n_jobs=1).fit_transform(X)
-        return coords.astype(np.float32), "t-SNE"
-    if method != "pca":
-        msg = f"layout method must be auto, umap, tsne or pca, got {method!r}"
-        raise InputError(msg)
-    if X.shape[1] < 2:
-        X = np.column_stack([X[:, 0], np.zeros(n_cells)])
-    return X[:, :2].astype(np.float32), "PC 1 / PC 2"
+    coords, used = layout_points(X, method=method, seed=seed)
+    return coords, DISPLAY_NAMES[used]

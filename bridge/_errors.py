@@ -170,6 +170,8 @@ CODES: dict[str, tuple[str, str]] = {
     "invalid_parameter": ("invalid_input", "an argument is out of range or of the wrong type"),
     "invalid_payload": ("invalid_input", "a request body does not have the contract's form"),
     "unknown_parameter": ("invalid_input", "an engine was given a parameter it does not take"),
+    "unknown_tissue": ("invalid_input", "a tissue context names no tissue the knowledge base "
+                       "knows"),
     "invalid_cells": ("invalid_input", "cell ids are empty, missing or duplicated"),
     "invalid_genes": ("invalid_input", "gene ids are empty, missing or duplicated"),
     "invalid_shape": ("invalid_input", "the matrix has no cells or no genes, or a bad shape"),
@@ -184,6 +186,10 @@ CODES: dict[str, tuple[str, str]] = {
     "non_integer_counts": ("invalid_input", "a counts layer holds non-integer values"),
     "empty_cells": ("invalid_input", "cells without any expression"),
     "same_file": ("invalid_input", "an output would overwrite an input"),
+    "ambiguous_object": ("invalid_input", "a file or list holds several objects scbridge can "
+                                          "read, and none is named"),
+    "invalid_labels": ("invalid_input", "labels for marker genes are missing or too few"),
+    "too_many_labels": ("invalid_input", "more labels than marker ranking takes at once"),
     "gene_ids": ("gene_ids", "gene ids of the wrong kind, or too few of them found"),
     "too_large": ("too_large", "too large for the target (e.g. nnz beyond 32-bit in R)"),
     "too_many_cells": ("too_large", "more cells than a service accepts per request"),

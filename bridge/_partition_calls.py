@@ -3,7 +3,8 @@
 A run over a partitioned data set writes ``calls_dir/part-00000.parquet``, ... one Parquet file
 per partition (in partition order) as soon as that partition's calls are done: together they
 are a Parquet data set any Parquet reader opens (``pyarrow.dataset``, polars, DuckDB, Spark).
-Each file is written atomically (a hidden temporary file in the same folder, then a rename),
+Each file is written atomically (:func:`bridge.io._files.atomic_output`: a hidden temporary
+file in the same folder, then a rename),
 so a run that is interrupted or loses a machine leaves only complete files.  Each file records
 in its schema metadata the partition it came from, the partition's cell count, a checksum of
 its cell ids and a fingerprint of the run's options; ``resume`` reuses a file only when all of
@@ -16,8 +17,7 @@ import hashlib
 import json
 import logging
 import os
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._version import __version__
+from .io._files import TEMP_MARK, atomic_output
 
 __all__ = [
     "calls_file",
@@ -42,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 _PREFIX = "part-"
 _SUFFIX = ".parquet"
-_TEMPORARY = ".tmp-"  # hidden: Parquet data set readers skip names starting with "."
 KEY_PARTITION = b"scbridge.partition"
 KEY_CELLS = b"scbridge.partition_cells"
 KEY_CHECKSUM = b"scbridge.partition_checksum"
@@ -97,24 +97,9 @@ def write_partition_calls(table: pa.Table, path: str | os.PathLike[str], *, part
                  KEY_CHECKSUM: checksum.encode(), KEY_OPTIONS: fingerprint.encode(),
                  KEY_RUN: run.encode()})
     stamped = table.replace_schema_metadata(meta)
-    return _write_atomically(Path(path), lambda temporary: pq.write_table(stamped, temporary))
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
-    """``write`` to a hidden temporary file beside ``path``, then rename it into place.
-
-    The rename is atomic within a folder, so ``path`` is either absent, the old complete file,
-    or the new complete file, never a partial one.  (To be replaced by the shared atomic
-    writer of bridge.io once it lands.)
-    """
-    temporary = path.with_name(f"{_TEMPORARY}{uuid.uuid4().hex}-{path.name}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_output(path, what="the calls file") as temporary:
+        pq.write_table(stamped, temporary)
+    return Path(path)
 
 
 def check_partition_calls(path: str | os.PathLike[str], *, n_cells: int, checksum: str,
@@ -159,7 +144,9 @@ def remove_temporaries(calls_dir: str | os.PathLike[str]) -> int:
     if not folder.is_dir():
         return 0
     removed = 0
-    for path in folder.glob(f"{_TEMPORARY}*{_SUFFIX}"):
+    # atomic_output's temporary files are hidden (".part-00000.scbridge-tmp-..."): Parquet
+    # data set readers skip names starting with ".".
+    for path in folder.glob(f".{_PREFIX}*{TEMP_MARK}*{_SUFFIX}"):
         path.unlink(missing_ok=True)
         removed += 1
     if removed:

@@ -6,6 +6,7 @@ Reading the labelled cells is this module's; the fit and the file format live in
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -72,7 +73,10 @@ def build_reference(
     """
     from .engines.reference import fit_reference
     from .io import read
+    from .io._files import refuse_same_file
 
+    if out is not None and isinstance(source, str | os.PathLike):
+        refuse_same_file(out, [source], what="the reference")  # before any work
     matrix = source if isinstance(source, CellMatrix) else read(source, assay=assay, layer=layer)
     return fit_reference(
         matrix, label_column=label_column, out=out, genes_per_label=genes_per_label,

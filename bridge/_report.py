@@ -5,8 +5,8 @@ resources, no plotting library needed, so the page opens anywhere, offline, fore
 
 1. label composition (cells per label),
 2. confidence distribution per label (box plots),
-3. the embedding in two dimensions coloured by label (UMAP when umap-learn is installed,
-   else the first two principal components),
+3. the embedding in two dimensions coloured by label (a UMAP-style layout of the kNN graph
+   when numba is installed, else the first two principal components),
 4. a marker dot plot (dot size: fraction of cells expressing; colour: scaled mean expression).
 """
 
@@ -16,7 +16,8 @@ import datetime as dt
 import html
 import json
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from ._errors import InputError
+from .io._files import atomic_output
 
 if TYPE_CHECKING:
     from .matrix import CellMatrix
@@ -221,21 +223,17 @@ def _subsample(rows: NDArray[Any], labels: NDArray[Any], max_points: int,
 
 def _layout(matrix: CellMatrix, rows: NDArray[Any], layout: str, seed: int
             ) -> tuple[NDArray[Any], str] | None:
-    from ._embed import embed, layout_2d
-    from .matrix import CellMatrix
+    """The 2-D layout of the whole matrix (computed once per matrix, shared with
+    ``bridge.embed(layout=...)`` and write-back), at ``rows``."""
+    from ._cellmap import DISPLAY_NAMES
+    from ._cellmap import layout as cell_layout
 
-    sub = CellMatrix(matrix.X[rows], matrix.cells[rows], matrix.genes,
-                     value_kind=matrix.value_kind, validate=False, source=matrix.source)
-    n_components = min(30, sub.n_cells - 2, sub.n_genes - 2)
-    if n_components < 2:
+    laid_out = cell_layout(matrix, method=layout, seed=seed)
+    if laid_out is None:
         logger.warning("too few cells or genes for an embedding; the report leaves it out")
         return None
-    try:
-        table = embed(sub, n_components=n_components, seed=seed)
-    except InputError as exc:  # e.g. fewer expressed genes than components
-        logger.warning("no embedding in the report: %s", exc)
-        return None
-    return layout_2d(table, method=layout, seed=seed)  # type: ignore[arg-type]
+    coords, method = laid_out
+    return coords[rows], DISPLAY_NAMES[method]
 
 
 def _dotplot_data(matrix: CellMatrix, rows: NDArray[Any], labels: NDArray[Any],
@@ -288,6 +286,7 @@ def write_report(
     layout: str = "auto",
     genes_per_label: int = 3,
     seed: int = 0,
+    inputs: Iterable[str | Path | None] = (),
 ) -> Path:
     """Write one self-contained HTML page summarising cell-type calls.
 
@@ -305,14 +304,20 @@ def write_report(
     title
         Page title.
     max_points
-        At most this many cells (a per-label share) go into the embedding and dot plot,
-        which keeps the page small and the layout quick; counts and confidences use all.
+        At most this many cells (a per-label share) are drawn in the embedding and go into
+        the dot plot, which keeps the page small; counts and confidences use all.
     layout
-        ``"auto"`` (UMAP when installed, else PCA), ``"umap"``, ``"tsne"`` or ``"pca"``.
+        ``"auto"`` (a UMAP-style layout when numba is installed, else PCA), ``"umap-fast"``,
+        ``"umap"`` (umap-learn), ``"tsne"`` or ``"pca"``.  The layout covers every cell of
+        the matrix and is computed once per matrix (shared with ``bridge.embed`` and
+        write-back).
     genes_per_label
         Marker genes per label in the dot plot.
     seed
         Seed for subsampling and the layout.
+    inputs
+        Files the page must not overwrite (besides ``matrix`` when it is a path); a ``path``
+        naming one of them is refused (code ``same_file``) before any work.
 
     Returns
     -------
@@ -320,8 +325,11 @@ def write_report(
         The page written.
     """
     from .io import read
+    from .io._files import refuse_same_file
     from .matrix import CellMatrix
 
+    sources = [*inputs, matrix if isinstance(matrix, str | os.PathLike) else None]
+    refuse_same_file(path, sources, what="the report")
     matrix = matrix if isinstance(matrix, CellMatrix) else read(matrix)
     rows, labels, confidence = _aligned_labels(matrix, calls, label_column)
     names, counts = np.unique(labels, return_counts=True)
@@ -355,8 +363,8 @@ def write_report(
                         dotplot_svg(label_order, genes, fraction, scaled)))
     page = _page(title, _summary(matrix, calls, rows, confidence, label_order), figures)
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    with atomic_output(out, inputs=sources, what="the report") as temp:
+        temp.write_text(page, encoding="utf-8")
     logger.info("wrote report %s (%d figures)", out, len(figures))
     return out
 
@@ -383,7 +391,40 @@ def _summary(matrix: CellMatrix, calls: pa.Table, rows: NDArray[Any], confidence
             except json.JSONDecodeError:
                 pass
             items.append((key.replace("_", " "), value))
+    context = _tissue_context(meta.get(b"scbridge.tissue"))
+    if context:
+        items.append(("tissue context", context))
+    if "unknown_reason" in calls.column_names:
+        reasons = pc.value_counts(pc.drop_null(pc.cast(calls.column("unknown_reason"),
+                                                        pa.string()))).to_pylist()
+        if reasons:
+            items.append(("Unknown, by reason", ", ".join(
+                f"{r['values']} {r['counts']:,}" for r in reasons)))
     return items
+
+
+def _tissue_context(raw: bytes | None) -> str:
+    """``scbridge.tissue`` in words: the tissues, how they were chosen, and the evidence."""
+    if not raw:
+        return ""
+    try:
+        context = json.loads(raw.decode(errors="replace"))
+    except json.JSONDecodeError:
+        return ""
+    if not isinstance(context, dict):
+        return ""
+    tissues = ", ".join(context.get("tissues") or []) or "none (every type considered)"
+    text = f"{tissues} ({context.get('source', '?')})"
+    support = context.get("support") or {}
+    if context.get("source") == "inferred" and support:
+        text += "; cells voting per tissue: " + ", ".join(
+            f"{t} {float(v):.1%}" for t, v in list(support.items())[:4])
+    types = context.get("types") or {}
+    for tissue, counts in list(types.items())[:2]:
+        text += f"; {tissue}: " + ", ".join(f"{n} {c}" for n, c in list(counts.items())[:3])
+    if context.get("reason"):
+        text += f"; {context['reason']}"
+    return text
 
 
 def _page(title: str, summary: list[tuple[str, str]], figures: list[tuple[str, str, str]]

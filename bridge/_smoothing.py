@@ -41,18 +41,12 @@ def _majority_by_group(labels: NDArray[Any], groups: NDArray[Any]
 
 def knn_graph(matrix: CellMatrix, k: int = DEFAULT_K, *, n_components: int = 30,
               seed: int = 0) -> NDArray[Any]:
-    """Indices (cells x k) of each cell's nearest neighbours (itself included) in a sparse
-    PCA of log-normalised expression."""
-    from sklearn.decomposition import TruncatedSVD
-    from sklearn.neighbors import NearestNeighbors
+    """Indices (cells x k) of each cell's nearest neighbours (itself included, first) in the
+    PCA of :func:`bridge.embed`: the same graph the 2-D layout is drawn from, computed once
+    per matrix (:mod:`bridge._cellmap`)."""
+    from ._cellmap import neighbours
 
-    from .numerics import log_normalize
-
-    X = log_normalize(matrix.X, matrix.value_kind)
-    n_comp = max(1, min(n_components, min(X.shape) - 1))
-    emb = TruncatedSVD(n_components=n_comp, random_state=seed).fit_transform(X)
-    k = min(k, matrix.n_cells)
-    return NearestNeighbors(n_neighbors=k).fit(emb).kneighbors(emb, return_distance=False)
+    return neighbours(matrix, k, n_components=n_components, seed=seed).indices
 
 
 def smooth_labels(calls: pa.Table, *, matrix: CellMatrix | None = None,

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     import scipy.sparse as sp
 
 INT32_MAX = np.iinfo(np.int32).max
+#: No expression value (counts, TPM, log values) comes near this; larger values are damage,
+#: and summing or normalising them overflows (a cell would silently become "Unknown").
+MAX_VALUE = 1e15
 _SLICE = 1 << 22  # elements per slice of the O(nnz) checks: 4M values, 32 MB of float64
 
 
@@ -150,6 +153,8 @@ def check_values(
         if data.size and data.min() < 0:
             msg = f"{where}: negative values (min {int(data.min())}); expression must be >= 0."
             raise InputError(msg, code="invalid_values")
+        if data.size and data.dtype.itemsize > 4 and data.max() > MAX_VALUE:
+            _refuse_too_large(data, 0, where, indptr, cells)
         return
     if data.dtype.kind != "f":
         msg = f"{where}: values of dtype {data.dtype} are not numeric expression values."
@@ -173,6 +178,8 @@ def check_values(
                 "log-normalised data instead."
             )
             raise InputError(msg, code="invalid_values")
+        if part.size and part.max() > MAX_VALUE:
+            _refuse_too_large(part, start, where, indptr, cells)
         if value_kind == "counts" and not np.array_equal(part, np.rint(part)):
             first = int(np.argmax(part != np.rint(part)))
             at = _locate(start + first, indptr, cells)
@@ -184,6 +191,15 @@ def check_values(
                 "'normalized')."
             )
             raise InputError(msg, code="non_integer_counts")
+
+
+def _refuse_too_large(part: NDArray[Any], start: int, where: str, indptr: NDArray[Any] | None,
+                      cells: Sequence[str] | NDArray[Any] | None) -> None:
+    at = _locate(start + int(np.argmax(part)), indptr, cells)
+    msg = (f"{where}: a value of {float(part.max()):g}{at} is beyond any expression value "
+           f"(at most {MAX_VALUE:g}); sums and normalisation of it overflow. Check the matrix "
+           "(a wrong scale factor, or raw bytes read as numbers).")
+    raise InputError(msg, code="invalid_values")
 
 
 def check_fits_int32(nnz: int, *, target: str) -> None:

@@ -78,7 +78,8 @@ class CellMatrix:
         stay valid as long as this matrix lives.
     """
 
-    __slots__ = ("X", "cells", "genes", "keepalive", "obs", "source", "value_kind")
+    # __weakref__: results derived from a matrix (bridge._cellmap) are dropped with it.
+    __slots__ = ("X", "__weakref__", "cells", "genes", "keepalive", "obs", "source", "value_kind")
 
     def __init__(
         self,
@@ -120,9 +121,13 @@ class CellMatrix:
             self.validate()
 
     # -- checks ---------------------------------------------------------------------------
-    def validate(self, *, values: bool = True) -> None:
-        """Check ids, CSR structure and (optionally) values; sort indices into new arrays."""
-        where = self.source or "the matrix"
+    def validate(self, *, values: bool = True, where: str | None = None) -> None:
+        """Check ids, CSR structure and (optionally) values; sort indices into new arrays.
+
+        ``where`` names the data in error messages (default: ``source``); readers pass the
+        file's path so that a message names the file.
+        """
+        where = where or self.source or "the matrix"
         validate.check_shape(*self.X.shape, where=where)
         validate.check_ids(self.cells, what="cell", where=where)
         validate.check_ids(self.genes, what="gene", where=where)

@@ -37,12 +37,14 @@ __all__ = [
     "cell_totals",
     "detect_value_kind",
     "group_moments",
+    "group_sums",
     "log_normalize",
     "looks_like_counts",
     "one_vs_rest_t",
     "panel_block",
     "rank_sum_test",
     "value_kind_for_layer",
+    "welch_t",
 ]
 
 ValueKind = Literal["counts", "lognorm", "normalized"]
@@ -106,8 +108,9 @@ def cell_totals(X: sp.csr_matrix) -> NDArray[Any]:
     return totals
 
 
-def panel_block(X: sp.csr_matrix, columns: NDArray[Any]) -> sp.csr_matrix:
-    """``X[:, columns]`` (float64, sorted indices) without scipy's fancy indexing, which
+def panel_block(X: sp.csr_matrix, columns: NDArray[Any],
+                dtype: type[np.floating[Any]] = np.float64) -> sp.csr_matrix:
+    """``X[:, columns]`` (``dtype``, sorted indices) without scipy's fancy indexing, which
     copies the whole ``indices`` array to int64 when ``indptr`` is int64.
 
     Extra memory: 3 bytes per non-zero of ``X`` (a small column map and a mask), plus the
@@ -119,15 +122,15 @@ def panel_block(X: sp.csr_matrix, columns: NDArray[Any]) -> sp.csr_matrix:
     lookup_type = np.int16 if len(columns) < 2**15 else np.int32
     lookup = np.full(X.shape[1], -1, dtype=lookup_type)
     lookup[columns] = np.arange(len(columns), dtype=lookup_type)
-    mapped = lookup[X.indices]
+    mapped = lookup[X.indices[: X.indptr[-1]]]
     positions = np.flatnonzero(mapped >= 0)
     new_columns = mapped[positions].astype(np.int32)
     del mapped
-    rows = np.searchsorted(X.indptr, positions, side="right") - 1
-    counts = np.bincount(rows, minlength=n_cells)
+    # Panel entries per row: where each row's start falls among the (sorted) positions.
+    counts = np.diff(np.searchsorted(positions, X.indptr))
     indptr = np.zeros(n_cells + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
-    out = sp.csr_matrix((X.data[positions].astype(np.float64), new_columns, indptr),
+    out = sp.csr_matrix((X.data[positions].astype(dtype), new_columns, indptr),
                         shape=(n_cells, len(columns)))
     out.sort_indices()  # panel order differs from matrix column order
     return out
@@ -142,11 +145,13 @@ def log_normalize(X: sp.csr_matrix, value_kind: str, *, target_sum: float = TARG
     genes, in that order, still scaled by each cell's total over all of its genes (only the
     kept columns are copied).  Cells without any expression stay all zero.
     """
-    block = X.astype(np.float64) if columns is None else panel_block(X, columns)
+    # float32 work stays float32 (half the memory traffic); totals are float64 either way
+    work = np.float32 if dtype == np.float32 else np.float64
+    block = X.astype(work) if columns is None else panel_block(X, columns, dtype=work)
     if value_kind != "lognorm":
         totals = cell_totals(X)
         scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-        block.data = block.data * np.repeat(scale, np.diff(block.indptr))
+        block.data = block.data * np.repeat(scale.astype(work), np.diff(block.indptr))
         np.log1p(block.data, out=block.data)
     out = sp.csr_matrix((block.data.astype(dtype, copy=False), block.indices, block.indptr),
                         shape=block.shape)
@@ -172,6 +177,43 @@ def group_moments(Xn: sp.csr_matrix, codes: NDArray[Any], n_groups: int
     return counts, mean, var
 
 
+def group_sums(Xn: sp.csr_matrix, codes: NDArray[Any], n_groups: int
+               ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
+    """Per-group cell counts and, per gene, sums, sums of squares and non-zero counts.
+
+    Everything a one-vs-rest test needs, as ``n_groups x genes`` arrays (float64): memory
+    O(genes x groups) plus one temporary array of the non-zeros, never cells x genes.
+    """
+    n_cells = Xn.shape[0]
+    G = sp.csr_matrix((np.ones(n_cells), (codes, np.arange(n_cells))), shape=(n_groups, n_cells))
+    counts = np.asarray(G.sum(axis=1)).ravel()
+
+    def summed(data: NDArray[Any]) -> NDArray[Any]:
+        same_layout = sp.csr_matrix((data, Xn.indices, Xn.indptr), shape=Xn.shape)
+        return np.asarray((G @ same_layout).todense(), dtype=np.float64)
+
+    sums = summed(Xn.data.astype(np.float64, copy=False))
+    sumsq = summed(Xn.data.astype(np.float64) ** 2)
+    nonzero = summed((Xn.data > 0).astype(np.float32))
+    return counts, sums, sumsq, nonzero
+
+
+def welch_t(n_in: Any, mean_in: NDArray[Any], var_in: NDArray[Any], n_rest: Any,
+            mean_rest: NDArray[Any], var_rest: NDArray[Any]
+            ) -> tuple[NDArray[Any], NDArray[Any]]:
+    """Welch's t and its degrees of freedom from population moments (arrays broadcast)."""
+    n_in = np.maximum(n_in, 1)
+    n_rest = np.maximum(n_rest, 1)
+    # Bessel-corrected variances for the test.
+    v_in = var_in * n_in / np.maximum(n_in - 1, 1)
+    v_rest = var_rest * n_rest / np.maximum(n_rest - 1, 1)
+    se2 = v_in / n_in + v_rest / n_rest
+    t = (mean_in - mean_rest) / np.sqrt(se2 + 1e-12)
+    df = se2**2 / ((v_in / n_in) ** 2 / np.maximum(n_in - 1, 1)
+                   + (v_rest / n_rest) ** 2 / np.maximum(n_rest - 1, 1) + 1e-300)
+    return t, df
+
+
 def one_vs_rest_t(counts: NDArray[Any], mean: NDArray[Any], var: NDArray[Any]
                   ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     """Welch t statistics (groups x genes) of each group against all other cells.
@@ -185,15 +227,11 @@ def one_vs_rest_t(counts: NDArray[Any], mean: NDArray[Any], var: NDArray[Any]
     n_rest = np.maximum(total - counts, 1)[:, None]
     rest_mean = (sums.sum(0)[None, :] - sums) / n_rest
     rest_var = np.maximum((sumsq.sum(0)[None, :] - sumsq) / n_rest - rest_mean**2, 0.0)
-    n_in = np.maximum(counts, 1)[:, None]
-    # Bessel-corrected variances for the test.
-    v_in = var * n_in / np.maximum(n_in - 1, 1)
-    v_rest = rest_var * n_rest / np.maximum(n_rest - 1, 1)
-    se2 = v_in / n_in + v_rest / n_rest
-    t = (mean - rest_mean) / np.sqrt(se2 + 1e-12)
-    df = se2**2 / ((v_in / n_in) ** 2 / np.maximum(n_in - 1, 1)
-                   + (v_rest / n_rest) ** 2 / np.maximum(n_rest - 1, 1) + 1e-300)
+    t, df = welch_t(counts[:, None], mean, var, n_rest, rest_mean, rest_var)
     return t, rest_mean, df
+
+
+_RANK_BLOCK_NNZ = 1 << 22  # non-zeros ranked at once: a few tens of MB of temporaries
 
 
 def rank_sum_test(Xn: sp.csr_matrix, codes: NDArray[Any], counts: NDArray[Any]
@@ -202,7 +240,9 @@ def rank_sum_test(Xn: sp.csr_matrix, codes: NDArray[Any], counts: NDArray[Any]
 
     Expression is never negative, so every zero of a gene shares the lowest average rank;
     only the non-zero values are ranked (one sort of the non-zeros, genes side by side), and
-    the rank sums per group come from one sparse product.  No dense cells x genes matrix.
+    the rank sums per group come from one sparse product.  No dense cells x genes matrix;
+    genes are ranked in blocks of about a few million non-zeros, so the temporaries stay
+    bounded whatever the matrix's size.
     """
     from scipy.stats import norm
 
@@ -210,6 +250,22 @@ def rank_sum_test(Xn: sp.csr_matrix, codes: NDArray[Any], counts: NDArray[Any]
     n_groups = len(counts)
     Xc = Xn.tocsc()
     Xc.sort_indices()
+    G = sp.csr_matrix((np.ones(n_cells), (codes, np.arange(n_cells))), shape=(n_groups, n_cells))
+    z = np.empty((n_groups, n_genes))
+    start = 0
+    while start < n_genes:
+        # The widest block of genes holding at most _RANK_BLOCK_NNZ non-zeros (at least one).
+        limit = Xc.indptr[start] + _RANK_BLOCK_NNZ
+        stop = max(start + 1, int(np.searchsorted(Xc.indptr, limit, side="right")) - 1)
+        stop = min(stop, n_genes)
+        z[:, start:stop] = _rank_sum_block(Xc[:, start:stop], G, counts)
+        start = stop
+    return z, 2 * norm.sf(np.abs(z))
+
+
+def _rank_sum_block(Xc: sp.csc_matrix, G: sp.csr_matrix, counts: NDArray[Any]) -> NDArray[Any]:
+    """z scores (groups x the block's genes) for one block of genes (sorted CSC)."""
+    n_cells, n_genes = Xc.shape
     nnz_per_gene = np.diff(Xc.indptr)
     zeros = n_cells - nnz_per_gene
     gene_of = np.repeat(np.arange(n_genes), nnz_per_gene)
@@ -227,7 +283,6 @@ def rank_sum_test(Xn: sp.csr_matrix, codes: NDArray[Any], counts: NDArray[Any]
     tie_term = np.bincount(genes_sorted[first], weights=tie_size**3 - tie_size,
                            minlength=n_genes) + zeros.astype(np.float64) ** 3 - zeros
 
-    G = sp.csr_matrix((np.ones(n_cells), (codes, np.arange(n_cells))), shape=(n_groups, n_cells))
     R = sp.csc_matrix((ranks, Xc.indices, Xc.indptr), shape=Xc.shape)
     B = sp.csc_matrix((np.ones_like(ranks), Xc.indices, Xc.indptr), shape=Xc.shape)
     nonzero_rank_sums = np.asarray((G @ R).todense())
@@ -237,8 +292,7 @@ def rank_sum_test(Xn: sp.csr_matrix, codes: NDArray[Any], counts: NDArray[Any]
     n2 = n_cells - n1
     u = rank_sums - n1 * (n1 + 1) / 2.0
     var_u = n1 * n2 / 12.0 * ((n_cells + 1) - tie_term[None, :] / (n_cells * (n_cells - 1.0)))
-    z = (u - n1 * n2 / 2.0) / np.sqrt(np.maximum(var_u, 1e-12))
-    return z, 2 * norm.sf(np.abs(z))
+    return (u - n1 * n2 / 2.0) / np.sqrt(np.maximum(var_u, 1e-12))
 
 
 def benjamini_hochberg(p: NDArray[Any]) -> NDArray[Any]:

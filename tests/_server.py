@@ -135,13 +135,13 @@ def live_server(tmp_path_factory: pytest.TempPathFactory,
 class ThreadServer:
     """uvicorn serving ``app`` on a free loopback port in a background thread."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, http: Any = "auto") -> None:
         import uvicorn
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False)
+                                access_log=False, http=http)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -199,16 +199,15 @@ class Scripted:
 
 
 def marker_gene_cells(n_cells: int = 400, *, seed: int = 0) -> CellMatrix:
-    """Counts on the embedded marker database's own gene symbols (for model="markers")."""
-    import csv
-    from importlib.resources import files
+    """Counts on the knowledge base's own gene symbols (for model="markers"): each cell
+    expresses the positive markers of one blood cell type and of its ancestors."""
+    from bridge.engines._marker_model import load_marker_model
 
-    with (files("bridge.engines") / "data" / "markers.tsv").open() as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    by_type: dict[str, list[str]] = {}
-    for row in rows:
-        if row["direction"] == "+":
-            by_type.setdefault(row["cell_type"], []).append(row["gene"])
+    model = load_marker_model()
+    blood = [k for k in range(model.n_nodes) if model.is_type[k]
+             and model.compartments[k] == "immune" and "blood" in model.tissues[k]]
+    by_type = {model.names[k]: [g for g, w in zip(model.genes, model.positive[k], strict=True)
+                                if w > 0] for k in blood}
     genes = sorted({g for gs in by_type.values() for g in gs} | {"ACTB", "B2M", "MALAT1"})
     column = {g: j for j, g in enumerate(genes)}
     rng = np.random.default_rng(seed)

@@ -26,7 +26,8 @@ from conftest import run_r
 
 pytest_plugins = ["tests._server"]
 
-TYPES = ["naive B cell", "CD14 monocyte", "NK cell", "naive CD8 T cell"]
+TYPES = ["naive B cell", "classical monocyte", "natural killer cell",
+         "naive thymus-derived CD8-positive, alpha-beta T cell"]
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +65,20 @@ def test_every_output_suffix(inputs, tmp_path: Path, suffix: str, capsys) -> Non
         assert text.split(";")[0].startswith(first[0]["label"] + ":")
         assert got.column("markers")[0].as_py() == ";".join(want.column("markers")[0].as_py())
         assert "qc_pass" in got.column_names
+        assert got.column("label_l1").to_pylist() == want.column("label_l1").to_pylist()
+        assert set(got.column("label_l2").to_pylist()) <= {
+            "lymphocyte of B lineage", "mononuclear phagocyte", "innate lymphoid cell",
+            "T cell", "hematopoietic cell"}
     else:
         payload = json.loads(out.read_text())
         calls = payload["calls"]
         assert [c["label"] for c in calls] == labels
         assert [c["cell"] for c in calls] == want.column("cell").to_pylist()
         assert set(calls[0]) >= {"cell", "label", "ontology_id", "confidence", "alternates",
-                                 "markers", "qc_pass", "qc_reason"}
+                                 "markers", "label_l1", "label_l2", "unknown_reason",
+                                 "qc_pass", "qc_reason"}
+        assert {c["label_l1"] for c in calls} == {"immune"}
+        assert payload["metadata"]["tissue"]["source"] in ("inferred", "none")
         assert set(calls[0]["alternates"][0]) == {"label", "score"}
         assert payload["metadata"]["model"] == "markers"
         assert 0 < payload["metadata"]["genes_matched"] <= 1
@@ -83,7 +91,8 @@ def test_summary_lists_labels_confidence_and_genes(inputs, tmp_path: Path, capsy
     printed = capsys.readouterr()
     assert "40 cells, mean confidence" in printed.out
     assert "genes matched:" in printed.out
-    assert "NK cell" in printed.out
+    assert "natural killer cell" in printed.out
+    assert "tissue context: " in printed.out
     assert "QC:" in printed.out
     assert f"wrote {out}" in printed.err
 
@@ -136,12 +145,21 @@ def test_write_back_seurat_rds(tmp_path: Path) -> None:
     assert any("monocyte" in label for label in labels)
 
 
+def test_tissue_flag_sets_the_context(inputs, tmp_path: Path) -> None:
+    out = tmp_path / "calls.json"
+    assert main(["annotate", str(inputs["arrow"]), "--out", str(out), "--quiet", "--no-qc",
+                 "--tissue", "UBERON:0000178"]) == 0
+    context = json.loads(out.read_text())["metadata"]["tissue"]
+    assert context == {"tissues": ["blood"], "source": "given"}
+
+
 def test_report(inputs, tmp_path: Path) -> None:
     out, report = tmp_path / "calls.parquet", tmp_path / "report.html"
     assert main(["annotate", str(inputs["h5ad"]), "--out", str(out), "--quiet",
                  "--report", str(report)]) == 0
     html = report.read_text()
-    assert html.lstrip().lower().startswith("<!doctype html") and "NK cell" in html
+    assert html.lstrip().lower().startswith("<!doctype html") and "natural killer cell" in html
+    assert "tissue context" in html
 
 
 @pytest.mark.parametrize(("args", "code", "phrase"), [
@@ -154,6 +172,8 @@ def test_report(inputs, tmp_path: Path) -> None:
       "--atlas", "{tmp}/nope.parquet"], "unknown_parameter", "does not take 'tissue'"),
     (["--out", "{tmp}/calls.csv", "--model", "reference", "--atlas", "{tmp}/nope.parquet"],
      "not_found", "does not exist"),
+    (["--out", "{tmp}/calls.csv", "--tissue", "pancreass"], "unknown_tissue",
+     "did you mean 'pancreas'"),
 ])
 def test_user_errors_exit_2_with_one_line(inputs, tmp_path: Path, capsys, args, code,
                                           phrase) -> None:
@@ -168,7 +188,7 @@ def test_user_errors_exit_2_with_one_line(inputs, tmp_path: Path, capsys, args, 
 def test_missing_input_and_wrong_genes(tmp_path: Path, capsys) -> None:
     assert main(["annotate", str(tmp_path / "nope.h5ad"), "--out", str(tmp_path / "x.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    matrix, _ = synthetic_matrix(["NK cell"], n_per_type=5)
+    matrix, _ = synthetic_matrix(["natural killer cell"], n_per_type=5)
     wrong = CellMatrix(matrix.X, matrix.cells, [f"ENSMUSG9{i:010d}" for i in range(matrix.n_genes)])
     path = bridge.write(wrong, tmp_path / "mouse.arrow")
     assert main(["annotate", str(path), "--out", str(tmp_path / "x.csv"), "--quiet"]) == 2
@@ -214,5 +234,6 @@ def test_warnings_are_one_line_messages(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["annotate", "SeuratObject::pbmc_small", "--out", str(tmp_path / "c.csv"),
                  "--quiet", "--no-qc"]) == 0
     err = capsys.readouterr().err
-    assert "scbridge annotate: warning: only 20% of the 328 genes" in err
+    assert "scbridge annotate: warning: only 19% of the 378 genes the 'markers' model for " \
+           "blood uses" in err
     assert "call_cells(" not in err and "UserWarning" not in err

@@ -27,6 +27,7 @@ from bridge._partitioned import (
     write_partitions,
 )
 from bridge.cli import main
+from bridge.io._files import TEMP_MARK
 
 distributed = pytest.importorskip("distributed")
 
@@ -268,7 +269,7 @@ def test_cells_in_two_partitions_are_refused_when_assembling(
     err = capsys.readouterr().err
     assert "error[invalid_cells]" in err and "part-00001.arrow" in err
     assert not out.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in tmp_path.iterdir() if TEMP_MARK in p.name]
 
 
 def test_an_unreachable_scheduler_is_a_clear_error(parts: Path, tmp_path: Path,

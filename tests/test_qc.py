@@ -14,7 +14,9 @@ from bridge.matrix import CellMatrix
 
 
 def small_matrix() -> CellMatrix:
-    genes = ["MT-CO1", "MT-ND1", "CD3E", "LYZ", *[f"G{i}" for i in range(296)]]
+    # Real marker genes among the columns, so the embedded engine can annotate the matrix.
+    markers = ["CD3D", "CD3G", "CD2", "LCK", "CD14", "FCGR3A", "MS4A1", "CD79A", "NKG7", "GNLY"]
+    genes = ["MT-CO1", "MT-ND1", "CD3E", "LYZ", *markers, *[f"G{i}" for i in range(286)]]
     rng = np.random.default_rng(0)
     X = rng.poisson(0.05, size=(4, len(genes))).astype(float)
     X[0, :] = 0

@@ -98,11 +98,13 @@ def test_remote_equals_local_across_chunks(live_server: LiveServer, query: CellM
 
 @pytest.mark.parametrize("transport", ["arrow", "json"])
 def test_default_markers_model_equals_local(live_server: LiveServer, transport: str) -> None:
+    # An inferred tissue context is inferred per request (here per 100-cell chunk), so the
+    # context is given for chunked calls to equal a local call on all cells.
     cells = marker_gene_cells(450, seed=3)
     client = RemoteClient(live_server.url, api_key=API_KEY, transport=transport,
-                          chunk_size=100, max_concurrency=2)
+                          chunk_size=100, max_concurrency=2, tissue="blood")
     remote = client.annotate(cells, progress=False)
-    local = call_cells(cells, progress=False)
+    local = call_cells(cells, progress=False, tissue="blood")
     assert remote.equals(local)
     assert meta(remote, "atlas") == meta(local, "atlas") == "default"
     assert meta(remote, "model") == "markers"

@@ -30,6 +30,7 @@ from tests._server import (  # noqa: E402
     OTHER_KEY,
     LiveServer,
     ThreadServer,
+    marker_gene_cells,
     synthetic_cells,
 )
 
@@ -173,6 +174,31 @@ def test_annotate_arrow_stream(live_server: LiveServer) -> None:
     truth = m.obs.column("label").to_pylist()
     called = table.column("label").to_pylist()
     assert np.mean([a == b for a, b in zip(truth, called, strict=True)]) > 0.9
+
+
+def test_markers_model_levels_and_tissue_in_json_and_arrow(live_server: LiveServer) -> None:
+    m = marker_gene_cells(60, seed=5)
+    payload = {**sparse_to_payload(m.X, m.genes.tolist()), "model": "markers",
+               "tissue": "blood"}
+    reply = post_json(live_server, payload)
+    assert reply.status_code == 200, reply.text
+    calls = reply.json()["calls"]
+    assert {c["label_l1"] for c in calls} <= {"immune", "erythroid/megakaryocyte", None}
+    assert all(c["label_l2"] for c in calls if c["label"] != "Unknown")
+    assert all("unknown_reason" in c for c in calls)
+    context = json.loads(reply.json()["metadata"]["scbridge.tissue"])
+    assert context == {"tissues": ["blood"], "source": "given"}
+    arrow = httpx.post(live_server.url + ANNOTATE, content=matrix_arrow_body(m),
+                       params={"model": "markers", "tissue": "PBMC"},
+                       headers={"Content-Type": ARROW_MEDIA_TYPE, "Accept": ARROW_MEDIA_TYPE,
+                                **live_server.headers()})
+    assert arrow.status_code == 200, arrow.text
+    table = pa.ipc.open_stream(arrow.content).read_all()
+    for name in ("label_l1", "label_l2", "unknown_reason"):
+        assert table.schema.field(name).type == pa.dictionary(pa.int32(), pa.string())
+    assert table.column("label_l2").to_pylist() == [c["label_l2"] for c in calls]
+    bad = post_json(live_server, {**payload, "tissue": "pancreass"})
+    assert_error(bad, 422, "unknown_tissue", "did you mean 'pancreas'")
 
 
 def test_arrow_request_with_json_reply(live_server: LiveServer) -> None:
@@ -498,17 +524,20 @@ def test_several_server_processes(tmp_path: Path, reference_file: Path) -> None:
 
 
 def test_busy_server_answers_503_with_retry_after(reference_file: Path) -> None:
-    """A request beyond max_pending is refused at once (503 + Retry-After), not queued."""
+    """A body beyond the bytes in flight is refused at once (503 + Retry-After), not queued.
+
+    (Bytes that arrived count, never a declared length, and a slow upload holds only the
+    bytes it sent: see tests/test_server_abuse.py.)"""
     from bridge.server import Settings, create_app
 
-    settings = Settings(api_keys=(API_KEY,), max_pending=1,
-                        atlases={"reference": {"synthetic": str(reference_file)}})
     body = json.dumps(tutorial_payload(20)).encode()
+    settings = Settings(api_keys=(API_KEY,), max_inflight_bytes=len(body) + 50,
+                        atlases={"reference": {"synthetic": str(reference_file)}})
     release = threading.Event()
 
     def slow_body():
         yield body[:100]
-        release.wait(timeout=30)  # holds the only slot while the second request arrives
+        release.wait(timeout=30)  # holds 100 bytes of the budget while the second arrives
         yield body[100:]
 
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
@@ -517,8 +546,8 @@ def test_busy_server_answers_503_with_retry_after(reference_file: Path) -> None:
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(httpx.post, server.url + ANNOTATE, content=slow_body(),
                                 headers=headers, timeout=60)
-            for _ in range(500):  # until the first request holds the slot
-                if app.state.admission.pending == 1:
+            for _ in range(500):  # until the first request holds its bytes
+                if app.state.admission.inflight_bytes >= 100:
                     break
                 time.sleep(0.01)
             busy = httpx.post(server.url + ANNOTATE, content=body, headers=headers)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from .calls import (
     ALTERNATE_TYPE,
     CALLS_SCHEMA,
+    ENGINE_COLUMNS,
     UNKNOWN,
     ChunkCalls,
     apply_min_confidence,
@@ -27,6 +28,7 @@ from .tables import MARKERS_SCHEMA, embedding_array, embedding_table
 __all__ = [
     "ALTERNATE_TYPE",
     "CALLS_SCHEMA",
+    "ENGINE_COLUMNS",
     "MARKERS_SCHEMA",
     "UNKNOWN",
     "ChunkCalls",

@@ -11,8 +11,12 @@ alternates     list<struct<label: utf8, score: float32>>    runners-up, best fir
 markers        list<utf8>                                   genes that drove this cell's call
 =============  ===========================================  =====================================
 
-Engines may add columns after these (QC, smoothed labels, ``label_raw`` when a confidence
-threshold turned calls into ``Unknown``).  Provenance lives in the schema metadata under
+Engines may add columns after these.  The embedded marker engine adds
+:data:`ENGINE_COLUMNS` (``label_l1``: the call's compartment, ``label_l2``: its lineage, both
+from the Cell Ontology; ``unknown_reason``: why a cell is ``Unknown``, null for called cells),
+all dictionary<utf8>; ``annotate`` may add QC columns, smoothed labels and ``label_raw``
+(when a confidence threshold turned calls into ``Unknown``, whose ``unknown_reason`` is then
+``low_confidence``).  Provenance lives in the schema metadata under
 ``scbridge.*`` keys.  Every engine, local or remote, produces chunks with :func:`chunk_table`
 and joins them with :func:`concat_calls`, so all paths give identical tables.
 """
@@ -32,6 +36,7 @@ from numpy.typing import NDArray
 __all__ = [
     "ALTERNATE_TYPE",
     "CALLS_SCHEMA",
+    "ENGINE_COLUMNS",
     "UNKNOWN",
     "ChunkCalls",
     "apply_min_confidence",
@@ -56,45 +61,73 @@ CALLS_SCHEMA = pa.schema(
     ]
 )
 _CORE = tuple(CALLS_SCHEMA.names)
+#: Optional engine columns with a fixed type (dictionary<utf8>), kept as such through JSON.
+ENGINE_COLUMNS = ("label_l1", "label_l2", "unknown_reason")
+_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 
 
 @dataclass
 class ChunkCalls:
     """What an engine returns for one chunk of cells (rows in the chunk's cell order)."""
 
-    labels: Sequence[str]
+    labels: Sequence[str] | pa.Array
     confidence: NDArray[Any]
-    ontology_ids: Sequence[str | None] | None = None
-    alternates: Sequence[Sequence[tuple[str, float]]] | None = None
-    markers: Sequence[Sequence[str]] | None = None
+    ontology_ids: Sequence[str | None] | pa.Array | None = None
+    alternates: Sequence[Sequence[tuple[str, float]]] | pa.Array | None = None
+    markers: Sequence[Sequence[str]] | pa.Array | None = None
     extra: dict[str, pa.Array] = field(default_factory=dict)
 
 
 def chunk_table(cells: Sequence[str] | NDArray[Any], calls: ChunkCalls) -> pa.Table:
-    """A Calls table for one chunk."""
+    """A Calls table for one chunk.  ``labels``, ``ontology_ids``, ``alternates`` and
+    ``markers`` may be Python sequences or Arrow arrays of the column's type (engines that
+    build them in Arrow skip a pass through Python objects)."""
     n = len(cells)
-    confidence = np.clip(np.asarray(calls.confidence, dtype=np.float32), 0.0, 1.0)
+    # Always finite in [0, 1], whatever an engine computed (NaN means no confidence at all).
+    confidence = np.clip(np.nan_to_num(np.asarray(calls.confidence, dtype=np.float32),
+                                       nan=0.0), 0.0, 1.0)
     if len(calls.labels) != n or len(confidence) != n:
         msg = f"engine returned {len(calls.labels)} labels for {n} cells"
         raise RuntimeError(msg)  # a bug in an engine, not a user error
     alternates = calls.alternates if calls.alternates is not None else [[] for _ in range(n)]
     markers = calls.markers if calls.markers is not None else [[] for _ in range(n)]
     ontology = calls.ontology_ids if calls.ontology_ids is not None else [None] * n
+    label_type = CALLS_SCHEMA.field("label").type
     columns: dict[str, pa.Array] = {
         "cell": pa.array([str(c) for c in cells], pa.string()),
-        "label": pa.array(list(calls.labels), pa.string()).dictionary_encode(),
-        "ontology_id": pa.array(list(ontology), pa.string()),
+        "label": (calls.labels.cast(label_type) if isinstance(calls.labels, pa.Array)
+                  else pa.array(list(calls.labels), pa.string()).dictionary_encode()),
+        "ontology_id": (ontology if isinstance(ontology, pa.Array)
+                        else pa.array(list(ontology), pa.string())),
         "confidence": pa.array(confidence, pa.float32()),
-        "alternates": pa.array(
-            [[{"label": a, "score": float(s)} for a, s in row] for row in alternates],
-            pa.list_(ALTERNATE_TYPE),
-        ),
-        "markers": pa.array([list(m) for m in markers], pa.list_(pa.string())),
+        "alternates": (alternates if isinstance(alternates, pa.Array)
+                       else _alternates_array(alternates)),
+        "markers": (markers if isinstance(markers, pa.Array)
+                    else _list_array([list(m) for m in markers], pa.string())),
     }
     table = pa.Table.from_arrays(list(columns.values()), schema=CALLS_SCHEMA)
     for name, array in calls.extra.items():
         table = table.append_column(name, array)
     return table
+
+
+def _offsets(rows: Sequence[Sequence[Any]]) -> pa.Array:
+    return pa.array(np.concatenate([[0], np.cumsum([len(r) for r in rows], dtype=np.int64)])
+                    .astype(np.int32), pa.int32())
+
+
+def _list_array(rows: Sequence[Sequence[Any]], item: pa.DataType) -> pa.Array:
+    """list<item> from Python rows, built from one flat array and offsets."""
+    flat = pa.array([x for row in rows for x in row], item)
+    return pa.ListArray.from_arrays(_offsets(rows), flat)
+
+
+def _alternates_array(rows: Sequence[Sequence[tuple[str, float]]]) -> pa.Array:
+    """list<struct<label, score>> from rows of (label, score), without a dict per entry."""
+    labels = pa.array([a for row in rows for a, _ in row], pa.string())
+    scores = pa.array([float(s) for row in rows for _, s in row], pa.float32())
+    struct = pa.StructArray.from_arrays([labels, scores], fields=list(ALTERNATE_TYPE))
+    return pa.ListArray.from_arrays(_offsets(rows), struct)
 
 
 def concat_calls(tables: Sequence[pa.Table]) -> pa.Table:
@@ -136,6 +169,13 @@ def apply_min_confidence(table: pa.Table, threshold: float) -> pa.Table:
     thresholded = pc.if_else(low, pa.scalar(UNKNOWN), raw)
     label = thresholded.combine_chunks().dictionary_encode().cast(CALLS_SCHEMA.field("label").type)
     out = table.set_column(1, CALLS_SCHEMA.field("label"), label)
+    if "unknown_reason" in out.column_names:
+        index = out.column_names.index("unknown_reason")
+        reason = pc.cast(out.column(index), pa.string())
+        filled = pc.if_else(pc.and_(low, pc.is_null(reason)), pa.scalar("low_confidence"),
+                            reason)
+        out = out.set_column(index, "unknown_reason",
+                             filled.combine_chunks().dictionary_encode().cast(_DICTIONARY))
     return out.append_column("label_raw", raw)
 
 
@@ -165,8 +205,15 @@ def calls_from_records(records: Sequence[Mapping[str, Any]], cells: Sequence[str
         markers=[list(r.get("markers") or []) for r in records],
     )
     extra_names = [k for k in (records[0] if records else {}) if k not in _CORE]
-    core.extra = {k: pa.array([r.get(k) for r in records]) for k in extra_names}
+    core.extra = {k: _extra_array(k, [r.get(k) for r in records]) for k in extra_names}
     return chunk_table(cells, core)
+
+
+def _extra_array(name: str, values: list[Any]) -> pa.Array:
+    """An extra column from JSON values; the engine columns get their dictionary type back."""
+    if name in ENGINE_COLUMNS and all(v is None or isinstance(v, str) for v in values):
+        return pa.array(values, pa.string()).dictionary_encode().cast(_DICTIONARY)
+    return pa.array(values)
 
 
 def metadata_dict(table: pa.Table) -> dict[str, Any]:

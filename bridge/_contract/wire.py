@@ -413,9 +413,12 @@ def json_reply(body: Any) -> bytes:
 
 
 def calls_json_body(table: pa.Table) -> bytes:
-    """The JSON reply of the annotate endpoint for a Calls table."""
+    """The JSON reply of the annotate endpoint for a Calls table (each call names its
+    ``cell``: the row number as text for JSON requests, the cell id for Arrow ones)."""
     records = calls_to_records(table)
-    return json_reply({"calls": records, "metadata": metadata_to_json(table.schema)})
+    cells = table.column("cell").to_pylist()
+    calls = [{"cell": c, **r} for c, r in zip(cells, records, strict=True)]
+    return json_reply({"calls": calls, "metadata": metadata_to_json(table.schema)})
 
 
 def calls_from_json(body: Any, cells: Any) -> pa.Table:

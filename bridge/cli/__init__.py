@@ -30,6 +30,8 @@ _COMMANDS = [
     "bridge.cli._rank_markers",
     "bridge.cli._embed",
     "bridge.cli._serve",
+    "bridge.cli._workspace",
+    "bridge.cli._worker",
 ]
 
 

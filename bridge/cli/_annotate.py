@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pyarrow.compute as pc
 
 from .._contract import metadata_dict
 from .._errors import InputError, MissingDependencyError
+from ..io._files import atomic_output, refuse_clashes
 
 NAME = "annotate"
 HELP = "cell-type calls for every cell (embedded marker engine by default)"
@@ -27,13 +29,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True,
                         help="calls file: .parquet, .arrow (IPC file), .csv or .json")
     parser.add_argument("--model", default="markers", help="engine (default: markers)")
-    parser.add_argument("--atlas", help="marker database / reference file of the engine")
-    parser.add_argument("--tissue", help="tissue context of the markers engine: a tissue name "
-                                         "or UBERON id (e.g. pancreas, UBERON:0001264)")
+    parser.add_argument("--atlas", help="the engine's knowledge base (a folder or marker file in "
+                                        "its format) or reference file")
+    parser.add_argument("--tissue", help="tissue context of the markers engine: a tissue name, "
+                                         "synonym or UBERON id (e.g. pancreas, "
+                                         "UBERON:0001264; ';' between several), 'auto' "
+                                         "(default: inferred from the data) or 'all'")
     parser.add_argument("--min-gene-fraction", type=float, default=None, metavar="F",
                         help="refuse inputs holding fewer of the model's genes than this "
                              "fraction (default: the model's own)")
-    parser.add_argument("--assay", help="Seurat / SCE assay (default: active assay / counts)")
+    parser.add_argument("--assay", help="Seurat / SCE assay (default: active assay / counts); "
+                                        "altexp:NAME for an SCE's altExp")
     parser.add_argument("--layer", help="layer: counts, data, an AnnData layer, raw")
     parser.add_argument("--value-kind", choices=("counts", "lognorm", "normalized"),
                         help="what the values are, when the guess from the layer is wrong "
@@ -52,8 +58,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", choices=("arrow", "json"), default="arrow")
     parser.add_argument("--write-back", metavar="OUT_OBJECT",
                         help="also write the input with cell_type, cell_type_confidence and "
-                             "cell_type_ontology added (.rds or .h5ad)")
+                             "cell_type_ontology added: .rds (from .rds or .rda), .rda / "
+                             ".RData (from .rda: the file's other objects kept) or .h5ad; "
+                             "checked before the annotation starts")
     parser.add_argument("--report", metavar="HTML", help="write an HTML report")
+    parser.add_argument("--no-layout", action="store_true",
+                        help="with --write-back: leave out the 2-D layout (by default it is "
+                             "written as a Seurat DimReduc 'scbridge_umap', SCE reducedDim "
+                             "'SCBRIDGE_UMAP' or AnnData obsm 'X_scbridge_umap'; the report "
+                             "draws the same layout, computed once)")
     parser.add_argument("--partitions", action="store_true",
                         help="input is a folder, glob or URL of Arrow CSR partitions "
                              "(bridge.write_partitions): one Dask task per partition "
@@ -89,34 +102,37 @@ def _flatten_for_csv(table: pa.Table) -> pa.Table:
     return out
 
 
-def write_calls(table: pa.Table, out: str | Path) -> Path:
-    """Write a Calls table by the suffix of ``out``."""
+def write_calls(table: pa.Table, out: str | Path, *,
+                inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Write a Calls table by the suffix of ``out`` (under a temporary name renamed when
+    complete; an ``out`` that is one of ``inputs`` is refused with code ``same_file``)."""
     path = Path(out)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         msg = f"{path}: unsupported output suffix {suffix!r}; use one of {', '.join(SUFFIXES)}."
         raise InputError(msg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+    with atomic_output(path, inputs=inputs, what="--out") as temp:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
 
-        pq.write_table(table, path)
-    elif suffix == ".arrow":
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-    elif suffix == ".csv":
-        import pyarrow.csv as pcsv
+            pq.write_table(table, temp)
+        elif suffix == ".arrow":
+            with pa.OSFile(str(temp), "wb") as sink, \
+                    pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+        elif suffix == ".csv":
+            import pyarrow.csv as pcsv
 
-        pcsv.write_csv(_flatten_for_csv(table), path)
-    else:
-        from .._contract import calls_to_records
+            pcsv.write_csv(_flatten_for_csv(table), temp)
+        else:
+            from .._contract import calls_to_records
 
-        records = calls_to_records(table)
-        cells = table.column("cell").to_pylist()
-        payload = {"calls": [{"cell": c, **r} for c, r in zip(cells, records, strict=True)],
-                   "metadata": metadata_dict(table)}
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, default=_json_default)
+            records = calls_to_records(table)
+            cells = table.column("cell").to_pylist()
+            payload = {"calls": [{"cell": c, **r} for c, r in zip(cells, records, strict=True)],
+                       "metadata": metadata_dict(table)}
+            with open(temp, "w", encoding="utf-8") as handle:
+                json.dump(payload, handle, default=_json_default)
     return path
 
 
@@ -142,6 +158,10 @@ def summary(table: pa.Table) -> str:
         extra = f", {mapped:,} ids mapped to symbols" if mapped else ""
         lines.append(f"genes matched: {float(matched):.1%} of the engine's genes "
                      f"(ids: {kind}{extra})")
+    context = meta.get("tissue")
+    if isinstance(context, dict):
+        tissues = ", ".join(context.get("tissues") or []) or "none (every type considered)"
+        lines.append(f"tissue context: {tissues} ({context.get('source', '?')})")
     width = max((len(str(c["values"])) for c in counts), default=5)
     for c in counts:
         share = c["counts"] / n if n else 0
@@ -159,14 +179,10 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._annotate import annotate
-    from ..io import read
-
     out = Path(args.out)
     if out.suffix.lower() not in SUFFIXES:
         msg = f"--out {out}: unsupported suffix {out.suffix!r}; use one of {', '.join(SUFFIXES)}."
         raise InputError(msg)
-    report = None
     if args.report:
         import importlib.util
 
@@ -174,6 +190,9 @@ def run(args: argparse.Namespace) -> int:
             msg = ("--report needs the bridge.report module, which this installation lacks; "
                    "run without --report or install the full scbridge package.")
             raise MissingDependencyError(msg)
+    inputs = [args.input, args.atlas, args.qc_table]
+    refuse_clashes({"--out": out, "--write-back": args.write_back, "--report": args.report},
+                   inputs)
     if args.partitions or _is_partitioned(args.input):
         return _run_partitions(args, out)
     if args.scheduler or args.workers or args.resume or args.calls_dir:
@@ -181,9 +200,25 @@ def run(args: argparse.Namespace) -> int:
                "set (a folder of Arrow CSR partitions); split a large file into one with "
                "`scbridge convert IN FOLDER/ --cells-per-partition N`.")
         raise InputError(msg)
-    # Only the report needs the matrix itself; a path lets annotate stream a large file.
+    from ..io.rds import reuse_loaded
+
+    with reuse_loaded():  # an R input is loaded once: write-back check, reading, writing back
+        return _run_one(args, out, inputs)
+
+
+def _run_one(args: argparse.Namespace, out: Path, inputs: list[Any]) -> int:
+    from .._annotate import annotate
+    from ..io import read
+
+    if args.write_back:
+        from ..io.write_back import check_write_back
+
+        check_write_back(args.input, args.write_back)  # before any computation
+    # Only the report and the write-back's layout need the matrix itself; otherwise a path
+    # lets annotate stream a large file chunk by chunk.
+    needs_matrix = bool(args.report) or bool(args.write_back and not args.no_layout)
     matrix = (read(args.input, assay=args.assay, layer=args.layer, value_kind=args.value_kind)
-              if args.report else None)
+              if needs_matrix else None)
     api_key = os.environ.get(args.api_key_env) if args.endpoint else None
     qc: bool | pa.Table = not args.no_qc
     if args.qc_table:
@@ -197,8 +232,9 @@ def run(args: argparse.Namespace) -> int:
                      qc=qc, endpoint=args.endpoint, api_key=api_key,
                      transport=args.transport, chunk_size=args.chunk_size,
                      progress=not args.quiet, **options, **engine_options(args))
-    write_calls(table, out)
+    write_calls(table, out, inputs=inputs)
     if args.write_back:
+        from .._cellmap import layout_table
         from ..io.write_back import write_back
 
         columns = pa.table({
@@ -207,11 +243,16 @@ def run(args: argparse.Namespace) -> int:
             "cell_type_confidence": table.column("confidence"),
             "cell_type_ontology": table.column("ontology_id"),
         })
-        write_back(args.input, columns, args.write_back, overwrite=True)
-    if matrix is not None:
+        # The layout is computed once here; the report below reuses it (bridge._cellmap).
+        layout = (None if args.no_layout or matrix is None
+                  else layout_table(matrix, progress=not args.quiet))
+        write_back(args.input, columns, args.write_back, overwrite=True, layout=layout,
+                   assay=args.assay)
+    report = None
+    if args.report and matrix is not None:
         from .._report import write_report
 
-        report = write_report(args.report, matrix, table)
+        report = write_report(args.report, matrix, table, inputs=inputs)
     if not args.quiet:
         print(summary(table))
         print(f"wrote {out}" + (f", {args.write_back}" if args.write_back else "")
@@ -253,7 +294,8 @@ def _run_partitions(args: argparse.Namespace, out: Path) -> int:
         qc=not args.no_qc, resume=args.resume, chunk_size=args.chunk_size,
         value_kind=args.value_kind, progress=not args.quiet, **engine_options(args))
     partitions = [d.partition for d in done]
-    summary_table = assemble_calls([d.calls for d in done], partitions, out, provenance={
+    summary_table = assemble_calls([d.calls for d in done], partitions, out,
+                                   inputs=[args.input, args.atlas], provenance={
         "source": f"{len(done)} Arrow CSR partitions", "partitions": partitions})
     if not args.quiet:
         print(summary(summary_table))

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +21,17 @@ import pyarrow.parquet as pq
 
 from .._contract import metadata_dict
 from .._errors import InputError
+from ..io._files import atomic_output
 
 __all__ = ["assemble_calls"]
 
 
 def assemble_calls(files: Sequence[str | os.PathLike[str]], partitions: Sequence[str],
-                   out: Path, *, provenance: dict[str, Any]) -> pa.Table:
-    """Stream ``files`` (one calls file per partition, in order) into ``out`` by its suffix.
+                   out: Path, *, provenance: dict[str, Any],
+                   inputs: Iterable[str | os.PathLike[str] | None] = ()) -> pa.Table:
+    """Stream ``files`` (one calls file per partition, in order) into ``out`` by its suffix,
+    written through :func:`bridge.io._files.atomic_output` (an ``out`` that is one of
+    ``inputs`` is refused with code ``same_file``).
 
     Returns the columns the summary needs (``label``, ``confidence``, ``qc_pass``) with the
     output's metadata: small, whatever the number of cells.
@@ -55,7 +57,7 @@ def assemble_calls(files: Sequence[str | os.PathLike[str]], partitions: Sequence
             kept.append(table.select(summary_columns))
             yield table
 
-    with _atomic(out) as temporary:
+    with atomic_output(out, inputs=inputs, what="--out") as temporary:
         _WRITERS[out.suffix.lower()](temporary, schema, tables())
         duplicate = first_duplicate(pa.chunked_array(cells, pa.string()))
         if duplicate is not None:
@@ -109,17 +111,6 @@ def _recode(table: pa.Table, dictionaries: dict[str, pa.Array]) -> pa.Table:
         column = pa.DictionaryArray.from_arrays(indices, dictionary)
         table = table.set_column(position, field, column)
     return table
-
-
-@contextmanager
-def _atomic(out: Path) -> Iterator[Path]:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".tmp-{uuid.uuid4().hex}-{out.name}")
-    try:
-        yield temporary
-        os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _write_parquet(path: Path, schema: pa.Schema, tables: Iterator[pa.Table]) -> None:

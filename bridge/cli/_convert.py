@@ -50,9 +50,11 @@ def convert(input: str, output: str, *, assay: str | None = None, layer: str | N
     from .._arrow_csr import needs_large
     from .._partitioned import DEFAULT_CELLS_PER_PARTITION, write_partitions
     from ..engines import DEFAULT_CHUNK_SIZE
+    from ..io._files import refuse_same_file
     from ..io.arrow import arrow_schema, batches_from_matrix, write_batches
 
     out = Path(output)
+    refuse_same_file(out, [input], what="the output")  # before anything is read
     if _is_folder(output):
         write_partitions(input, out, assay=assay, layer=layer,
                          cells_per_partition=cells_per_partition or DEFAULT_CELLS_PER_PARTITION)

@@ -22,24 +22,31 @@ def inspect(path: str, *, assay: str | None = None, layer: str | None = None) ->
     """Describe ``path`` and read its default (or chosen) matrix for value and gene id kinds."""
     from .. import io
     from ..genes import detect_gene_id_kind
+    from ..io.rds import reuse_loaded
 
-    info = io.describe(path)
-    totals = _totals(info, layer) if io.can_stream(path) else None
-    if totals is not None:
-        # A file that streams can be larger than memory: its first chunk is the sample, the
-        # totals are those describe() read from the file's own lengths.
-        options = {k: v for k, v in (("assay", assay), ("layer", layer)) if v is not None}
-        matrix = next(io.read_chunks(path, 1000, validate=False, **options))
-        cells, nnz = totals
-    else:
-        matrix = io.read(path, assay=assay, layer=layer, validate=False)
-        cells, nnz = matrix.n_cells, matrix.nnz
+    with reuse_loaded():  # an R file is loaded once for both
+        info = io.describe(path)
+        totals = _totals(info, layer) if io.can_stream(path) else None
+        if totals is not None:
+            # A file that streams can be larger than memory: its first chunk is the sample,
+            # the totals are those describe() read from the file's own lengths.
+            options = {k: v for k, v in (("assay", assay), ("layer", layer)) if v is not None}
+            matrix = next(io.read_chunks(path, 1000, validate=False, **options))
+            cells, nnz = totals
+        else:
+            matrix = io.read(path, assay=assay, layer=layer, validate=False)
+            cells, nnz = matrix.n_cells, matrix.nnz
+    data = matrix.X.data
+    # Whole negative numbers are not counts: scaled data (Seurat scale.data) or damage.
+    negative = bool(data.size) and float(data.min()) < 0
+    value_kind = ("scaled (negative values: not counts, cannot be annotated)" if negative
+                  else matrix.value_kind)
     info["default"] = {
         "source": matrix.source,
         "cells": cells,
         "genes": matrix.n_genes,
         "nnz": nnz,
-        "value_kind": matrix.value_kind,
+        "value_kind": value_kind,
         "gene_id_kind": detect_gene_id_kind(matrix.genes),
         "first_genes": [str(g) for g in matrix.genes[:5]],
         "first_cells": [str(c) for c in matrix.cells[:3]],
@@ -78,6 +85,11 @@ def _text(info: dict[str, Any]) -> str:
                 f"  {name or assay}: {layer['class']}, {layer['genes']:,} genes x "
                 f"{layer['cells']:,} cells, nnz {nnz}"
             )
+    for alt, assays in info.get("alt_exps", {}).items():
+        lines.append(f"altExp {alt} (read with --assay altexp:{alt}):")
+        for name, layer in assays.items():
+            lines.append(f"  {name}: {layer['class']}, {layer['genes']:,} genes x "
+                         f"{layer['cells']:,} cells")
     d = info["default"]
     lines += [
         f"default matrix: {d['source']}: {d['cells']:,} cells x {d['genes']:,} genes, "

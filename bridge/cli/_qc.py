@@ -29,15 +29,17 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.compute as pc
 
     from .._qc import QCThresholds, qc
+    from ..io._files import refuse_clashes
     from ._table_io import write_table
 
     limits = QCThresholds(min_counts=args.min_counts, min_genes=args.min_genes,
                           max_mito_fraction=args.max_mito_fraction,
                           max_doublet_score=args.max_doublet_score)
     doublets = False if args.doublets == "none" else args.doublets
+    refuse_clashes({"--out": args.out}, [args.input])  # before any work
     table = qc(args.input, thresholds=limits, doublets=doublets, assay=args.assay,
                layer=args.layer)
-    path = write_table(table, args.out)
+    path = write_table(table, args.out, inputs=[args.input])
     if not args.quiet:
         n = table.num_rows
         failed = n - int(pc.sum(table.column("qc_pass")).as_py() or 0)

@@ -39,8 +39,11 @@ def run(args: argparse.Namespace) -> int:
     from .._errors import NotFoundError
     from .._rank_markers import rank_marker_genes
     from ..io import read
+    from ..io._files import refuse_clashes
     from ._table_io import read_table, write_table
 
+    inputs = [args.input, args.calls]
+    refuse_clashes({"--out": args.out}, inputs)  # before any work
     matrix = read(args.input, assay=args.assay, layer=args.layer)
     if args.groups:
         if args.groups not in matrix.obs.column_names:
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     table = rank_marker_genes(matrix, calls, label_column=label_column, top_n=args.top_n,
                     method=args.method, min_cells=args.min_cells,
                     only_up=not args.both_directions)
-    path = write_table(table, args.out)
+    path = write_table(table, args.out, inputs=inputs)
     if not args.quiet:
         labels = table.column("label").to_pylist()
         genes = table.column("gene").to_pylist()

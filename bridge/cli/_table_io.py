@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
 
 from .._errors import FormatError, InputError, NotFoundError
+from ..io._files import atomic_output
 
 __all__ = ["TABLE_SUFFIXES", "read_table", "write_table"]
 
@@ -47,27 +49,33 @@ def _flatten_for_text(table: pa.Table) -> pa.Table:
     return pa.table(dict(zip(names, columns, strict=True)))
 
 
-def write_table(table: pa.Table, path: str | Path) -> Path:
-    """Write ``table`` as Parquet, Arrow IPC file, CSV / TSV or JSON (records), by suffix."""
+def write_table(table: pa.Table, path: str | Path, *,
+                inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Write ``table`` as Parquet, Arrow IPC file, CSV / TSV or JSON (records), by suffix.
+
+    The file is written under a temporary name and renamed when complete; a ``path`` that is
+    one of ``inputs`` is refused (code ``same_file``).
+    """
     path = Path(path)
     suffix = _suffix(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+    with atomic_output(path, inputs=inputs) as temp:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
 
-        pq.write_table(table, path)
-    elif suffix == ".arrow":
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-    elif suffix in (".csv", ".tsv"):
-        import pyarrow.csv as pacsv
+            pq.write_table(table, temp)
+        elif suffix == ".arrow":
+            with pa.OSFile(str(temp), "wb") as sink, \
+                    pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+        elif suffix in (".csv", ".tsv"):
+            import pyarrow.csv as pacsv
 
-        options = pacsv.WriteOptions(delimiter="," if suffix == ".csv" else "\t")
-        pacsv.write_csv(_flatten_for_text(table), path, write_options=options)
-    else:
-        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        records = _flatten_dictionaries(table).to_pylist()
-        path.write_text(json.dumps({"rows": records, "metadata": meta}, default=str))
+            options = pacsv.WriteOptions(delimiter="," if suffix == ".csv" else "\t")
+            pacsv.write_csv(_flatten_for_text(table), temp, write_options=options)
+        else:
+            meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+            records = _flatten_dictionaries(table).to_pylist()
+            temp.write_text(json.dumps({"rows": records, "metadata": meta}, default=str))
     return path
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
     from ..matrix import CellMatrix
 
-__all__ = ["ChunkedEngine", "GeneLayoutCache"]
+__all__ = ["ChunkPlan", "ChunkedEngine", "GeneLayoutCache"]
 
 L = TypeVar("L")
 
@@ -49,6 +50,16 @@ class GeneLayoutCache(Generic[L]):
         layout = build(genes)
         self._entry = (genes, layout)
         return layout
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """What annotating one matrix needs, worked out once before its chunks: the function
+    that annotates a chunk, the genes-found fraction, and provenance for the metadata."""
+
+    annotate_chunk: Callable[[CellMatrix], ChunkCalls]
+    genes_matched: float
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 class ChunkedEngine(abc.ABC):
@@ -89,26 +100,31 @@ class ChunkedEngine(abc.ABC):
                                  where=matrix.source or "the matrix",
                                  what=f"the {self.name!r} model")
 
+    def plan(self, matrix: CellMatrix) -> ChunkPlan:
+        """Work done once per matrix before its chunks (here: the genes-found check)."""
+        return ChunkPlan(self.annotate_chunk, self.check_genes(matrix))
+
     def annotate(self, matrix: CellMatrix, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  progress: bool = True) -> pa.Table:
         """The Calls table for every cell, chunk by chunk (calls never depend on the chunking).
 
-        The genes-found check runs first, once; its fraction is recorded as
-        ``scbridge.genes_matched``.
+        :meth:`plan` runs first, once (the genes-found check, recorded as
+        ``scbridge.genes_matched``, and whatever else an engine decides for the whole matrix).
         """
         from tqdm.auto import tqdm
 
-        fraction = self.check_genes(matrix)
+        plan = self.plan(matrix)
         tables = []
         bar = tqdm(total=matrix.n_cells, unit="cells", desc=f"annotating ({self.name})",
                    disable=not progress or matrix.n_cells < 2 * min(chunk_size, 10_000),
                    leave=False)
         try:
             for chunk in matrix.iter_chunks(chunk_size):
-                tables.append(chunk_table(chunk.cells, self.annotate_chunk(chunk)))
+                tables.append(chunk_table(chunk.cells, plan.annotate_chunk(chunk)))
                 bar.update(chunk.n_cells)
         finally:
             bar.close()
         if not tables:
-            tables = [chunk_table([], self.annotate_chunk(matrix))]
-        return with_metadata(concat_calls(tables), genes_matched=round(fraction, 4))
+            tables = [chunk_table([], plan.annotate_chunk(matrix))]
+        return with_metadata(concat_calls(tables), genes_matched=round(plan.genes_matched, 4),
+                             **plan.provenance)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._errors import GeneIdError
-from ._detect import GeneIdKind, detect_gene_id_kind
+from ._detect import GeneIdKind, count_id_kinds, detect_gene_id_kind, id_kind
 
 __all__ = ["GeneMapping", "check_genes_found", "detect_gene_id_kind", "human_aliases",
            "human_symbols", "load_table", "map_to_human_symbols", "mouse_orthologs"]
@@ -80,7 +81,14 @@ def _mouse_to_human(symbol: str) -> str | None:
         return exception
     orthologs = mouse_orthologs()
     if symbol in orthologs:
-        return orthologs[symbol]
+        target = orthologs[symbol]
+        # Many-to-one pairs: a human gene with a same-name mouse orthologue is that gene's
+        # only; a mouse paralogue (Cldn13 -> CLDN4, Aldoart1 -> ALDOA) would otherwise take
+        # the human name in data sets that lack the same-name gene.
+        if target and target != symbol.upper() and (
+                orthologs.get(target[:1] + target[1:].lower()) == target):
+            return None
+        return target
     # Not in the orthologue table (renamed since Ensembl 105, or none shipped): the
     # upper-cased symbol where it is a current human symbol.
     upper = symbol.upper()
@@ -131,11 +139,37 @@ def _apply(genes: Sequence[str], lookup: Callable[[str], str | None]
     return out, n
 
 
-def map_to_human_symbols(genes: Sequence[str] | NDArray[Any]) -> GeneMapping:
-    """Map Ensembl ids (human or mouse), mouse symbols and outdated human symbols to current
-    human symbols where the shipped tables know them."""
-    genes = np.asarray(genes, dtype=object)
-    kind = detect_gene_id_kind(list(genes))
+_UPPER_MOUSE = re.compile(r"^(GM\d{3,}|[0-9A-Z]*\d[0-9A-Z]*RIK\d?)$")
+
+
+def _upper_cased_mouse(genes: Sequence[str]) -> bool:
+    """Whether symbols that look human are upper-cased mouse symbols: mouse-only names
+    (``GM12345``, ``1700001C19RIK``) among them."""
+    step = max(1, len(genes) // 5000)
+    sample = [str(g) for g in genes[::step]]
+    hits = sum(1 for g in sample if _UPPER_MOUSE.match(g))
+    return hits >= max(3, 0.005 * len(sample))
+
+
+def _human_symbol_lookup(upper_mouse: bool) -> Callable[[str], str | None]:
+    """Outdated human symbols to current ones; with ``upper_mouse``, upper-cased mouse symbols
+    (HBA-A1, LYZ2: some pipelines write them so) through the orthologue table when they are
+    not human symbols themselves."""
+    aliases = human_aliases()
+    if not upper_mouse:
+        return aliases.get
+    current = human_symbols()
+
+    def lookup(g: str) -> str | None:
+        alias = aliases.get(g)
+        if alias or g in current:
+            return alias
+        return _mouse_to_human(g[:1] + g[1:].lower())
+    return lookup
+
+
+def _lookup_for(kind: str) -> Callable[[str], str | None]:
+    """How one id of ``kind`` maps to a current human symbol (``None``: it does not)."""
     if kind == "ensembl_human":
         table = load_table("ensembl_human")
         aliases = human_aliases()
@@ -143,7 +177,8 @@ def map_to_human_symbols(genes: Sequence[str] | NDArray[Any]) -> GeneMapping:
         def lookup(g: str) -> str | None:
             s = table.get(_strip_version(g))
             return aliases.get(s, s) if s else None
-    elif kind == "ensembl_mouse":
+        return lookup
+    if kind == "ensembl_mouse":
         ens = load_table("ensembl_mouse")
 
         def lookup(g: str) -> str | None:
@@ -151,15 +186,47 @@ def map_to_human_symbols(genes: Sequence[str] | NDArray[Any]) -> GeneMapping:
             # which is how mouse-only markers are named.
             s = ens.get(_strip_version(g))
             return (_mouse_to_human(s) or s) if s else None
-    elif kind == "symbols_mouse":
-        def lookup(g: str) -> str | None:
-            return _mouse_to_human(g)
-    else:
-        aliases = human_aliases()
+        return lookup
+    if kind == "symbols_mouse":
+        return _mouse_to_human
+    return human_aliases().get
 
-        def lookup(g: str) -> str | None:
-            return aliases.get(g)
-    mapped, n = _apply(list(genes), lookup)
+
+def _mixed_lookup(genes: Sequence[str]) -> Callable[[str], str | None]:
+    """Each id by its own kind: Ensembl ids through their species' table, symbols as the
+    symbols of the object's species (human unless mouse symbols are the majority)."""
+    counts, _ = count_id_kinds(genes)
+    symbols = ("symbols_mouse" if counts["symbols_mouse"] > counts["symbols_human"]
+               else "symbols_human")
+    lookups = {kind: _lookup_for(kind) for kind in ("ensembl_human", "ensembl_mouse", symbols)}
+
+    def lookup(g: str) -> str | None:
+        kind = id_kind(g)
+        if kind in ("ensembl_human", "ensembl_mouse"):
+            return lookups[kind](g)
+        if kind == "ensembl_other":
+            return None
+        return lookups[symbols](g)
+    return lookup
+
+
+def map_to_human_symbols(genes: Sequence[str] | NDArray[Any]) -> GeneMapping:
+    """Map Ensembl ids (human or mouse), mouse symbols and outdated human symbols to current
+    human symbols where the shipped tables know them.
+
+    A mixture (part Ensembl ids, part symbols) is mapped id by id, each by its own kind;
+    upper-cased mouse symbols are recognised by their mouse-only names and mapped as mouse.
+    """
+    genes = np.asarray(genes, dtype=object)
+    ids = [str(g) for g in genes]
+    kind = detect_gene_id_kind(ids)
+    if kind == "mixed":
+        lookup = _mixed_lookup(ids)
+    elif kind in ("ensembl_human", "ensembl_mouse", "symbols_mouse"):
+        lookup = _lookup_for(kind)
+    else:
+        lookup = _human_symbol_lookup(_upper_cased_mouse(ids))
+    mapped, n = _apply(ids, lookup)
     return GeneMapping(mapped, kind, n)
 
 
@@ -179,6 +246,8 @@ def check_genes_found(needed: Sequence[str], genes: Sequence[str] | NDArray[Any]
     fraction = found / len(needed)
     if fraction < min_fraction:
         example = ", ".join(list(map(str, genes[:3])))
+        if kind == "mixed":
+            kind = "a mixture of Ensembl ids and gene symbols"
         msg = (f"only {found} of the {len(needed)} genes {what} uses ({fraction:.0%}) were "
                f"found in {where} (need {min_fraction:.0%}). Its gene ids look like {kind} "
                f"(e.g. {example}). Use human gene symbols, human or mouse Ensembl ids or mouse "

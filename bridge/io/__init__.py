@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._errors import InputError, UnsupportedError
+from .._errors import FormatError, InputError, UnsupportedError
 from ..matrix import CellMatrix
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def _arrow_read(path: Path, *, assay: str | None = None, layer: str | None = Non
     if value_kind:
         matrix.value_kind = value_kind  # type: ignore[assignment]
     if validate:
-        matrix.validate()
+        matrix.validate(where=f"{path} ({matrix.source})")
     return matrix
 
 
@@ -115,14 +115,19 @@ def _arrow_describe(path: Path) -> dict[str, Any]:
     import pyarrow as pa
 
     from .._arrow_csr import check_schema, open_reader
+    from .arrow import open_arrow_file
 
-    source = pa.memory_map(str(path), "r")
+    source = open_arrow_file(path)
     reader = open_reader(source, str(path))
     genes, value_kind, origin = check_schema(reader.schema, str(path))
     n_cells = nnz = 0
-    for batch in reader:
-        n_cells += batch.num_rows
-        nnz += len(batch.column("indices").values)
+    try:
+        for batch in reader:
+            n_cells += batch.num_rows
+            nnz += len(batch.column("indices").values)
+    except (pa.ArrowException, OSError) as exc:
+        msg = f"{path}: the Arrow data ends early or is corrupt ({exc}). Re-create the file."
+        raise FormatError(msg, code="invalid_arrow") from None
     version = (reader.schema.metadata or {}).get(b"scbridge.format_version", b"").decode()
     return {
         "class": f"Arrow CSR v{version}",
@@ -228,14 +233,16 @@ def read(
     Parameters
     ----------
     source
-        A path (``.rds`` / ``.RData`` with a Seurat, SingleCellExperiment or matrix;
+        A path (``.rds`` / ``.rda`` / ``.RData`` with a Seurat, SingleCellExperiment or
+        matrix, alone, beside objects of other kinds, or as the one such element of a list;
         ``.h5ad``; Arrow CSR ``.arrow`` / ``.arrows``; a 10x ``matrix.mtx`` folder or
         ``.h5``), a data set shipped in an installed R package written as in R
         (``"SeuratObject::pbmc_small"``), a live rpy2 R object, an :class:`anndata.AnnData`,
         or a ``CellMatrix``.
     assay
         Seurat assay (default: the active assay), SingleCellExperiment assay (default
-        ``counts``, falling back to ``logcounts``), or 10x feature type.
+        ``counts``, falling back to ``logcounts``; ``"altexp:HTO"`` for the altExp ``HTO``,
+        whose assay ``layer=`` then names), or 10x feature type.
     layer
         Seurat layer (``counts``, ``data``, a split v5 layer such as ``counts.A``; ``counts``
         joins all ``counts.*`` layers in the object's cell order) or AnnData ``X`` / ``raw`` /

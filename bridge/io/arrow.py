@@ -32,6 +32,7 @@ from .._arrow_csr import (
 from .._errors import FormatError
 from ..matrix import CellMatrix, csr_view
 from ._chunks import chunk_bounds
+from ._files import atomic_output
 
 if TYPE_CHECKING:
     from ..numerics import ValueKind
@@ -45,6 +46,7 @@ __all__ = [
     "is_arrow_file",
     "iter_arrow_chunks",
     "matrix_from_batches",
+    "open_arrow_file",
     "read_arrow",
     "write_arrow",
     "write_batches",
@@ -83,19 +85,24 @@ def write_batches(
     *,
     stream: bool,
 ) -> None:
-    """Write record batches to an IPC file or stream (used by streaming conversion)."""
+    """Write record batches to an IPC file or stream (used by streaming conversion).
+
+    A path is written through a temporary file renamed over it at the end
+    (:func:`bridge.io._files.atomic_output`): an interrupted write leaves the old file.
+    """
     new = pa.ipc.new_stream if stream else pa.ipc.new_file
-    sink = path if isinstance(path, pa.NativeFile) else pa.OSFile(os.fspath(path), "wb")
     # A large_list batch past 2**31 values has a values array longer than 2**31 - 1, which
     # Arrow's IPC writer refuses unless told that 64-bit lengths are wanted.
     options = pa.ipc.IpcWriteOptions(allow_64bit=True)
-    try:
-        with new(sink, schema, options=options) as writer:
+    if isinstance(path, pa.NativeFile):
+        with new(path, schema, options=options) as writer:
             for batch in batches:
                 writer.write_batch(batch)
-    finally:
-        if not isinstance(path, pa.NativeFile):
-            sink.close()
+        return
+    with atomic_output(path) as temp, pa.OSFile(os.fspath(temp), "wb") as sink, \
+            new(sink, schema, options=options) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -124,13 +131,13 @@ def read_arrow(
         where = "the Arrow CSR payload"
     else:
         where = os.fspath(path)
-        source = pa.memory_map(where, "r")
+        source = open_arrow_file(where)
     reader = open_reader(source, where)
     try:
         batches = list(reader)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         msg = f"{where}: the Arrow data ends early or is corrupt ({exc}). Re-create the file."
-        raise FormatError(msg) from None
+        raise FormatError(msg, code="invalid_arrow") from None
     return matrix_from_batches(
         batches, reader.schema, where=where, keepalive=source, validate=validate
     )
@@ -157,7 +164,7 @@ def iter_arrow_chunks(
         where = where or "the Arrow CSR data"
     else:
         where = where or os.fspath(source)
-        source = pa.memory_map(os.fspath(source), "r")
+        source = open_arrow_file(source)
     reader = open_reader(source, where)
     check_schema(reader.schema, where)
     try:
@@ -173,7 +180,7 @@ def iter_arrow_chunks(
                 if validate:
                     chunk.validate()
                 yield chunk
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         msg = f"{where}: the Arrow data ends early or is corrupt ({exc}). Re-create the file."
         raise FormatError(msg, code="invalid_arrow") from None
 
@@ -193,3 +200,16 @@ def _chunk(whole: CellMatrix, start: int, stop: int) -> CellMatrix:
     return CellMatrix(part, whole.cells[start:stop], whole.genes, obs=obs,
                       value_kind=whole.value_kind, source=whole.source, validate=False,
                       keepalive=whole.keepalive)
+
+
+def open_arrow_file(path: str | os.PathLike[str]) -> pa.NativeFile:
+    """The file memory-mapped for reading; an empty or unreadable file is a FormatError."""
+    where = os.fspath(path)
+    if os.path.getsize(where) == 0:
+        msg = f"{where} is empty (0 bytes), not an Arrow CSR file; write it again."
+        raise FormatError(msg, code="invalid_arrow")
+    try:
+        return pa.memory_map(where, "r")
+    except OSError as exc:
+        msg = f"{where} cannot be opened ({exc})."
+        raise FormatError(msg, code="invalid_arrow") from None

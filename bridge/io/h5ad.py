@@ -1,7 +1,15 @@
-"""Read and write AnnData (in memory or ``.h5ad``, including backed mode)."""
+"""Read and write AnnData (in memory or ``.h5ad``, including backed mode).
+
+A file is checked with h5py before anndata reads it (:func:`check_h5ad_layout`): it must be
+HDF5, every dataset's declared size must be plausible for the file's size (an HDF5 dataset
+can declare any shape without storing it), and each matrix's shape must agree with ``obs``,
+``var`` and its own ``indptr`` / ``indices`` / ``data``.  Whatever anndata or h5py raise on a
+damaged file becomes a :class:`~bridge.FormatError` naming the file.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -12,10 +20,11 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from .._errors import InputError, NotFoundError
+from .._errors import BridgeError, FormatError, InputError, NotFoundError
 from ..matrix import CellMatrix
 from ..numerics import value_kind_for_layer
 from ._chunks import chunk_bounds
+from ._files import atomic_output
 
 if TYPE_CHECKING:
     import anndata
@@ -23,11 +32,149 @@ if TYPE_CHECKING:
 
     from ..numerics import ValueKind
 
-__all__ = ["describe_h5ad", "iter_h5ad_chunks", "read_anndata", "read_h5ad", "write_h5ad"]
+__all__ = [
+    "check_declared_sizes",
+    "check_h5ad_layout",
+    "describe_h5ad",
+    "h5ad_errors",
+    "iter_h5ad_chunks",
+    "read_anndata",
+    "read_h5ad",
+    "write_h5ad",
+]
 
 logger = logging.getLogger(__name__)
 
 _DENSE_BLOCK = 1 << 24
+# A dataset may declare at most this many times the file's size (HDF5 compression of real
+# expression data stays far below it), and always this much.
+_EXPANSION = 100
+_FLOOR_BYTES = 64 << 20
+
+
+@contextlib.contextmanager
+def h5ad_errors(where: str) -> Iterator[None]:
+    """Turn h5py / anndata failures on a damaged file into a :class:`FormatError` naming it."""
+    try:
+        yield
+    except (BridgeError, MemoryError):
+        raise
+    except Exception as exc:  # anndata and h5py raise many types on damaged files
+        detail = str(exc).splitlines()[0][:300] if str(exc) else ""
+        msg = (f"{where} cannot be read as an AnnData .h5ad file ({type(exc).__name__}"
+               f"{': ' + detail if detail else ''}). It may be truncated, damaged or not an "
+               ".h5ad file; write it again with anndata (adata.write_h5ad) or scbridge.")
+        raise FormatError(msg) from None
+
+
+def _index_length(f: Any, name: str) -> int | None:
+    """Rows of the ``obs`` / ``var`` frame (``None`` when the layout is not recognised)."""
+    import h5py
+
+    node = f.get(name)
+    if isinstance(node, h5py.Dataset):  # anndata < 0.7: a compound dataset
+        return int(node.shape[0]) if node.shape else None
+    if not isinstance(node, h5py.Group):
+        return None
+    index = node.attrs.get("_index")
+    if isinstance(index, bytes):
+        index = index.decode(errors="replace")
+    if isinstance(index, str) and isinstance(node.get(index), h5py.Dataset):
+        shape = node[index].shape
+        return int(shape[0]) if shape else None
+    return None
+
+
+def _check_matrix(node: Any, expected: tuple[int | None, int | None], name: str,
+                  where: str) -> None:
+    """One matrix element (dense dataset or sparse group) against the frames' lengths."""
+    import h5py
+
+    def refuse(problem: str) -> FormatError:
+        return FormatError(f"{where}: {name} {problem}; the file is damaged or was not written "
+                           "by anndata. Write it again with anndata.")
+
+    if isinstance(node, h5py.Dataset):
+        shape = tuple(int(d) for d in node.shape)
+        if len(shape) != 2:
+            raise refuse(f"has {len(shape)} dimensions (shape {shape}), not 2")
+    elif isinstance(node, h5py.Group):
+        encoding = node.attrs.get("encoding-type", node.attrs.get("h5sparse_format", ""))
+        encoding = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
+        if encoding.startswith("csr") or encoding.startswith("csc"):
+            raw_shape = node.attrs.get("shape", node.attrs.get("h5sparse_shape"))
+            try:
+                shape = tuple(int(d) for d in np.asarray(raw_shape).ravel())
+            except (TypeError, ValueError):
+                raise refuse(f"has a shape attribute {raw_shape!r} that is not two integers") \
+                    from None
+            if len(shape) != 2 or min(shape) < 0:
+                raise refuse(f"has shape {shape}, not two non-negative integers")
+            parts = {k: node.get(k) for k in ("indptr", "indices", "data")}
+            if not all(isinstance(v, h5py.Dataset) and len(v.shape) == 1 for v in parts.values()):
+                raise refuse("lacks one of its indptr / indices / data arrays")
+            compressed = shape[0] if encoding.startswith("csr") else shape[1]
+            n_ptr, n_idx, n_data = (int(parts[k].shape[0]) for k in ("indptr", "indices", "data"))
+            if n_ptr != compressed + 1:
+                raise refuse(f"has {n_ptr:,} indptr entries for shape {shape} (needs "
+                             f"{compressed + 1:,})")
+            if n_idx != n_data:
+                raise refuse(f"has {n_idx:,} indices but {n_data:,} values")
+            if shape[0] * shape[1] < n_data:
+                raise refuse(f"stores {n_data:,} values, more than its shape {shape} holds")
+        else:
+            return  # another encoding (dask, awkward ...): left to anndata
+    else:
+        return
+    for axis, (got, want) in enumerate(zip(shape, expected, strict=True)):
+        if want is not None and got != want:
+            frame = "obs" if axis == 0 else "var"
+            raise refuse(f"is {shape[0]:,} x {shape[1]:,} but {frame} has {want:,} rows")
+
+
+def check_declared_sizes(f: Any, where: str) -> None:
+    """Refuse an HDF5 file with a dataset declaring far more bytes than the file could hold
+    (HDF5 lets a dataset declare any shape without storing it; reading it would allocate
+    all of it)."""
+    import h5py
+
+    size = os.path.getsize(f.filename)
+    limit = max(_EXPANSION * size, _FLOOR_BYTES)
+
+    def declared(name: str, node: Any) -> None:
+        if isinstance(node, h5py.Dataset) and node.shape is not None:
+            n_bytes = int(np.prod(node.shape, dtype=np.float64)) * node.dtype.itemsize
+            if n_bytes > limit:
+                msg = (f"{where}: dataset {name} declares {n_bytes:,} bytes, far more than a "
+                       f"{size:,}-byte file can hold; the file is damaged.")
+                raise FormatError(msg)
+
+    f.visititems(declared)
+
+
+def check_h5ad_layout(path: str | os.PathLike[str]) -> None:
+    """Refuse a file that is not HDF5, declares datasets far larger than it could hold, or
+    whose matrices disagree with ``obs`` / ``var``; reads only metadata, never a matrix."""
+    import h5py
+
+    where = os.fspath(path)
+    size = os.path.getsize(where)
+    if size == 0 or not h5py.is_hdf5(where):
+        msg = (f"{where} is not an HDF5 file, so not an .h5ad ({size:,} bytes: empty, "
+               "truncated or another format).")
+        raise FormatError(msg)
+    with h5ad_errors(where), h5py.File(where, "r") as f:
+        check_declared_sizes(f, where)
+        n_obs, n_var = _index_length(f, "obs"), _index_length(f, "var")
+        if "X" in f:
+            _check_matrix(f["X"], (n_obs, n_var), "X", where)
+        layers = f.get("layers")
+        if isinstance(layers, h5py.Group):
+            for name in layers:
+                _check_matrix(layers[name], (n_obs, n_var), f"layer {name!r}", where)
+        raw = f.get("raw")
+        if isinstance(raw, h5py.Group) and "X" in raw:
+            _check_matrix(raw["X"], (n_obs, _index_length(raw, "var")), "raw.X", where)
 
 
 def _to_csr(X: Any, where: str) -> sp.csr_matrix:
@@ -117,11 +264,14 @@ def read_h5ad(
     import anndata
 
     where = os.fspath(path)
-    adata = anndata.read_h5ad(where, backed="r" if backed else None)
+    check_h5ad_layout(where)
+    with h5ad_errors(where):
+        adata = anndata.read_h5ad(where, backed="r" if backed else None)
     if backed:
         X, genes, name = _select(adata, layer, where)
         # Backed sparse datasets load just this matrix; dense h5py datasets read as arrays.
-        X = _to_csr(X.to_memory() if hasattr(X, "to_memory") else X[...], where)
+        with h5ad_errors(where):
+            X = _to_csr(X.to_memory() if hasattr(X, "to_memory") else X[...], where)
         matrix = CellMatrix(
             X,
             np.asarray(adata.obs_names, dtype=object),
@@ -129,14 +279,18 @@ def read_h5ad(
             obs=obs_to_arrow(adata.obs),
             value_kind=value_kind or value_kind_for_layer(name, X.data),
             source=f"AnnData {name} ({Path(where).name}, backed)",
-            validate=validate,
+            validate=False,
         )
         adata.file.close()
+        if validate:
+            matrix.validate(where=f"{where} (AnnData {name})")
         return matrix
     matrix = read_anndata(
-        adata, layer=layer, assay=assay, value_kind=value_kind, validate=validate, where=where
+        adata, layer=layer, assay=assay, value_kind=value_kind, validate=False, where=where
     )
     matrix.source = f"AnnData {matrix.source.split(' ', 1)[1]} ({Path(where).name})"
+    if validate:
+        matrix.validate(where=f"{where} ({matrix.source})")
     return matrix
 
 
@@ -166,7 +320,9 @@ def iter_h5ad_chunks(
     if assay is not None:
         msg = f"{where}: AnnData has no assays; choose the matrix with layer= (X, raw or a layer)."
         raise InputError(msg)
-    adata = anndata.read_h5ad(where, backed="r")
+    check_h5ad_layout(where)
+    with h5ad_errors(where):
+        adata = anndata.read_h5ad(where, backed="r")
     try:
         X, genes, name = _select(adata, layer, where)
         if getattr(X, "format", None) == "csc":
@@ -181,7 +337,8 @@ def iter_h5ad_chunks(
         bounds = chunk_bounds(adata.n_obs, chunk_size, balanced=balanced,
                               n_values=_stored_values(X))
         for start, stop in bounds:
-            block = _to_csr(X[start:stop], where)
+            with h5ad_errors(where):
+                block = _to_csr(X[start:stop], where)
             block.indptr = compact_offsets(block.indptr)
             kind = kind or value_kind_for_layer(name, block.data)
             yield CellMatrix(
@@ -210,7 +367,10 @@ def describe_h5ad(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Shapes and layers of an ``.h5ad`` without loading its matrices."""
     import anndata
 
-    adata = anndata.read_h5ad(os.fspath(path), backed="r")
+    where = os.fspath(path)
+    check_h5ad_layout(where)
+    with h5ad_errors(where):
+        adata = anndata.read_h5ad(where, backed="r")
     try:
 
         def entry(X: Any) -> dict[str, Any]:
@@ -219,15 +379,19 @@ def describe_h5ad(path: str | os.PathLike[str]) -> dict[str, Any]:
                 nnz = int(X.group["data"].shape[0])
             return {"class": type(X).__name__, "cells": X.shape[0], "genes": X.shape[1], "nnz": nnz}
 
-        layers = {"X": entry(adata.X)}
-        layers.update({name: entry(adata.layers[name]) for name in adata.layers.keys()})
-        if adata.raw is not None:
-            layers["raw"] = entry(adata.raw.X)
+        with h5ad_errors(where):
+            layers = {} if "X" not in adata.file else {"X": entry(adata.X)}
+            layers.update({name: entry(adata.layers[name]) for name in adata.layers.keys()})
+            if adata.raw is not None:
+                layers["raw"] = entry(adata.raw.X)
         return {"class": "AnnData", "kind": "anndata", "assays": {"anndata": {"layers": layers}}}
     finally:
         adata.file.close()
 
 
 def write_h5ad(matrix: CellMatrix, path: str | os.PathLike[str]) -> None:
-    """Write ``matrix`` as ``.h5ad`` (values in ``X``; provenance in ``uns['scbridge']``)."""
-    matrix.to_anndata().write_h5ad(os.fspath(path))
+    """Write ``matrix`` as ``.h5ad`` (values in ``X``; provenance in ``uns['scbridge']``),
+    through a temporary file renamed over ``path`` when complete."""
+    adata = matrix.to_anndata()
+    with atomic_output(path) as temp:
+        adata.write_h5ad(os.fspath(temp))

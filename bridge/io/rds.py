@@ -17,8 +17,12 @@ split v5 layers               each layer viewed, then joined in the object's cel
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,16 +33,18 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from .._errors import InputError, NotFoundError, UnsupportedError
+from .._errors import BridgeError, InputError, NotFoundError, UnsupportedError
 from .._validate import check_shape
 from ..matrix import CellMatrix
 from ..numerics import value_kind_for_layer
 from . import _r
+from ._layers import choose_layer
 
 if TYPE_CHECKING:
     from ..numerics import ValueKind
 
-__all__ = ["describe_r", "r_frame_to_arrow", "read_r"]
+__all__ = ["ALTEXP_PREFIX", "describe_r", "locate", "located_object", "r_frame_to_arrow", "read_r",
+           "reuse_loaded"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +59,8 @@ SUPPORTED_CLASSES = (
     "other Matrix classes (coerced to dgCMatrix)",
 )
 _BLOCK_ELEMENTS = 1 << 24  # dense elements per block when realising DelayedArray / dense input
+#: ``assay="altexp:HTO"`` reads the alternative experiment HTO of a SingleCellExperiment.
+ALTEXP_PREFIX = "altexp:"
 
 
 @dataclass
@@ -68,14 +76,85 @@ class _Matrix:
 
 
 # -- entry points ---------------------------------------------------------------------------
+# Files already loaded, by identity, while reuse_loaded() is active (else None).
+_loaded: ContextVar[dict[tuple[str, int, int], Any] | None] = ContextVar("_loaded", default=None)
+
+
+@contextlib.contextmanager
+def reuse_loaded() -> Iterator[None]:
+    """Within this block each R file is loaded once, and reading, the write-back check and
+    the write-back itself share it (``scbridge annotate --write-back`` loads its input once,
+    not three times); outside it nothing is kept.  Nested blocks share the outer one's."""
+    if _loaded.get() is not None:
+        yield
+        return
+    token = _loaded.set({})
+    try:
+        yield
+    finally:
+        _loaded.reset(token)
+
+
+def locate(path: str | os.PathLike[str]) -> Any:
+    """The object in an ``.rds`` / ``.rda`` / ``.RData`` file, as an R list: ``object``, and
+    where it was (``name`` of the ``.rda`` object among ``names``, ``index`` in the plain
+    list that held it, its ``container``, the ``env`` of everything the file holds).
+
+    An ``.rda`` holding several objects gives the only one scbridge can read; a plain list
+    holding exactly one supported object gives that object; several are listed in the error.
+    """
+    where = str(path)
+    cache = _loaded.get()
+    key = None
+    if cache is not None:
+        stat = os.stat(path)
+        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+        if key in cache:
+            return cache[key]
+    located = _r.call("scb_locate", where)
+    names = _names(located.rx2("names"))
+    if len(names) > 1:
+        logger.info("%s: reading its object %r (the others: %s)", where,
+                    str(located.rx2("name")[0]), [n for n in names if n != located.rx2("name")[0]])
+    index = _list_index(located)
+    if index is not None:
+        logger.info("%s: reading element %d of the list it holds", where, index)
+    if cache is not None and key is not None:
+        cache[key] = located
+    return located
+
+
+def _list_index(located: Any) -> int | None:
+    """The 1-based position of the located object in the list that held it, if any."""
+    import rpy2.rinterface as ri
+
+    index = located.rx2("index")[0]
+    return None if index is ri.NA_Integer else int(index)
+
+
+def _unwrap(obj: Any, where: str) -> Any:
+    # Only a plain list is looked into: anything else is returned as it is (converting an S4
+    # object back from R would cost rpy2 a class lookup, ~0.1 s for an SCE).
+    if _r.r_class(obj) != ["list"]:
+        return obj
+    return located_object(_r.call("scb_unwrap", obj, where))
+
+
 def load(source: str | Path | Any) -> Any:
     """The R object behind ``source`` (an ``.rds`` / ``.RData`` path or a live rpy2 object)."""
     if _r.is_r_object(source):
-        return source
+        return _unwrap(source, "the R object")
     package_object = parse_package_object(source)
     if package_object is not None:
-        return _r.call("scb_package_object", *package_object)
-    return _r.call("scb_load", str(source))
+        return _unwrap(_r.call("scb_package_object", *package_object), str(source))
+    return located_object(locate(source))
+
+
+def located_object(located: Any) -> Any:
+    """The object of a :func:`locate` result (converting it may load its R package, whose
+    start-up messages go to the log like those of every other R call of ours)."""
+    with _r.r_console_to_log():
+        return located.rx2("object")
 
 
 _PACKAGE_OBJECT = re.compile(r"^([A-Za-z][A-Za-z0-9.]*)::([A-Za-z.][A-Za-z0-9._]*)$")
@@ -126,17 +205,30 @@ def read_r(
             + "."
         )
         raise UnsupportedError(msg)
-    X = found.X if found.X is not None else _to_csr(found, where)
-    return CellMatrix(
+    try:
+        X = found.X if found.X is not None else _to_csr(found, where)
+    except BridgeError:
+        raise
+    except ValueError as exc:  # scipy refusing slots that disagree
+        msg = f"{where} ({found.label}): the matrix is damaged ({exc})."
+        raise InputError(msg, code="shape_mismatch") from None
+    if obs is not None and len(found.cells) < len(obs.cells):
+        missing = len(obs.cells) - len(found.cells)
+        logger.warning("%s: %s covers %d of the object's %d cells; the other %d are left out",
+                       where, found.label, len(found.cells), len(obs.cells), missing)
+    matrix = CellMatrix(
         X,
         found.cells,
         found.genes,
         obs=_align_obs(obs, found.cells),
         value_kind=value_kind or value_kind_for_layer(found.layer, X.data),
         source=found.label,
-        validate=validate,
+        validate=False,
         keepalive=obj,
     )
+    if validate:  # messages name the file and the matrix in it
+        matrix.validate(where=f"{where} ({found.label})")
+    return matrix
 
 
 def describe_r(source: str | Path | Any) -> dict[str, Any]:
@@ -156,14 +248,19 @@ def describe_r(source: str | Path | Any) -> dict[str, Any]:
             for name, a in zip(assays.names, assays, strict=True)
         }
     elif kind == "sce":
-        names = [str(n) for n in _r.call("scb_sce_assay_names", obj)]
-        info["assays"] = {}
-        for name in names:
-            m = _r.call("scb_sce_assay", obj, name).rx2("matrix")
-            info["assays"][name] = _layer_table_one(m)
+        info["assays"] = _sce_assay_tables(obj)
+        alt_exps = _names(_r.call("scb_sce_altexp_names", obj))
+        if alt_exps:
+            info["alt_exps"] = {name: _sce_assay_tables(_r.call("scb_sce_altexp", obj, name))
+                                for name in alt_exps}
     elif kind == "matrix":
         info["assays"] = {"matrix": _layer_table_one(obj)}
     return info
+
+
+def _sce_assay_tables(experiment: Any) -> dict[str, Any]:
+    return {name: _layer_table_one(_r.call("scb_sce_assay", experiment, name).rx2("matrix"))
+            for name in _names(_r.call("scb_sce_assay_names", experiment))}
 
 
 # -- finding the matrix ---------------------------------------------------------------------
@@ -184,10 +281,15 @@ def _find_seurat(
     object_cells = _r.call("scb_seurat_cells", obj)
     obs_cells = _r.r_strings(object_cells)
     obs = _Obs(r_frame_to_arrow(obj.do_slot("meta.data")), obs_cells)
-    if bool(_r.call("scb_assay_is_v5", the_assay)[0]):
-        return _find_seurat_v5(the_assay, assay, layer, where), obs
-    available = _names(_r.call("scb_assay_layers", the_assay).names)
-    chosen = _choose_layer(layer, available, assay, where)
+    v5 = bool(_r.call("scb_assay_is_v5", the_assay)[0])
+    layers = _r.call("scb_assay_layers", the_assay)
+    # Empty layers (the dropped counts of an SCTAssay, a 0 x 0 v5 layer) are absent.
+    available = [name for name, spec in zip(_names(layers.names), layers, strict=True)
+                 if all(d > 0 for d in spec.rx2("dim"))]
+    chosen, covered = choose_layer("seurat", layer, available, split=v5, where=where,
+                                   what=f"assay {assay!r}")
+    if v5:
+        return _find_seurat_v5(the_assay, assay, chosen, covered, where), obs
     part = _r.call("scb_assay_matrix_v3", the_assay, chosen)
     # The assay's cells are the object's cells (in the same order) unless the object is
     # inconsistent: convert the ids once, not twice.
@@ -204,51 +306,9 @@ def _find_seurat(
     )
 
 
-def _choose_layer(layer: str | None, available: list[str], assay: str, where: str) -> str:
-    if layer is None:
-        if "counts" in available:
-            return "counts"
-        if "data" in available:
-            logger.warning(
-                "%s: assay %s has no counts; using its log-normalised 'data' instead", where, assay
-            )
-            return "data"
-        msg = f"{where}: assay {assay!r} holds no counts or data layer (layers: {available})."
-        raise NotFoundError(msg)
-    if layer == "scale.data":
-        msg = (
-            f"{where}: layer 'scale.data' holds scaled (centred, negative) values that "
-            "annotation cannot use; choose 'counts' or 'data'."
-        )
-        raise InputError(msg)
-    if layer not in available:
-        msg = (
-            f"{where}: assay {assay!r} has no layer {layer!r}; available layers: "
-            f"{', '.join(available) or 'none'}."
-        )
-        raise NotFoundError(msg)
-    return layer
-
-
 def _find_seurat_v5(
-    the_assay: Any, assay: str, layer: str | None, where: str
+    the_assay: Any, assay: str, wanted: str, matching: list[str], where: str
 ) -> _Matrix:
-    available = _names(_r.call("scb_assay_layers", the_assay).names)
-    wanted = layer or "counts"
-    if wanted == "counts" and layer is None and not any(
-        n == "counts" or n.startswith("counts.") for n in available
-    ):
-        wanted = "data"
-        logger.warning("%s: assay %s has no counts layer; using 'data'", where, assay)
-    matching = [n for n in available if n == wanted] or [
-        n for n in available if n.startswith(wanted + ".")
-    ]
-    if not matching:
-        msg = (
-            f"{where}: assay {assay!r} has no layer {wanted!r}; available layers: "
-            f"{', '.join(available) or 'none'}."
-        )
-        raise NotFoundError(msg)
     all_cells = _r.r_strings(_r.call("scb_assay_all_cells", the_assay))
     all_genes = _r.r_strings(_r.call("scb_assay_all_genes", the_assay))
     parts = []
@@ -301,32 +361,38 @@ def _join_layers(
 def _find_sce(
     obj: Any, assay: str | None, layer: str | None, where: str
 ) -> tuple[_Matrix, _Obs]:
+    # altExps are looked up only when one is named or a name is not found: nothing extra on
+    # the common path.
+    experiment, what, label = obj, "the SingleCellExperiment", "SingleCellExperiment"
+    if assay is not None and assay.lower().startswith(ALTEXP_PREFIX):
+        alt = assay[len(ALTEXP_PREFIX):]
+        alt_exps = _names(_r.call("scb_sce_altexp_names", obj))
+        if alt not in alt_exps:
+            msg = (f"{where}: the SingleCellExperiment has no altExp {alt!r}; its altExps: "
+                   f"{', '.join(alt_exps) or 'none'}.")
+            raise NotFoundError(msg)
+        experiment = _r.call("scb_sce_altexp", obj, alt)
+        what, label = f"altExp {alt!r}", f"SingleCellExperiment altExp {alt}"
+        assay = None  # within the altExp, layer= names its assay
     if assay and layer and assay != layer:
         msg = f"{where}: for a SingleCellExperiment give the assay name once (assay={assay!r})."
         raise InputError(msg)
-    available = _names(_r.call("scb_sce_assay_names", obj))
-    name = assay or layer
-    if name is None:
-        name = next((n for n in ("counts", "logcounts") if n in available), None)
-        if name is None:
-            msg = (
-                f"{where}: the SingleCellExperiment has neither a 'counts' nor a 'logcounts' "
-                f"assay; choose one of: {', '.join(available) or 'none'} (assay=...)."
-            )
-            raise NotFoundError(msg)
-        if name == "logcounts":
-            logger.warning("%s: no 'counts' assay; using 'logcounts'", where)
-    elif name not in available:
-        msg = (
-            f"{where}: the SingleCellExperiment has no assay {name!r}; available assays: "
-            f"{', '.join(available) or 'none'}."
-        )
-        raise NotFoundError(msg)
-    part = _r.call("scb_sce_assay", obj, name)
+    available = _names(_r.call("scb_sce_assay_names", experiment))
+    try:
+        name, _ = choose_layer("sce", assay or layer, available, where=where, what=what)
+    except NotFoundError as exc:
+        requested = assay or layer
+        if experiment is obj and requested in _names(_r.call("scb_sce_altexp_names", obj)):
+            msg = (f"{exc} {requested!r} is an altExp (alternative experiment) of this object: "
+                   f"read it with assay='{ALTEXP_PREFIX}{requested}' (the same in R and on the "
+                   f"command line: --assay {ALTEXP_PREFIX}{requested}).")
+            raise NotFoundError(msg) from None
+        raise
+    part = _r.call("scb_sce_assay", experiment, name)
     cells = _r.r_strings(part.rx2("cells"))
     genes = _r.r_strings(part.rx2("genes"))
     n_genes, n_cells = (int(d) for d in _r.call("scb_dims", part.rx2("matrix")))
-    check_shape(n_cells, n_genes, where=f"{where} (assay {name})")
+    check_shape(n_cells, n_genes, where=f"{where} ({label} assay {name})")
     if len(cells) == 0 or len(genes) == 0:
         msg = (
             f"{where}: the SingleCellExperiment has no "
@@ -335,8 +401,7 @@ def _find_sce(
         )
         raise InputError(msg)
     obs = _Obs(r_frame_to_arrow(_r.call("scb_sce_coldata", obj)), cells)
-    label = f"SingleCellExperiment assay {name}"
-    return _Matrix(part.rx2("matrix"), cells, genes, label, name), obs
+    return _Matrix(part.rx2("matrix"), cells, genes, f"{label} assay {name}", name), obs
 
 
 def _find_bare(obj: Any, where: str) -> _Matrix:
@@ -365,6 +430,7 @@ def _to_csr(found: _Matrix, where: str) -> sp.csr_matrix:
         indices = _r.r_vector_view(m.do_slot("i"))
         data = _r.r_vector_view(m.do_slot("x"))
         _check_dims(m, n_genes, n_cells, where)
+        _check_slots(indptr, indices, data, n_cells, f"{where} ({found.label})")
         return sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_genes), copy=False)
     if cls == "dgRMatrix":
         logger.info("%s: dgRMatrix is row-compressed genes x cells; converting (a copy)", where)
@@ -393,14 +459,31 @@ def _check_dims(m: Any, n_genes: int, n_cells: int, where: str) -> None:
         raise InputError(msg)
 
 
+def _check_slots(p: NDArray[Any], i: NDArray[Any], x: NDArray[Any], n_cells: int,
+                 where: str) -> None:
+    """The slot lengths a dgCMatrix must have (a damaged object can break them; R does not
+    check slots when they are assigned); the values are checked by the matrix validation."""
+    if len(p) != n_cells + 1 or len(i) != len(x) or (len(p) and int(p[-1]) != len(x)):
+        msg = (f"{where}: the dgCMatrix slots disagree (p has {len(p):,} entries for "
+               f"{n_cells:,} cells, i {len(i):,}, x {len(x):,}); the object is damaged. "
+               "Check it in R with validObject(m).")
+        raise InputError(msg, code="shape_mismatch")
+
+
+_R_TYPE_NAMES = {9: "character strings", 10: "logical", 13: "integer", 14: "double",
+                 15: "complex numbers", 16: "character strings", 19: "list", 24: "raw bytes"}
+
+
 def _dense_to_csr(m: Any, n_cells: int, n_genes: int, where: str) -> sp.csr_matrix:
     """Sparsify a dense R matrix a block of cells at a time (its memory is viewed, not copied)."""
     import rpy2.rinterface as ri
 
     typeof = int(m.typeof)
     if typeof not in (int(ri.RTYPES.REALSXP), int(ri.RTYPES.INTSXP), int(ri.RTYPES.LGLSXP)):
-        msg = f"{where}: a dense matrix of R type {m.typeof} is not numeric expression data."
-        raise InputError(msg)
+        kind = _R_TYPE_NAMES.get(typeof, f"R type {typeof}")
+        msg = (f"{where}: the dense matrix holds {kind}, not numbers; expression data must be "
+               "numeric (in R: storage.mode(m) <- \"double\" if the text holds numbers).")
+        raise InputError(msg, code="invalid_values")
     flat = _r.r_vector_view(m)
     if typeof != int(ri.RTYPES.REALSXP) and flat.size and (flat == np.iinfo(np.int32).min).any():
         msg = f"{where}: the integer matrix holds NA values; replace them before converting."

@@ -11,6 +11,7 @@ import numpy as np
 from .._validate import check_fits_int32
 from ..matrix import CellMatrix
 from . import _r
+from ._files import atomic_output
 
 __all__ = ["to_r", "write_rds"]
 
@@ -54,10 +55,12 @@ def write_rds(
 ) -> Path:
     """Save ``matrix`` as an ``.rds`` holding a genes x cells ``container``.
 
-    ``compress=False`` writes faster and lets ``readRDS`` skip decompression.
+    ``compress=False`` writes faster and lets ``readRDS`` skip decompression.  R writes a
+    temporary file that replaces ``path`` only once complete.
     """
     obj = to_r(matrix, container=container)
     import rpy2.robjects as ro
 
-    ro.r["saveRDS"](obj, file=os.fspath(path), compress=compress)
+    with atomic_output(path) as temp:
+        ro.r["saveRDS"](obj, file=os.fspath(temp), compress=compress)
     return Path(path)

@@ -8,10 +8,12 @@ symbols are not always unique, so repeats get ``-1``, ``-2`` suffixes the way sc
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +21,7 @@ import numpy as np
 import scipy.io
 import scipy.sparse as sp
 
-from .._errors import FormatError, InputError, NotFoundError
+from .._errors import BridgeError, FormatError, InputError, NotFoundError
 from ..matrix import CellMatrix
 
 __all__ = ["describe_10x", "is_10x", "read_10x"]
@@ -55,10 +57,87 @@ def is_10x(path: Path) -> bool:
     return False
 
 
-def _read_lines(path: Path) -> list[list[str]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as fh:
-        return [line.rstrip("\n").split("\t") for line in fh if line.strip()]
+# Far beyond any real 10x output; a (compressed) file claiming more is refused while being
+# read, so a small gzip bomb cannot fill memory with lines.
+_MAX_LINES = {"barcodes": 20_000_000, "features": 2_000_000}
+_DEFLATE_MAX_RATIO = 1032  # the most zlib's deflate can expand (RFC 1951 limits)
+_HEADER_BYTES = 1 << 16
+
+
+@contextlib.contextmanager
+def _file_errors(path: Path, what: str) -> Iterator[None]:
+    """Damaged text / gzip / Matrix Market content -> FormatError naming the file."""
+    try:
+        yield
+    except (BridgeError, MemoryError):
+        raise
+    except Exception as exc:  # gzip, zlib, codecs and the mtx parser raise many types
+        detail = str(exc).splitlines()[0][:300] if str(exc) else ""
+        msg = (f"{path} is not a readable {what} ({type(exc).__name__}"
+               f"{': ' + detail if detail else ''}); it may be truncated or damaged.")
+        raise FormatError(msg) from None
+
+
+def _open_binary(path: Path) -> Any:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _read_lines(path: Path, kind: str = "features") -> list[list[str]]:
+    limit = _MAX_LINES[kind]
+    rows: list[list[str]] = []
+    with _file_errors(path, f"{kind} table"), _open_binary(path) as fh:
+        for raw in fh:
+            line = raw.decode("utf-8").rstrip("\r\n")
+            if not line.strip():
+                continue
+            if len(rows) >= limit:
+                msg = f"{path} lists more than {limit:,} {kind}; it is not a 10x {kind} file."
+                raise FormatError(msg)
+            rows.append(line.split("\t"))
+    return rows
+
+
+def _mtx_header(path: Path) -> tuple[int, int, int, str]:
+    """``(rows, columns, entries, field)`` from a Matrix Market header, checked against the
+    file's size before the parser allocates anything for the entries it declares."""
+    with _file_errors(path, "Matrix Market file"), _open_binary(path) as fh:
+        banner = fh.readline(_HEADER_BYTES).decode("ascii", errors="replace").split()
+        if len(banner) != 5 or banner[0].lower() != "%%matrixmarket":
+            msg = f"{path} does not start with a '%%MatrixMarket' banner; not a matrix.mtx file."
+            raise FormatError(msg)
+        kind, layout, field, symmetry = (b.lower() for b in banner[1:])
+        if kind != "matrix" or layout != "coordinate" or symmetry != "general" \
+                or field not in ("integer", "real", "double", "pattern"):
+            msg = (f"{path} is a Matrix Market '{' '.join(banner[1:])}' file; 10x matrices are "
+                   "'matrix coordinate integer general' (or real / pattern).")
+            raise FormatError(msg)
+        size_line = b"%"
+        read = 0
+        while size_line.startswith(b"%") or not size_line.strip():
+            size_line = fh.readline(_HEADER_BYTES)
+            read += len(size_line)
+            if not size_line or read > 64 * _HEADER_BYTES:
+                msg = f"{path} has no size line (rows columns entries) after its banner."
+                raise FormatError(msg)
+        fields = size_line.split()
+    try:
+        rows, columns, entries = (int(v) for v in fields)
+    except ValueError:
+        msg = (f"{path}: the size line {size_line[:80]!r} is not three integers "
+               "(rows columns entries).")
+        raise FormatError(msg) from None
+    if min(rows, columns, entries) < 0 or entries > rows * columns:
+        msg = (f"{path}: the size line declares {rows:,} x {columns:,} with {entries:,} entries, "
+               "which is impossible.")
+        raise FormatError(msg)
+    size = path.stat().st_size
+    capacity = size * (_DEFLATE_MAX_RATIO if path.suffix == ".gz" else 1)
+    shortest = 4 if field == "pattern" else 6  # "1 1\n", "1 1 1\n"
+    if entries * shortest > capacity:
+        msg = (f"{path} declares {entries:,} entries, more than a {size:,}-byte file can hold; "
+               "it is truncated or damaged.")
+        raise FormatError(msg)
+    return rows, columns, entries, field
 
 
 def make_unique(names: list[str], *, where: str) -> list[str]:
@@ -133,23 +212,22 @@ def _read_mtx_folder(
             "features.tsv (or genes.tsv), optionally gzipped."
         )
         raise FormatError(msg)
-    try:
-        genes_by_cells = scipy.io.mmread(str(mtx))
-    except (ValueError, OSError) as exc:
-        msg = f"{mtx} is not a readable Matrix Market file ({exc})."
-        raise FormatError(msg) from None
-    X = sp.csr_matrix(genes_by_cells.T)
-    barcodes = [row[0] for row in _read_lines(barcodes_file)]
-    features = _read_lines(features_file)
+    barcodes = [row[0] for row in _read_lines(barcodes_file, "barcodes")]
+    features = _read_lines(features_file, "features")
     ids = [row[0] for row in features]
     symbols = [row[1] if len(row) > 1 else row[0] for row in features]
     types = [row[2] if len(row) > 2 else _GENE_EXPRESSION for row in features]
-    if X.shape != (len(barcodes), len(features)):
+    # The declared dimensions are checked before the parser allocates for them.
+    n_rows, n_columns, _, _ = _mtx_header(mtx)
+    if (n_columns, n_rows) != (len(barcodes), len(features)):
         msg = (
-            f"{where}: matrix.mtx is {X.shape[1]} features x {X.shape[0]} cells but there are "
-            f"{len(features)} features and {len(barcodes)} barcodes listed."
+            f"{where}: matrix.mtx is {n_rows:,} features x {n_columns:,} cells but there are "
+            f"{len(features):,} features and {len(barcodes):,} barcodes listed."
         )
         raise FormatError(msg)
+    with _file_errors(mtx, "Matrix Market file"):
+        genes_by_cells = scipy.io.mmread(str(mtx))
+    X = sp.csr_matrix(genes_by_cells.T)
     return _finish(X, barcodes, ids, symbols, types, assay=assay, var_names=var_names,
                    where=where, validate=validate)
 
@@ -162,7 +240,10 @@ def _read_h5(path: Path, *, assay: str | None, var_names: VarNames, validate: bo
     import h5py
 
     where = str(path)
-    with h5py.File(path, "r") as f:
+    from .h5ad import check_declared_sizes
+
+    with _file_errors(path, "10x HDF5 file"), h5py.File(path, "r") as f:
+        check_declared_sizes(f, where)
         if "matrix" in f:  # Cell Ranger >= 3
             g = f["matrix"]
             feats = g["features"]
@@ -176,7 +257,7 @@ def _read_h5(path: Path, *, assay: str | None, var_names: VarNames, validate: bo
             g = f[genomes[0]]
             ids, symbols = _decode(g["genes"][:]), _decode(g["gene_names"][:])
             types = [_GENE_EXPRESSION] * len(ids)
-        n_features, n_cells = (int(v) for v in g["shape"][:])
+        n_features, n_cells = _h5_dimensions(g, path, len(ids))
         # genes x cells CSC == cells x genes CSR: the arrays are used as read.
         X = sp.csr_matrix(
             (g["data"][:], g["indices"][:], g["indptr"][:]), shape=(n_cells, n_features)
@@ -184,6 +265,40 @@ def _read_h5(path: Path, *, assay: str | None, var_names: VarNames, validate: bo
         barcodes = _decode(g["barcodes"][:])
     return _finish(X, barcodes, ids, symbols, types, assay=assay, var_names=var_names,
                    where=where, validate=validate)
+
+
+def _h5_dimensions(g: Any, path: Path, n_ids: int) -> tuple[int, int]:
+    """``(features, cells)`` of a 10x HDF5 matrix group, checked against its arrays (and the
+    arrays against the file's size) before any of them is read."""
+    import h5py
+
+    def refuse(problem: str) -> FormatError:
+        return FormatError(f"{path}: {problem}; the 10x HDF5 file is damaged.")
+
+    parts = {k: g.get(k) for k in ("shape", "data", "indices", "indptr", "barcodes")}
+    missing = [k for k, v in parts.items() if not isinstance(v, h5py.Dataset)]
+    if missing:
+        raise refuse(f"the matrix group lacks {', '.join(missing)}")
+    if parts["shape"].shape != (2,):
+        raise refuse(f"'shape' holds {parts['shape'].shape} values, not 2")
+    n_features, n_cells = (int(v) for v in parts["shape"][:])
+    lengths = {k: int(parts[k].shape[0]) if parts[k].shape else -1
+               for k in ("data", "indices", "indptr", "barcodes")}
+    if min(n_features, n_cells) < 0 or lengths["indptr"] != n_cells + 1:
+        raise refuse(f"shape {n_features:,} x {n_cells:,} does not match indptr of "
+                     f"{lengths['indptr']:,} entries")
+    if lengths["barcodes"] != n_cells or n_ids != n_features:
+        raise refuse(f"shape {n_features:,} x {n_cells:,} does not match {n_ids:,} features "
+                     f"and {lengths['barcodes']:,} barcodes")
+    if lengths["data"] != lengths["indices"] or lengths["data"] > n_features * n_cells:
+        raise refuse(f"{lengths['data']:,} values and {lengths['indices']:,} indices for "
+                     f"{n_features:,} x {n_cells:,}")
+    size = path.stat().st_size
+    declared = sum(lengths[k] * parts[k].dtype.itemsize for k in ("data", "indices", "indptr"))
+    if declared > max(100 * size, 64 << 20):
+        raise refuse(f"its arrays declare {declared:,} bytes, far more than a {size:,}-byte "
+                     "file holds")
+    return n_features, n_cells
 
 
 def read_10x(

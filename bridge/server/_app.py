@@ -1,20 +1,22 @@
 """The FastAPI application: routes, auth, limits and error replies.
 
-Every request passes, in order: the request-id middleware; the API key check (401 before the
-body is read); the content type (415); the body size (413 while streaming it in); then, in a
-worker thread bounded by ``Settings.compute_threads``, decoding, validation (400 / 413 / 422),
-the model / atlas lookup (422) and the computation.  Replies are built as bytes in the worker
-too, so the event loop only moves bytes and stays responsive.
+Every request passes, in order: the header size limit (431, in the HTTP protocol, before
+anything else); the request-id middleware; the API key check (401 before the body is read);
+the content type and encoding (415); the body, streamed into one buffer under its size limit
+(413), a progress timeout and a deadline (408), and the server's budget of body bytes in
+flight (503); a place in the compute queue (503); then, in a worker thread bounded by
+``Settings.compute_threads``, decoding, validation (400 / 413 / 422), the model / atlas lookup
+(422) and the computation.  Replies are built as bytes in the worker too, so the event loop
+only moves bytes and stays responsive.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -41,7 +43,15 @@ from .._contract.wire import (
 from .._errors import BridgeError, InputError
 from .._version import __version__
 from . import _compute, _openapi
-from ._body import read_limited
+from ._body import (
+    Admission,
+    BodyLimits,
+    BodyTimeout,
+    BodyTooLarge,
+    InFlightBudget,
+    Ticket,
+    read_body,
+)
 from ._context import RequestContext, current_request_id
 from ._problems import ApiError, error_body, from_bridge_error
 from ._settings import Settings, load_api_keys
@@ -63,6 +73,7 @@ def _error_response(exc: ApiError) -> Response:
 
 
 def _content_kind(request: Request) -> Literal["json", "arrow"]:
+    _check_encoding(request)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == JSON_MEDIA_TYPE:
         return "json"
@@ -74,41 +85,44 @@ def _content_kind(request: Request) -> Literal["json", "arrow"]:
                    "(an Arrow CSR stream)")
 
 
-async def _read_body(request: Request, limit: int, kind: str) -> bytes | bytearray:
-    """The body, refusing (413) once it exceeds ``limit`` bytes."""
+def _check_encoding(request: Request) -> None:
+    """Bodies are taken as sent: a compressed one is refused (415), never inflated here."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding and encoding != "identity":
+        raise ApiError(415, "unsupported_encoding",
+                       f"Content-Encoding {encoding[:40]!r} is not accepted; request bodies "
+                       "must be sent uncompressed.",
+                       "send the body without Content-Encoding (the Arrow transport is "
+                       "already compact)")
+
+
+async def _read_body(request: Request, limits: BodyLimits, kind: str, ticket: Ticket
+                     ) -> bytes | bytearray:
+    """The body, or the ApiError for a body that is too large, too slow or too much."""
     declared = request.headers.get("content-length", "")
-    body = await read_limited(request.stream(), int(declared) if declared.isdigit() else None,
-                              limit)
-    if body is None:
+    try:
+        return await read_body(request.receive, int(declared) if declared.isdigit() else None,
+                               limits, ticket)
+    except BodyTooLarge:
         raise ApiError(413, "body_too_large",
                        f"the {'JSON' if kind == 'json' else 'Arrow'} request body exceeds this "
-                       f"server's limit of {limit:,} bytes.",
+                       f"server's limit of {limits.max_bytes:,} bytes.",
                        "send fewer cells per request (bridge.annotate(..., chunk_size=N)), or "
-                       "use the Arrow transport: smaller, and decoded without parsing text")
-    return body
-
-
-class _Admission:
-    """At most ``limit`` requests being received or computed; beyond that 503 + Retry-After,
-    which clients (ours included) retry.  Bounds memory: each admitted request may hold a body
-    of up to ``max_body_bytes``.  Counted on the event loop thread, so no lock is needed."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = max(1, limit)
-        self.pending = 0
-
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
-        if self.pending >= self.limit:
-            raise ApiError(503, "server_busy",
-                           f"the server is working on {self.pending} requests already.",
-                           "retry after the delay in Retry-After (the scbridge client does)",
-                           {"Retry-After": "1"})
-        self.pending += 1
-        try:
-            yield
-        finally:
-            self.pending -= 1
+                       "use the Arrow transport: smaller, and decoded without parsing text",
+                       {"Connection": "close"}) from None
+    except BodyTimeout as exc:
+        what = (f"no data arrived for {exc.seconds:g} s" if exc.kind == "stalled"
+                else f"it was not complete within {exc.seconds:g} s")
+        raise ApiError(408, "body_timeout",
+                       f"the request body stopped short: {what} ({exc.received:,} bytes "
+                       "received).",
+                       "send the whole body without pausing; on a slow link send fewer cells "
+                       "per request", {"Connection": "close"}) from None
+    except InFlightBudget as exc:
+        raise ApiError(503, "server_busy",
+                       f"the server holds {int(exc.args[0]):,} bytes of request bodies "
+                       "already.", "retry after the delay in Retry-After (the scbridge client "
+                       "does)", {"Retry-After": "1", "Connection": "close"}) from None
 
 
 def _int_field(fields: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -165,13 +179,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     key_digests = [hashlib.sha256(k).digest() for k in keys]
     catalog = _compute.Catalog(settings)
     limiter: list[anyio.CapacityLimiter] = []
-    admission = _Admission(settings.max_pending)
+    admission = Admission(settings.max_pending, settings.max_inflight_bytes)
 
-    def body_limit(kind: str) -> int:
+    def body_limits(kind: str) -> BodyLimits:
         # Parsed JSON takes ~10x its size in Python objects; Arrow is used in place.
+        limit = settings.max_body_bytes
         if kind == "json":
-            return min(settings.max_body_bytes, settings.max_json_body_bytes)
-        return settings.max_body_bytes
+            limit = min(limit, settings.max_json_body_bytes)
+        return BodyLimits(limit, settings.body_timeout, settings.body_deadline)
+
+    async def serve(request: Request, kind: str, work: Callable[[bytes | bytearray], bytes],
+                    arrow: bool) -> Response:
+        """Receive the body (counted in flight), queue for a compute thread, reply."""
+        with admission.ticket() as ticket:
+            admission.receiving += 1
+            try:
+                body = await _read_body(request, body_limits(kind), kind, ticket)
+            finally:
+                admission.receiving -= 1
+            try:
+                with admission.compute_slot():
+                    return reply(await run_cpu(lambda: work(body)), arrow)
+            except OverflowError:
+                raise ApiError(503, "server_busy",
+                               f"the server is working on {admission.pending} requests "
+                               "already.", "retry after the delay in Retry-After (the scbridge "
+                               "client does)", {"Retry-After": "1"}) from None
     app_state = {"admission": admission, "catalog": catalog}
 
     app = FastAPI(
@@ -208,7 +241,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except ApiError:
                 raise
             except BridgeError as exc:
-                raise from_bridge_error(exc) from None
+                error = from_bridge_error(exc)
+                # A last guard: no server path (an atlas file) ever reaches a client.
+                error.message, error.hint = catalog.scrub(error.message), catalog.scrub(error.hint)
+                raise error from None
             except MemoryError:
                 logger.exception("out of memory")
                 raise ApiError(503, "out_of_memory", "the server ran out of memory for this "
@@ -274,23 +310,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                "UBERON id), for models that take one"),
     ) -> Response:
         kind = _content_kind(request)
-        with admission.slot():
-            body = await _read_body(request, body_limit(kind), kind)
-            arrow = wants_arrow(request.headers.get("accept"), request.headers.get("content-type"))
+        arrow = wants_arrow(request.headers.get("accept"), request.headers.get("content-type"))
 
-            def work() -> bytes:
-                parsed = parse(kind, body)
-                chosen_model, chosen_atlas = catalog.resolve(
-                    parsed.fields.get("model", model),
-                    parsed.fields.get("reference_atlas", reference_atlas))
-                params = _engine_options(chosen_model, parsed.fields, {"tissue": tissue})
-                table = _compute.annotate(parsed.matrix, catalog, chosen_model, chosen_atlas,
-                                          **params)
-                logger.info("annotated %d cells with model %s", parsed.matrix.n_cells,
-                            chosen_model)
-                return arrow_bytes(table) if arrow else calls_json_body(table)
+        def work(body: bytes | bytearray) -> bytes:
+            parsed = parse(kind, body)
+            chosen_model, chosen_atlas = catalog.resolve(
+                parsed.fields.get("model", model),
+                parsed.fields.get("reference_atlas", reference_atlas))
+            params = _engine_options(chosen_model, parsed.fields, {"tissue": tissue})
+            table = _compute.annotate(parsed.matrix, catalog, chosen_model, chosen_atlas,
+                                      **params)
+            logger.info("annotated %d cells with model %s", parsed.matrix.n_cells,
+                        chosen_model)
+            return arrow_bytes(table) if arrow else calls_json_body(table)
 
-            return reply(await run_cpu(work), arrow)
+        return await serve(request, kind, work, arrow)
 
     @app.post("/v1/singlecell/embed", tags=["single-cell"], summary="Per-cell embeddings (PCA)",
               dependencies=[Depends(require_key)], openapi_extra=_openapi.EMBED_BODY,
@@ -303,26 +337,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         seed: int = Query(0, ge=0, le=2**31 - 1),
     ) -> Response:
         kind = _content_kind(request)
-        with admission.slot():
-            body = await _read_body(request, body_limit(kind), kind)
-            arrow = wants_arrow(request.headers.get("accept"), request.headers.get("content-type"))
-            query = {"n_components": n_components, "n_top_genes": n_top_genes, "seed": seed}
+        arrow = wants_arrow(request.headers.get("accept"), request.headers.get("content-type"))
+        query = {"n_components": n_components, "n_top_genes": n_top_genes, "seed": seed}
 
-            def work() -> bytes:
-                parsed = parse(kind, body)
-                fields = {**query, **parsed.fields}
-                table = _compute.embed(
-                    parsed.matrix,
-                    n_components=_int_field(fields, "n_components", 30, 1, 200),
-                    n_top_genes=_int_field(fields, "n_top_genes", 2000, 10, 50000),
-                    seed=_int_field(fields, "seed", 0, 0, 2**31 - 1))
-                if arrow:
-                    return arrow_bytes(table)
-                vectors = table.column("embedding").to_pylist()
-                return json_reply({"embeddings": vectors,
-                                   "metadata": metadata_to_json(table.schema)})
+        def work(body: bytes | bytearray) -> bytes:
+            parsed = parse(kind, body)
+            fields = {**query, **parsed.fields}
+            table = _compute.embed(
+                parsed.matrix,
+                n_components=_int_field(fields, "n_components", 30, 1, 200),
+                n_top_genes=_int_field(fields, "n_top_genes", 2000, 10, 50000),
+                seed=_int_field(fields, "seed", 0, 0, 2**31 - 1))
+            if arrow:
+                return arrow_bytes(table)
+            vectors = table.column("embedding").to_pylist()
+            return json_reply({"embeddings": vectors,
+                               "metadata": metadata_to_json(table.schema)})
 
-            return reply(await run_cpu(work), arrow)
+        return await serve(request, kind, work, arrow)
 
     @app.post("/v1/singlecell/markers", tags=["single-cell"], summary="Marker genes per label",
               dependencies=[Depends(require_key)], openapi_extra=_openapi.MARKERS_BODY,
@@ -332,35 +364,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request: Request,
         top_n: int = Query(50, ge=1, le=1000),
         method: Literal["t-test", "wilcoxon"] = Query("t-test"),
+        min_cells: int = Query(3, ge=1, le=1_000_000,
+                               description="labels with fewer cells get no markers"),
     ) -> Response:
         kind = _content_kind(request)
-        with admission.slot():
-            body = await _read_body(request, body_limit(kind), kind)
-            arrow = wants_arrow(request.headers.get("accept"), request.headers.get("content-type"))
+        arrow = wants_arrow(request.headers.get("accept"), request.headers.get("content-type"))
 
-            def work() -> bytes:
-                parsed = parse(kind, body, label_column="label")
-                fields = {"top_n": top_n, "method": method, **parsed.fields}
-                labels = fields.get("labels")
-                n = parsed.matrix.n_cells
-                if (not isinstance(labels, list) or len(labels) != n
-                        or not all(v is None or isinstance(v, str) for v in labels)):
-                    raise ApiError(422, "invalid_labels", f"'labels' must be a list of {n} strings "
-                                   "(one per cell, null for unlabelled cells).",
-                                   "send the label of every cell, in matrix row order")
-                if fields["method"] not in ("t-test", "wilcoxon"):
-                    raise ApiError(422, "invalid_parameter", "method must be 't-test' or "
-                                   "'wilcoxon'.", "pick one of the two")
-                table = _compute.rank_marker_genes(parsed.matrix, labels,
-                                         top_n=_int_field(fields, "top_n", 50, 1, 1000),
-                                         method=fields["method"])
-                if arrow:
-                    return arrow_bytes(table)
-                return json_reply({"markers": table.to_pylist(),
-                                   "metadata": metadata_to_json(table.schema)})
+        def work(body: bytes | bytearray) -> bytes:
+            parsed = parse(kind, body, label_column="label")
+            fields = {"top_n": top_n, "method": method, "min_cells": min_cells,
+                      **parsed.fields}
+            labels = fields.get("labels")
+            n = parsed.matrix.n_cells
+            if (not isinstance(labels, list) or len(labels) != n
+                    or not all(v is None or (isinstance(v, str) and len(v) <= 1000)
+                               for v in labels)):
+                raise ApiError(422, "invalid_labels", f"'labels' must be a list of {n} strings "
+                               "(one per cell, null for unlabelled cells, at most 1,000 "
+                               "characters each).",
+                               "send the label of every cell, in matrix row order")
+            if fields["method"] not in ("t-test", "wilcoxon"):
+                raise ApiError(422, "invalid_parameter", "method must be 't-test' or "
+                               "'wilcoxon'.", "pick one of the two")
+            table = _compute.rank_marker_genes(
+                parsed.matrix, labels, top_n=_int_field(fields, "top_n", 50, 1, 1000),
+                method=fields["method"], min_cells=_int_field(fields, "min_cells", 3, 1, n),
+                max_labels=settings.max_marker_labels)
+            if arrow:
+                return arrow_bytes(table)
+            return json_reply({"markers": table.to_pylist(),
+                               "metadata": metadata_to_json(table.schema)})
 
-            return reply(await run_cpu(work), arrow)
+        return await serve(request, kind, work, arrow)
 
+    from ._workspace import include_workspace  # the browser workspace at / (issue 15)
+
+    include_workspace(app, settings, catalog=catalog, require_key=require_key)
     app.add_middleware(RequestContext)
     for name, value in app_state.items():
         setattr(app.state, name, value)

@@ -3,7 +3,9 @@
 Each request gets an id (the client's ``X-Request-ID`` when it is a sane token, else a new
 one) that is returned in the ``X-Request-ID`` header, included in error bodies, and attached to
 every log record made while serving it, also in worker threads (anyio copies the context).
-Headers are never logged, so API keys never reach the log.
+Headers are never logged, so API keys never reach the log; the path is logged escaped (see
+:mod:`bridge.server._logging`).  A client that disconnects before its reply is one info line
+(status 499, as nginx logs it), not an error.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import time
 import uuid
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+
+from ._body import ClientGone
+from ._logging import escape
 from ._problems import error_body
 
 __all__ = ["RequestContext", "RequestIdFilter", "current_request_id"]
@@ -67,6 +73,9 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except (ClientGone, ClientDisconnect):
+            state["status"] = 499
+            logger.info("client disconnected before the reply (request %s)", request_id)
         except Exception:
             logger.exception("request %s failed with an unexpected error", request_id)
             if not state["started"]:
@@ -79,6 +88,8 @@ class RequestContext:
                 await send_with_id({"type": "http.response.body", "body": body})
         finally:
             elapsed = 1000 * (time.perf_counter() - started)
-            logger.info("%s %s %s -> %d in %.1f ms (request %s)", scope.get("client", ("?",))[0],
-                        scope["method"], scope["path"], state["status"], elapsed, request_id)
+            client = (scope.get("client") or ("?",))[0]
+            logger.info("%s %s %s -> %d in %.1f ms (request %s)", client,
+                        escape(str(scope["method"]), 20), escape(str(scope["path"]), 300),
+                        state["status"], elapsed, request_id)
             _REQUEST_ID.reset(token)

@@ -72,9 +72,11 @@ _ERROR_CONTENT = {JSON_MEDIA_TYPE: {"schema": ERROR_SCHEMA}}
 _ERRORS = {
     "400": "the body is not valid JSON / Arrow",
     "401": "missing or invalid API key",
+    "408": "the body (or the headers) stopped arriving, or took longer than the deadline",
     "413": "too many cells or too large a body (chunk the request)",
-    "415": "unsupported Content-Type",
+    "415": "unsupported Content-Type or Content-Encoding (send bodies uncompressed)",
     "422": "the payload or a parameter is invalid (message and hint say what to change)",
+    "431": "the request line and headers are too large",
     "500": "server error (report the request id)",
     "503": "busy: retry after the Retry-After delay",
 }
@@ -87,6 +89,7 @@ def error_responses(codes: tuple[str, ...] = tuple(_ERRORS)) -> dict[int | str, 
 _CALL = {
     "type": "object", "required": ["label", "confidence", "alternates", "markers"],
     "properties": {
+        "cell": {"type": "string"},
         "label": {"type": "string"},
         "ontology_id": {"type": ["string", "null"]},
         "confidence": {"type": ["number", "null"]},

@@ -44,6 +44,8 @@ STATUS: dict[str, tuple[int, str]] = {
     "invalid_input": (422, _FIX),
     "invalid_parameter": (422, "set the parameter within the documented range"),
     "unknown_parameter": (422, "see /openapi.json for the accepted fields"),
+    "unknown_tissue": (422, "send a tissue name, synonym or UBERON id the message lists, "
+                            "'auto' or 'all'"),
     "invalid_payload": (422, "send the body the documentation describes (/openapi.json)"),
     "invalid_shape": (422, "send at least one cell and one gene"),
     "genes_mismatch": (422, "send exactly one gene id per matrix column, in column order"),
@@ -65,6 +67,10 @@ STATUS: dict[str, tuple[int, str]] = {
     "empty_cells": (422, _FIX),
     "gene_ids": (422, "send gene symbols (or Ensembl ids) of the organism the model was built "
                       "for, in column order"),
+    "invalid_labels": (422, "send one label per cell (null for unlabelled cells), with at "
+                            "least two labels of min_cells cells or more"),
+    "too_many_labels": (422, "rank coarser labels or raise min_cells"),
+    "same_file": (422, "choose an output that is not an input"),
     "too_large": (413, "send fewer cells per request"),
     "too_many_cells": (413, "send fewer cells per request (bridge.annotate(..., chunk_size=N))"),
     # the body's format

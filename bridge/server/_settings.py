@@ -47,8 +47,25 @@ class Settings:
         The engines hold the GIL for much of their work, so more cores are used through more
         processes (``--workers``); measured on 2 cores, 1 thread served 2x the cells/s of 2.
     max_pending
-        Requests admitted at once (being received, waiting or computed); more get 503 with
-        ``Retry-After``.  Bounds memory to about ``max_pending`` bodies.
+        Requests whose bodies are complete and wait for, or are in, a compute thread; more get
+        503 with ``Retry-After``.  Requests still being received do not count, so slow or
+        stalled uploads never block computing.
+    max_inflight_bytes
+        Bytes of request bodies the process holds at once (being received, waiting or
+        computed); a body that would exceed it gets 503 with ``Retry-After``.  Counts bytes
+        that arrived, never what a client declares.
+    body_timeout
+        Seconds a body may pause between two pieces before the request gets 408.
+    body_deadline
+        Seconds a body may take in all before the request gets 408.
+    max_header_bytes
+        Size of a request's line and headers together; more gets 431 before anything is read
+        further (and before authentication).
+    header_timeout
+        Seconds a client has to send its request line and headers; then the connection is
+        closed.
+    max_marker_labels
+        Labels ranked per markers request (each costs memory of the number of genes).
     atlases
         Model -> {atlas name -> value handed to the engine} (for ``model="reference"`` the
         value is a reference file path).  Clients name atlases; they never send paths.
@@ -66,6 +83,12 @@ class Settings:
     max_json_body_bytes: int = 256 * 1024 * 1024
     compute_threads: int = 1
     max_pending: int = 16
+    max_inflight_bytes: int = 1024 * 1024 * 1024
+    body_timeout: float = 20.0
+    body_deadline: float = 300.0
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 20.0
+    max_marker_labels: int = 200
     atlases: dict[str, dict[str, str]] = field(default_factory=dict)
     models: tuple[str, ...] | None = None
     default_model: str = "markers"

@@ -2,8 +2,25 @@
 # same contract, with the public tutorial's JSON body (genes, matrix {indptr, indices, data,
 # shape} of the cells x genes CSR, model, reference_atlas) and a Bearer key. The CSR arrays are
 # the dgCMatrix slots. Cells go in chunks of `chunk_size`, in order; 429 and 5xx replies are
-# retried with exponential backoff. With the R package arrow installed, the body and reply are
-# Arrow streams instead (about 4x smaller, no number formatting).
+# retried with exponential backoff. With the R package nanoarrow or arrow installed, the body
+# is an Arrow CSR stream instead (about 4x smaller, no number formatting), and so is the reply
+# with arrow (R/arrow.R).
+#
+# A refusal is the classed error of the `code` in the server's error body (R/codes.R), with
+# its message and hint, plus the class scbridge_error_remote.
+
+http_engine <- function() {
+  new_engine(
+    "http", "an annotation service over HTTP",
+    status = http_status,
+    setup = paste(
+      "http: start a server with `scbridge serve --api-keys keys.txt` (or use any endpoint of the",
+      "Cell Atlas contract) and pass endpoint = \"http://host:port\" (or",
+      "options(scbridge.endpoint = ...)) and api_key = ... (or Sys.setenv(SCBRIDGE_API_KEY = ...));",
+      "needs the R packages httr2 and jsonlite."),
+    where = function(endpoint = NULL) endpoint,
+    annotate = http_annotate, embed = http_embed, markers = http_markers)
+}
 
 http_status <- function(endpoint) {
   for (package in c("httr2", "jsonlite")) {
@@ -17,17 +34,27 @@ http_status <- function(endpoint) {
   NULL
 }
 
-http_transport <- function() {
+# Engine parameters other than `tissue` (which the Arrow variant takes in its query string)
+# travel in the JSON body only, so they make "auto" pick JSON.
+http_transport <- function(params = list()) {
   wanted <- getOption("scbridge.http_transport", "auto")
+  json_only <- setdiff(names(params), http_query_params)
   if (identical(wanted, "auto")) {
-    return(if (is.null(arrow_backend())) "json" else "arrow")
+    return(if (is.null(arrow_backend()) || length(json_only)) "json" else "arrow")
   }
-  wanted <- match.arg(wanted, c("arrow", "json"))
+  wanted <- check_choice(wanted, c("auto", "arrow", "json"), "options(scbridge.http_transport)")
   if (wanted == "arrow" && is.null(arrow_backend())) {
-    need_package("nanoarrow", "The Arrow transport (options(scbridge.http_transport = \"arrow\"))")
+    need_arrow_backend("The Arrow transport (options(scbridge.http_transport = \"arrow\"))")
+  }
+  if (wanted == "arrow" && length(json_only)) {
+    abort(paste("Engine parameters other than `tissue` travel in the JSON body only; use",
+                "options(scbridge.http_transport = \"json\") or \"auto\" to pass them."),
+          code = "unsupported")
   }
   wanted
 }
+
+http_query_params <- "tissue"
 
 # Numbers exactly as the server must see them: counts as "3.0" (floats, like a Python client
 # sending a float64 CSR), other values with 17 significant digits (jsonlite stops at 15).
@@ -61,9 +88,10 @@ json_body <- function(block, genes_json, model, atlas, extra = list()) {
 max_request_bytes <- function() getOption("scbridge.max_request_bytes", .Machine$integer.max)
 
 # Refuse, before building it, a body that R (one string < 2^31 bytes) or the configured limit
-# cannot hold, and say which chunk_size would fit.
-check_body_size <- function(nnz, n_cells, n_genes_bytes) {
-  estimate <- 30 * nnz + 12 * n_cells + n_genes_bytes + 200
+# cannot hold, and say which chunk_size would fit. `per_nonzero`: about 30 bytes in JSON, 12
+# in Arrow (an int32 index and a float64 value).
+check_body_size <- function(nnz, n_cells, n_genes_bytes, per_nonzero = 30) {
+  estimate <- per_nonzero * nnz + 12 * n_cells + n_genes_bytes + 200
   limit <- max_request_bytes()
   if (estimate > limit) {
     fit <- floor(n_cells * (limit - n_genes_bytes - 200) / (estimate - n_genes_bytes - 200))
@@ -76,7 +104,7 @@ check_body_size <- function(nnz, n_cells, n_genes_bytes) {
       "A request of %s cells with %s non-zeros would need about %s bytes, more than the http engine can carry (%s bytes); %s.",
       format(n_cells, big.mark = ","), format(nnz, big.mark = ","),
       format(estimate, big.mark = ",", scientific = FALSE),
-      format(limit, big.mark = ",", scientific = FALSE), advice), kind = c("capacity", "input"))
+      format(limit, big.mark = ",", scientific = FALSE), advice), code = "too_large")
   }
 }
 
@@ -97,37 +125,29 @@ http_perform <- function(req, endpoint) {
   resp <- tryCatch(httr2::req_perform(req), error = function(e) {
     abort(c(sprintf("Could not reach the annotation endpoint %s.", endpoint),
             "Check the URL and that the server is running (scbridge serve --host ... --port ...)."),
-          kind = "unreachable", parent = e)
+          code = "remote_unreachable", parent = e)
   })
   status <- httr2::resp_status(resp)
   if (status >= 400) http_fail(resp, status, endpoint)
   resp
 }
 
+# A refusal as the classed error of the server's code (else of its HTTP status).
 http_fail <- function(resp, status, endpoint) {
   body <- tryCatch(jsonlite::fromJSON(httr2::resp_body_string(resp)), error = function(e) NULL)
-  err <- if (is.list(body)) body$error else NULL
-  code <- if (is.list(err)) err$code %||% "" else ""
-  said <- if (is.list(err)) paste(c(err$message, err$hint), collapse = " Hint: ") else ""
-  if (!nzchar(said)) said <- httr2::resp_status_desc(resp) %||% ""
-  kind <- if (status == 401 || status == 403) {
-    "auth"
-  } else if (status == 413 || code == "too_large") {
-    c("capacity", "remote")
-  } else if (code == "gene_ids") {
-    c("gene_ids", "remote")
-  } else if (code %in% c("not_found", "unknown_model", "unknown_atlas")) {
-    c("not_found", "remote")
-  } else {
-    "remote"
+  err <- if (is.list(body) && is.list(body$error)) body$error else list()
+  code <- err$code %||% ""
+  if (!is.character(code) || !nzchar(code)) {
+    code <- if (status %in% c(401L, 403L)) "auth" else if (status == 413L) "too_large" else
+      "remote_error"
   }
-  advice <- if (status == 401 || status == 403) {
+  said <- err$message %||% (httr2::resp_status_desc(resp) %||% "")
+  advice <- if (code_family(code, remote = TRUE) == "auth") {
     "Check the API key (api_key = , or Sys.setenv(SCBRIDGE_API_KEY = ...))."
-  } else {
-    character(0)
   }
-  abort(c(sprintf("The annotation endpoint %s answered HTTP %d (%s): %s", endpoint, status, code, said),
-          advice), kind = kind, status = status, code = code)
+  abort(c(sprintf("The annotation endpoint %s answered HTTP %d (%s): %s", endpoint, status, code,
+                  said), advice),
+        code = code, remote = TRUE, hint = err$hint, status = status)
 }
 
 http_timeout <- function() getOption("scbridge.http_timeout", 300)
@@ -138,38 +158,57 @@ http_retries <- function() getOption("scbridge.http_retries", 5L)
 # Chunks in flight at once (like the Python client's max_concurrency).
 http_concurrency <- function() max(1L, as.integer(getOption("scbridge.http_concurrency", 4L)))
 
-http_annotate <- function(m, source, model, atlas, chunk_size, params, endpoint, api_key,
-                          timeout = http_timeout(), retries = http_retries()) {
-  transport <- http_transport()
+http_annotate <- function(m, source, request) {
+  model <- request$model
+  atlas <- request$atlas
+  chunk_size <- request$chunk_size
+  params <- request$params
+  endpoint <- request$endpoint
+  api_key <- request$api_key
+  timeout <- http_timeout()
+  retries <- http_retries()
+  if (!is.null(params$min_gene_fraction)) {
+    # A service applies its own genes-found check; sent along, the value would be ignored.
+    abort(paste("The http engine cannot pass `min_gene_fraction`: the service checks the genes",
+                "against its own model. Use the python or cli engine to lower the bar."),
+          code = "unsupported")
+  }
+  transport <- http_transport(params)
+  check_json_value_kind(m, request$value_kind, transport)
   n <- ncol(m)
   genes_json <- as.character(jsonlite::toJSON(rownames(m)))
   starts <- chunk_starts(n, chunk_size)
   request_for <- function(k) {
     from <- starts[[k]]
     to <- min(from + chunk_size - 1L, n)
-    block <- csr_block(m, from, to)
-    block$n_genes <- nrow(m)
     req <- http_request(endpoint, "v1/singlecell/annotate", api_key, timeout, retries)
     if (transport == "arrow") {
-      body <- arrow_csr_stream(m[, from:to, drop = FALSE], source)
-      req <- httr2::req_url_query(req, model = model, reference_atlas = atlas)
-      req <- httr2::req_headers(req, Accept = "application/vnd.apache.arrow.stream")
-      req <- httr2::req_body_raw(req, body, type = "application/vnd.apache.arrow.stream")
-    } else {
-      check_body_size(length(block$data), length(block$cells), nchar(genes_json, "bytes"))
-      req <- httr2::req_body_raw(req, json_body(block, genes_json, model, atlas, params),
-                                 type = "application/json")
+      check_body_size(m@p[[to + 1L]] - m@p[[from]], to - from + 1L,
+                      nchar(genes_json, "bytes"), per_nonzero = 12)
+      # One chunk: the matrix itself (its slots become the batch without a copy).
+      block_matrix <- if (from == 1L && to == n) m else m[, from:to, drop = FALSE]
+      req <- httr2::req_url_query(req, model = model, reference_atlas = atlas,
+                                  tissue = params$tissue)
+      req <- httr2::req_headers(req, Accept = arrow_reply_type())
+      req <- httr2::req_body_raw(req, arrow_csr_stream(block_matrix, source, request$value_kind),
+                                 type = arrow_media_type)
+      return(list(req = req, cells = colnames(block_matrix)))
     }
+    block <- csr_block(m, from, to)
+    block$n_genes <- nrow(m)
+    check_body_size(length(block$data), length(block$cells), nchar(genes_json, "bytes"))
+    req <- httr2::req_body_raw(req, json_body(block, genes_json, model, atlas, params),
+                               type = "application/json")
     list(req = req, cells = block$cells)
   }
   parts <- vector("list", length(starts))
+  tick <- progress_bar("annotating over http", length(starts))
   # Batches of `http_concurrency()` chunks go out together (bodies of one batch in memory at
   # once); a chunk whose concurrent try failed for any reason is sent again on its own, with
   # the retries, backoff and classed errors of http_perform().
   batches <- split(seq_along(starts), ceiling(seq_along(starts) / http_concurrency()))
   for (batch in batches) {
     pending <- lapply(batch, request_for)
-    inform(sprintf("http: chunks %d-%d of %d", batch[[1L]], batch[[length(batch)]], length(starts)))
     replies <- if (length(pending) > 1L) {
       httr2::multi_req_perform(lapply(pending, `[[`, "req"))
     } else {
@@ -181,6 +220,7 @@ http_annotate <- function(m, source, model, atlas, chunk_size, params, endpoint,
       if (!ok) resp <- http_perform(pending[[j]]$req, endpoint)
       parts[[batch[[j]]]] <- http_calls(resp, pending[[j]]$cells, transport, endpoint)
     }
+    tick(batch[[length(batch)]])
   }
   if (!length(parts)) return(calls_from_json(NULL, cells = character(0)))
   out <- do.call(rbind, parts)
@@ -188,14 +228,15 @@ http_annotate <- function(m, source, model, atlas, chunk_size, params, endpoint,
   out
 }
 
+# The reply is read as what it is (Content-Type), whatever was asked for.
 http_calls <- function(resp, cells, transport, endpoint) {
-  if (transport == "arrow") {
+  if (identical(httr2::resp_content_type(resp), arrow_media_type)) {
     return(calls_from_json(arrow_calls_records(httr2::resp_body_raw(resp)), cells = cells))
   }
   reply <- jsonlite::parse_json(httr2::resp_body_string(resp), simplifyVector = FALSE)
   if (!is.list(reply) || !is.list(reply$calls)) {
     abort(sprintf("The endpoint %s replied without a 'calls' list; is it an annotate URL of the Cell Atlas contract?",
-                  endpoint), kind = "remote")
+                  endpoint), code = "remote_reply", remote = TRUE)
   }
   records <- lapply(reply$calls, function(r) {
     r$cell <- NULL
@@ -204,8 +245,13 @@ http_calls <- function(resp, cells, transport, endpoint) {
   calls_from_records(records, cells = cells)
 }
 
-http_embed <- function(m, source, n_components, params, endpoint, api_key,
-                       timeout = http_timeout(), retries = http_retries()) {
+http_embed <- function(m, source, request) {
+  n_components <- request$n_components
+  params <- request$params
+  endpoint <- request$endpoint
+  api_key <- request$api_key
+  timeout <- http_timeout()
+  retries <- http_retries()
   block <- csr_block(m, 1L, ncol(m))
   block$n_genes <- nrow(m)
   genes_json <- as.character(jsonlite::toJSON(rownames(m)))
@@ -222,12 +268,24 @@ http_embed <- function(m, source, n_components, params, endpoint, api_key,
   emb
 }
 
-http_markers <- function(m, source, labels, top_n, method, params, endpoint, api_key,
-                         timeout = http_timeout(), retries = http_retries()) {
+http_markers <- function(m, source, request) {
+  labels <- request$labels
+  top_n <- request$top_n
+  method <- request$method
+  params <- request$params
+  endpoint <- request$endpoint
+  api_key <- request$api_key
+  timeout <- http_timeout()
+  retries <- http_retries()
   block <- csr_block(m, 1L, ncol(m))
   block$n_genes <- nrow(m)
   genes_json <- as.character(jsonlite::toJSON(rownames(m)))
   check_body_size(length(block$data), ncol(m), nchar(genes_json, "bytes"))
+  if (!is.null(params$min_cells) && params$min_cells != 3L) {
+    abort("The http engine's markers endpoint keeps labels of 3 cells or more; use the python or cli engine for another min_cells.",
+          code = "unsupported")
+  }
+  params$min_cells <- NULL
   fields <- c(list(labels = as.list(as.character(labels)), top_n = as.integer(top_n),
                    method = method), params)
   body <- json_body(block, genes_json, NULL, NULL, fields)
@@ -237,4 +295,18 @@ http_markers <- function(m, source, labels, top_n, method, params, endpoint, api
   out <- as.data.frame(reply$markers, stringsAsFactors = FALSE)
   rownames(out) <- NULL
   out
+}
+
+# The JSON contract carries no value kind: the service tells it from the values. A value kind
+# given that it would not tell is refused rather than silently ignored.
+check_json_value_kind <- function(m, value_kind, transport) {
+  if (is.null(value_kind) || transport != "json") return(invisible(TRUE))
+  if (!identical(value_kind, detect_value_kind(m@x))) {
+    abort(c(sprintf(paste("value_kind = \"%s\" cannot travel in the http engine's JSON body, and",
+                          "the service would take these values for \"%s\"."), value_kind,
+                    detect_value_kind(m@x)),
+            "Use the python or cli engine, or install the R package nanoarrow (Arrow bodies carry it)."),
+          code = "unsupported")
+  }
+  invisible(TRUE)
 }

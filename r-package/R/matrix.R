@@ -7,8 +7,9 @@
 # Seurat objects are read from their slots, never through SeuratObject methods, so that v5
 # objects (Assay5: @layers, LogMap @cells / @features) work where SeuratObject 5 is absent.
 
-# A list(matrix, source, layer) for any supported object.
-expression_matrix <- function(object, assay = NULL, layer = "counts") {
+# A list(matrix, source, layer) for any supported object. `layer = NULL`: the shared rules'
+# default (inst/extdata/layer_rules.tsv).
+expression_matrix <- function(object, assay = NULL, layer = NULL) {
   if (inherits(object, "Seurat")) return(seurat_matrix(object, assay, layer))
   if (methods::is(object, "SummarizedExperiment")) return(sce_matrix(object, assay, layer))
   if (is_matrix_like(object)) {
@@ -75,37 +76,92 @@ choose_assay <- function(object, assay) {
 
 is_assay5 <- function(a) !is.null(attr(a, "layers"))
 
-# Layer names of an assay (v3/v4: the non-empty of counts, data, scale.data).
+# Non-empty layer names of an assay (v3/v4: of counts, data, scale.data): the empty counts
+# of an SCTAssay whose counts were dropped are no layer.
 assay_layers <- function(a) {
-  if (is_assay5(a)) return(names(attr(a, "layers")))
-  present <- vapply(c("counts", "data", "scale.data"), function(s) {
-    m <- attr(a, s)
-    !is.null(m) && length(dim(m)) == 2L && prod(dim(m)) > 0
-  }, logical(1))
+  non_empty <- function(m) !is.null(m) && length(dim(m)) == 2L && prod(dim(m)) > 0
+  if (is_assay5(a)) {
+    layers <- attr(a, "layers")
+    return(names(layers)[vapply(layers, non_empty, logical(1))])
+  }
+  present <- vapply(c("counts", "data", "scale.data"), function(s) non_empty(attr(a, s)),
+                    logical(1))
   names(present)[present]
 }
 
-check_layer_choice <- function(layer, available, assay) {
-  if (identical(layer, "scale.data")) {
-    abort(sprintf(
-      "Layer 'scale.data' of assay '%s' holds scaled (centred, negative) values that annotation cannot use; choose layer = \"counts\" or \"data\".",
-      assay))
+# -- which layer / assay: the rules shared with the Python core ----------------------------
+# inst/extdata/layer_rules.tsv is byte-identical to the core's bridge/io/data/layer_rules.tsv
+# (a test checks), so both pick the same matrix, fall back the same way (with a warning) and
+# refuse the same layers.
+layer_rules_path <- function() {
+  system.file("extdata", "layer_rules.tsv", package = "scbridge", mustWork = TRUE)
+}
+
+layer_rules <- function() {
+  if (is.null(the$layer_rules)) {
+    the$layer_rules <- utils::read.delim(layer_rules_path(), comment.char = "#", quote = "",
+                                         stringsAsFactors = FALSE)
   }
-  if (!is.character(layer) || length(layer) != 1L) {
-    abort("`layer` must be one layer name, e.g. \"counts\" or \"data\".")
+  the$layer_rules
+}
+
+# list(layer, covered): the layer to read and the available layers it stands for (several
+# for split v5 layers when `split`). `requested = NULL`: the rules' default, then fallbacks.
+choose_layer <- function(container, requested, available, split, what) {
+  rules <- layer_rules()
+  rules <- rules[rules$container == container, , drop = FALSE]
+  word <- if (container == "sce") "assay" else "layer"
+  usable <- rules$layer[rules$use != "refused"]
+  listing <- if (length(available)) paste(available, collapse = ", ") else "none"
+  matching <- function(layer) {
+    exact <- available[available == layer]
+    if (length(exact) || !split) return(exact)
+    available[startsWith(available, paste0(layer, "."))]
   }
+  if (!is.null(requested)) {
+    if (!is.character(requested) || length(requested) != 1L || is.na(requested)) {
+      abort(sprintf("`%s` must be one %s name, e.g. \"%s\".", word, word, usable[[1L]]))
+    }
+    refused <- rules[rules$use == "refused" & rules$layer == requested, , drop = FALSE]
+    if (nrow(refused)) {
+      abort(sprintf("%s%s '%s' of %s holds %s; choose %s = %s.", toupper(substr(word, 1L, 1L)),
+                    substring(word, 2L), requested,
+                    what, refused$note[[1L]], word,
+                    paste(sprintf("\"%s\"", usable), collapse = " or ")))
+    }
+    covered <- matching(requested)
+    if (!length(covered)) {
+      abort(sprintf("%s has no %s '%s'; available %ss: %s.", what, word, requested, word, listing),
+            kind = "not_found")
+    }
+    return(list(layer = requested, covered = covered))
+  }
+  tried <- character(0)
+  for (k in which(rules$use != "refused")) {
+    covered <- matching(rules$layer[[k]])
+    if (length(covered)) {
+      if (rules$use[[k]] == "fallback") {
+        warning(sprintf("%s has no %s; using its '%s' %s (%s) instead.", what,
+                        paste(sprintf("'%s'", tried), collapse = " or "), rules$layer[[k]], word,
+                        rules$note[[k]]), call. = FALSE)
+      }
+      return(list(layer = rules$layer[[k]], covered = covered))
+    }
+    tried <- c(tried, rules$layer[[k]])
+  }
+  abort(sprintf("%s holds none of the %ss scbridge reads by default (%s); available %ss: %s. Name one with %s = .",
+                what, word, paste(tried, collapse = ", "), word, listing, word),
+        kind = "not_found")
 }
 
 seurat_matrix <- function(object, assay, layer) {
   assay <- choose_assay(object, assay)
   a <- seurat_assays(object)[[assay]]
-  available <- assay_layers(a)
-  check_layer_choice(layer, available, assay)
-  if (is_assay5(a)) return(assay5_matrix(a, assay, layer, available))
-  if (!layer %in% available) {
-    abort(sprintf("Assay '%s' has no layer '%s'; available layers: %s.", assay, layer,
-                  paste(available, collapse = ", ") %||% "none"), kind = "not_found")
-  }
+  v5 <- is_assay5(a)
+  chosen <- choose_layer("seurat", layer, assay_layers(a), split = v5,
+                         what = sprintf("Assay '%s'", assay))
+  if (v5) return(assay5_matrix(a, assay, chosen$layer, chosen$covered))
+  layer <- chosen$layer
   m <- as_dgc(attr(a, layer), sprintf("Seurat assay %s layer %s", assay, layer))
   check_dimnames(m, sprintf("Seurat assay %s layer %s", assay, layer))
   # meta.data's cell order is the object's; an assay's matrix is normally in it already.
@@ -114,16 +170,10 @@ seurat_matrix <- function(object, assay, layer) {
   list(matrix = m, source = sprintf("Seurat assay %s %s", assay, layer), layer = layer)
 }
 
-# v5: layer `counts`, or the split layers `counts.A`, `counts.B`, ... joined in the assay's
-# cell order. Layers are stored without dimnames; their cells and genes are the rows of the
-# @cells / @features LogMaps whose column for that layer is TRUE.
-assay5_matrix <- function(a, assay, layer, available) {
-  matching <- available[available == layer]
-  if (!length(matching)) matching <- available[startsWith(available, paste0(layer, "."))]
-  if (!length(matching)) {
-    abort(sprintf("Assay '%s' has no layer '%s'; available layers: %s.", assay, layer,
-                  paste(available, collapse = ", ") %||% "none"), kind = "not_found")
-  }
+# v5: layer `counts`, or the split layers `counts.A`, `counts.B`, ... (`matching`) joined in
+# the assay's cell order. Layers are stored without dimnames; their cells and genes are the
+# rows of the @cells / @features LogMaps whose column for that layer is TRUE.
+assay5_matrix <- function(a, assay, layer, matching) {
   cell_map <- unclass(attr(a, "cells"))
   gene_map <- unclass(attr(a, "features"))
   all_cells <- rownames(cell_map)
@@ -180,23 +230,54 @@ join_layers <- function(parts, all_genes, all_cells, where) {
 }
 
 # -- SingleCellExperiment --------------------------------------------------------------------
+# `assay = "altexp:HTO"` reads the alternative experiment HTO (the same as in the core).
+altexp_prefix <- "altexp:"
+
 sce_matrix <- function(object, assay, layer) {
   need_package("SummarizedExperiment", "Annotating a SingleCellExperiment")
-  available <- SummarizedExperiment::assayNames(object)
+  alt_names <- if (methods::is(object, "SingleCellExperiment")) {
+    SingleCellExperiment::altExpNames(object)
+  } else {
+    character(0)
+  }
+  experiment <- object
+  what <- "The SingleCellExperiment"
+  label <- "SingleCellExperiment"
+  in_alt <- FALSE
+  if (!is.null(assay) && startsWith(tolower(assay), altexp_prefix)) {
+    alt <- substring(assay, nchar(altexp_prefix) + 1L)
+    if (!alt %in% alt_names) {
+      abort(sprintf("The SingleCellExperiment has no altExp '%s'; its altExps: %s.", alt,
+                    if (length(alt_names)) paste(alt_names, collapse = ", ") else "none"),
+            kind = "not_found")
+    }
+    experiment <- SingleCellExperiment::altExp(object, alt, withDimnames = TRUE)
+    what <- sprintf("AltExp '%s'", alt)
+    label <- sprintf("SingleCellExperiment altExp %s", alt)
+    in_alt <- TRUE
+    assay <- NULL  # within the altExp, `layer` names its assay
+  }
   # For an SCE the assay *is* the layer: assay = "logcounts" or layer = "logcounts" both work.
-  name <- assay %||% layer
-  if (!is.null(assay) && !identical(layer, "counts") && !identical(assay, layer)) {
+  if (!is.null(assay) && !is.null(layer) && !identical(assay, layer)) {
     abort(sprintf("For a SingleCellExperiment give the assay name once (assay = \"%s\").", assay))
   }
-  if (!name %in% available) {
-    abort(sprintf("The SingleCellExperiment has no assay '%s'; available assays: %s.", name,
-                  paste(available, collapse = ", ") %||% "none"), kind = "not_found")
-  }
-  m <- as_dgc(SummarizedExperiment::assay(object, name, withDimnames = FALSE),
-              sprintf("SingleCellExperiment assay %s", name))
-  dimnames(m) <- list(rownames(object), colnames(object))
-  check_dimnames(m, sprintf("SingleCellExperiment assay %s", name))
-  list(matrix = m, source = sprintf("SingleCellExperiment assay %s", name), layer = name)
+  requested <- assay %||% layer
+  chosen <- tryCatch(
+    choose_layer("sce", requested, SummarizedExperiment::assayNames(experiment), FALSE, what),
+    scbridge_error_not_found = function(e) {
+      if (!in_alt && !is.null(requested) && requested %in% alt_names) {
+        abort(c(conditionMessage(e), sprintf(
+          "'%s' is an altExp (alternative experiment) of this object: read it with assay = \"%s%s\".",
+          requested, altexp_prefix, requested)), kind = "not_found")
+      }
+      stop(e)
+    })
+  name <- chosen$layer
+  where <- sprintf("%s assay %s", label, name)
+  m <- as_dgc(SummarizedExperiment::assay(experiment, name, withDimnames = FALSE), where)
+  dimnames(m) <- list(rownames(experiment), colnames(experiment))
+  check_dimnames(m, where)
+  list(matrix = m, source = where, layer = name)
 }
 
 # -- pieces of a matrix ----------------------------------------------------------------------
@@ -223,7 +304,9 @@ looks_ensembl <- function(genes) {
 # Values every engine refuses, refused here once so the error is the same whatever the engine.
 check_values <- function(m, where) {
   x <- m@x
-  bad <- if (anyNA(x)) "NA / NaN" else if (any(is.infinite(x))) "infinite" else if (length(x) && min(x) < 0) "negative" else NULL
+  # range(): one pass, no vector allocated (any(is.infinite(x)) allocates one as long as x).
+  r <- if (length(x) && !anyNA(x)) range(x) else c(0, 0)
+  bad <- if (anyNA(x)) "NA / NaN" else if (any(is.infinite(r))) "infinite" else if (r[[1L]] < 0) "negative" else NULL
   if (!is.null(bad)) {
     first <- which(if (bad == "NA / NaN") is.na(x) else if (bad == "infinite") is.infinite(x) else x < 0)[[1L]]
     cell <- colnames(m)[[findInterval(first - 1, m@p, rightmost.closed = FALSE)]]

@@ -28,6 +28,19 @@ __all__ = ["ReferenceEngine"]
 logger = logging.getLogger(__name__)
 
 
+def softmax_rows(scores: NDArray[Any]) -> NDArray[Any]:
+    """Row-wise softmax that is finite and in [0, 1] whatever ``scores`` hold: NaN scores count
+    as the lowest possible, infinities are clipped to the largest finite float (validated
+    references and inputs never get there; this is the last line of defence)."""
+    scores = np.nan_to_num(scores, nan=-np.inf, copy=True)
+    np.clip(scores, -np.finfo(np.float64).max, np.finfo(np.float64).max, out=scores)
+    with np.errstate(over="ignore"):  # a gap beyond the float range is -inf: exp gives 0
+        scores -= scores.max(axis=1, keepdims=True)  # each row's best becomes 0: exp(0) = 1
+    prob = np.exp(scores)
+    prob /= prob.sum(axis=1, keepdims=True)  # each sum is at least 1
+    return prob
+
+
 class ReferenceEngine(ChunkedEngine):
     """Scores each cell against a reference model (softmax of the linear scores).
 
@@ -124,9 +137,7 @@ class ReferenceEngine(ChunkedEngine):
         # all its genes) scales it, so chunking never changes a call.
         Xs = log_normalize(matrix.X, matrix.value_kind, target_sum=ref.target_sum, columns=cols)
         scores = np.asarray(Xs @ W, dtype=np.float64) + ref.intercepts[None, :]
-        scores -= scores.max(axis=1, keepdims=True)
-        prob = np.exp(scores)
-        prob /= prob.sum(axis=1, keepdims=True)
+        prob = softmax_rows(scores)
         order = np.argsort(-prob, axis=1, kind="stable")[:, : self.n_alternates + 1]
         best = order[:, 0]
         labels = np.asarray(ref.labels, dtype=object)

@@ -21,23 +21,65 @@ scb_package_object <- function(package, name) {
   stop("scbridge[not_found]: package '", package, "' has no data set or object called '", name, "'")
 }
 
-scb_load <- function(path) {
+# Where the object to read sits in a file, as the reader and write-back both see it:
+# `object`, the .rda object's `name` among all `names` the file holds (NA / empty for .rds),
+# and, when the object was unwrapped from a plain list, its `index` there and the `container`.
+scb_locate <- function(path) {
   ext <- tolower(tools::file_ext(path))
   if (ext %in% c("rdata", "rda")) {
     env <- new.env(parent = emptyenv())
     names <- load(path, envir = env)
-    if (length(names) == 0L) stop("scbridge: ", path, " holds no objects")
-    if (length(names) > 1L) {
-      ok <- names[vapply(names, function(n) scb_kind(get(n, envir = env)) != "other", logical(1))]
-      if (length(ok) != 1L) {
-        stop("scbridge: ", path, " holds several objects (", paste(names, collapse = ", "),
-             "); save the one to convert alone with saveRDS()")
-      }
-      names <- ok
-    }
-    return(get(names[[1L]], envir = env))
+    name <- scb_choose_name(names, env, path)
+    where <- if (length(names) > 1L) sprintf("%s (object '%s')", path, name) else path
+    found <- scb_unwrap(get(name, envir = env), where)
+    return(c(found, list(env = env, name = name, names = names)))
   }
-  readRDS(path)
+  c(scb_unwrap(readRDS(path), path), list(env = NULL, name = NA_character_, names = character(0)))
+}
+
+scb_load <- function(path) scb_locate(path)$object
+
+# A plain list holding one supported object (a common saveRDS(list(obj))) stands for it.
+scb_is_plain_list <- function(x) is.list(x) && !is.object(x)
+
+scb_supported <- function(x) {
+  scb_kind(x) != "other" || (scb_is_plain_list(x) && length(scb_list_candidates(x)) == 1L)
+}
+
+scb_list_candidates <- function(x) which(vapply(x, function(el) scb_kind(el) != "other", logical(1)))
+
+scb_describe_elements <- function(objects, labels) {
+  classes <- vapply(objects, scb_class, character(1))
+  paste(sprintf("%s (%s)", labels, classes), collapse = ", ")
+}
+
+# A list without any supported element stays as it is (the reader then names what it reads).
+scb_unwrap <- function(x, where) {
+  ok <- if (scb_is_plain_list(x)) scb_list_candidates(x) else integer(0)
+  if (!length(ok)) return(list(object = x, index = NA_integer_, container = NULL))
+  if (length(ok) == 1L) return(list(object = x[[ok]], index = unname(ok), container = x))
+  labels <- sprintf("[[%d]]", seq_along(x))
+  if (!is.null(names(x))) labels <- ifelse(nzchar(names(x)), sprintf("[[\"%s\"]]", names(x)), labels)
+  stop("scbridge[ambiguous_object]: ", where, " holds a list of ", length(ok), " objects scbridge ",
+       "could read: ", scb_describe_elements(x[ok], labels[ok]), ". Save the one to use alone, ",
+       "e.g. in R: saveRDS(x", labels[ok[[1L]]], ", \"one.rds\")")
+}
+
+# The object of an .rda / .RData to read: the only one, or the only supported one.
+scb_choose_name <- function(names, env, path) {
+  if (length(names) == 0L) stop("scbridge[not_found]: ", path, " holds no objects")
+  if (length(names) == 1L) return(names[[1L]])
+  ok <- names[vapply(names, function(n) scb_supported(get(n, envir = env)), logical(1))]
+  if (length(ok) == 1L) return(ok)
+  objects <- lapply(names, get, envir = env)
+  listing <- scb_describe_elements(objects, sprintf("'%s'", names))
+  if (!length(ok)) {
+    stop("scbridge[unsupported]: ", path, " holds ", length(names), " objects, none of them a ",
+         "Seurat object, SingleCellExperiment or matrix: ", listing)
+  }
+  stop("scbridge[ambiguous_object]: ", path, " holds several objects (",
+       paste(ok, collapse = ", "), ") scbridge could read: ", listing,
+       "; save the one to use alone, e.g. in R: saveRDS(", ok[[1L]], ", \"", ok[[1L]], ".rds\")")
 }
 
 scb_class <- function(x) as.character(class(x))[[1L]]
@@ -128,6 +170,17 @@ scb_sce_assay <- function(sce, name) {
   genes <- if (methods::is(sce, "RangedSummarizedExperiment")) names(sce@rowRanges) else names(sce)
   list(matrix = m, cells = colnames(sce), genes = genes)
 }
+
+# Alternative experiments (altExps: HTO, ADT, spike-ins) of a SingleCellExperiment.
+scb_sce_altexp_names <- function(sce) {
+  if (!methods::is(sce, "SingleCellExperiment")) return(character(0))
+  # The internal column holding them: ~2 ms, where altExpNames() takes ~0.1 s.
+  stored <- tryCatch(names(SingleCellExperiment::int_colData(sce)[["altExps"]]),
+                     error = function(e) NULL)
+  if (is.null(stored)) SingleCellExperiment::altExpNames(sce) else stored
+}
+
+scb_sce_altexp <- function(sce, name) SingleCellExperiment::altExp(sce, name, withDimnames = TRUE)
 
 scb_sce_coldata <- function(sce) {
   cd <- SummarizedExperiment::colData(sce)
@@ -221,6 +274,29 @@ scb_add_columns <- function(obj, df, overwrite) {
   obj
 }
 
+# Save `updated` (the located object with its new columns) to `out`, keeping what the source
+# file held around it where the format can: an .rds of a list stays that list, an .rda keeps
+# the file's other objects; an .rds written from an .rda holds the object alone.
+scb_save_updated <- function(located, updated, out) {
+  in_container <- function(container) {
+    if (is.na(located$index)) return(updated)
+    container[[located$index]] <- updated
+    container
+  }
+  ext <- tolower(tools::file_ext(out))
+  if (ext %in% c("rda", "rdata")) {
+    env <- new.env(parent = emptyenv())
+    for (n in located$names) assign(n, get(n, envir = located$env), envir = env)
+    assign(located$name, in_container(located$container), envir = env)
+    save(list = located$names, envir = env, file = out)
+  } else if (is.null(located$env)) {
+    saveRDS(in_container(located$container), out)
+  } else {
+    saveRDS(updated, out)
+  }
+  invisible(out)
+}
+
 scb_existing_columns <- function(obj) {
   kind <- scb_kind(obj)
   if (kind == "seurat") return(colnames(attr(obj, "meta.data")))
@@ -248,4 +324,35 @@ scb_make_container <- function(m, container, meta) {
     stop("scbridge[missing_dependency]: writing a Seurat object needs the R package SeuratObject")
   }
   SeuratObject::CreateSeuratObject(counts = m, meta.data = meta)
+}
+
+# -- write-back of a 2-D layout (bridge/io/_write_layout.py) ---------------------------------
+scb_reduction_names <- function(obj) {
+  kind <- scb_kind(obj)
+  if (kind == "seurat") return(names(attr(obj, "reductions")))
+  if (kind == "sce") return(SingleCellExperiment::reducedDimNames(obj))
+  character(0)
+}
+
+# coords: cells x 2 in the object's cell order. Seurat: a DimReduc (SeuratObject's own
+# constructor, so Embeddings(), DimPlot() and friends read it), set through attr<- like the
+# meta.data columns above so that v5 objects need no v5 class definitions; SCE: reducedDim.
+scb_add_reduction <- function(obj, name, key, coords, cells, assay) {
+  rownames(coords) <- cells
+  colnames(coords) <- paste0(key, seq_len(ncol(coords)))
+  if (scb_kind(obj) == "seurat") {
+    if (!requireNamespace("SeuratObject", quietly = TRUE)) {
+      stop("scbridge: writing a layout into a Seurat object needs the R package SeuratObject")
+    }
+    if (!nzchar(assay)) assay <- as.character(attr(obj, "active.assay"))
+    reduction <- SeuratObject::CreateDimReducObject(embeddings = coords, key = key,
+                                                    assay = assay, global = FALSE)
+    reductions <- attr(obj, "reductions")
+    if (is.null(reductions)) reductions <- list()
+    reductions[[name]] <- reduction
+    attr(obj, "reductions") <- reductions
+    return(obj)
+  }
+  SingleCellExperiment::reducedDim(obj, name) <- coords
+  obj
 }

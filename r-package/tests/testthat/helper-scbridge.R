@@ -42,6 +42,19 @@ skip_if_no_cli <- function() {
   invisible(TRUE)
 }
 
+# The Arrow transport needs the R package nanoarrow (>= 0.6.0) or arrow, which Debian does not
+# package. Its tests skip without them, with a message that starts "Arrow transport:" and
+# names the missing package: the one skip CI allows (tests/test_r_package.py and
+# r-package/tools/check.sh print it). `backend`: a test that needs that backend in particular.
+skip_if_no_arrow <- function(backend = NULL) {
+  found <- scbridge:::arrow_backends()
+  wanted <- if (is.null(backend)) c("nanoarrow", "arrow") else backend
+  if (!any(wanted %in% found)) {
+    testthat::skip(paste("Arrow transport:", scbridge:::arrow_backend_missing(wanted)))
+  }
+  invisible(intersect(wanted, found))
+}
+
 # -- simulated data -------------------------------------------------------------------------
 marker_sets <- list(
   T = c("CD3D", "CD3E", "IL7R", "CD2"),
@@ -200,4 +213,57 @@ expect_same_calls <- function(a, b) {
   attr(a, "provenance") <- NULL
   attr(b, "provenance") <- NULL
   expect_identical(a, b)
+}
+
+# Runs a fixture script (fixtures/NAME) with the Python of the scbridge core; fails the test
+# with the script's stderr when it fails.
+run_python_fixture <- function(name, args = character(0)) {
+  py <- test_python_path()
+  if (!nzchar(py)) skip_engine(sprintf("%s: no Python with the scbridge core (set SCBRIDGE_PYTHON)", name))
+  res <- processx::run(py, c(test_path("fixtures", name), args), error_on_status = FALSE,
+                       env = scbridge:::subprocess_env())
+  if (res$status != 0L) stop(name, " failed:\n", res$stderr, call. = FALSE)
+  res$stdout
+}
+
+# Python code run with the core's Python, its stdout parsed as JSON.
+python_json <- function(code) {
+  py <- test_python_path()
+  if (!nzchar(py)) skip_engine("no Python with the scbridge core (set SCBRIDGE_PYTHON)")
+  res <- processx::run(py, c("-c", code), error_on_status = FALSE,
+                       env = scbridge:::subprocess_env())
+  if (res$status != 0L) stop("python -c failed:\n", res$stderr, call. = FALSE)
+  jsonlite::fromJSON(res$stdout, simplifyVector = TRUE)
+}
+
+# Silence the progress steps and the core's notes unless a test asks for them.
+options(scbridge.verbose = FALSE)
+
+# What pyarrow and bridge.read find in an Arrow CSR file or stream (fixtures/read_arrow_csr.py).
+read_in_python_csr <- function(path) {
+  out <- tempfile(fileext = ".json")
+  run_python_fixture("read_arrow_csr.py", c(path, out))
+  jsonlite::fromJSON(out, simplifyVector = TRUE)
+}
+
+expect_same_csr <- function(found, m, source) {
+  pa <- found$pyarrow
+  expect_identical(pa$names[1:3], c("cell", "indices", "values"))
+  expect_identical(pa$types[[1]], "string")
+  expect_match(pa$types[[2]], "^list<item: int32( not null)?>$")
+  expect_match(pa$types[[3]], "^list<item: double( not null)?>$")
+  expect_identical(pa$metadata[["scbridge.format"]], "scbridge.arrow-csr")
+  expect_identical(pa$metadata[["scbridge.source"]], source)
+  expect_identical(as.integer(pa$offsets), m@p)
+  expect_identical(as.integer(pa$values_offsets), m@p)
+  expect_identical(as.integer(pa$indices), m@i)
+  expect_identical(as.double(pa$values), m@x)
+  expect_identical(as.character(pa$cells), colnames(m))
+  core <- found$bridge
+  expect_identical(as.integer(core$indptr), m@p)
+  expect_identical(as.integer(core$indices), m@i)
+  expect_identical(as.double(core$data), m@x)
+  expect_identical(as.character(core$cells), colnames(m))
+  expect_identical(core$genes, rownames(m))
+  expect_identical(core$source, source)
 }

@@ -1,4 +1,4 @@
-# annotation_markers() and cell_embedding() on the python and http engines.
+# annotation_markers() in FindAllMarkers() shape and cell_embedding(), on every engine.
 
 test_that("cell_embedding() stores a DimReduc / reducedDim; engines agree", {
   skip_if_no_python()
@@ -28,33 +28,69 @@ test_that("cell_embedding() stores a DimReduc / reducedDim; engines agree", {
   expect_equal(over_http, emb, tolerance = 1e-6)
 })
 
-test_that("annotation_markers() gives marker genes per label; engines agree", {
+test_that("annotation_markers() has FindAllMarkers()'s columns; engines agree", {
   skip_if_no_python()
   m <- plain(sim_counts())
   labels <- attr(sim_counts(), "types")
   mk <- annotation_markers(m, labels = labels, top_n = 4, engine = "python")
-  expect_true(all(c("label", "gene", "score", "p_value_adjusted") %in% names(mk)))
+  expect_identical(names(mk), c("p_val", "avg_log2FC", "pct.1", "pct.2", "p_val_adj", "cluster",
+                                "gene", "gene_id", "score"))
+  expect_s3_class(mk$cluster, "factor")
+  expect_identical(levels(mk$cluster), sort(names(marker_sets)))
+  expect_identical(rownames(mk), make.unique(mk$gene))
   for (type in names(marker_sets)) {
-    expect_setequal(mk$gene[mk$label == type], marker_sets[[type]])
+    expect_setequal(mk$gene[mk$cluster == type], marker_sets[[type]])
   }
+  expect_true(all(mk$pct.1 >= 0 & mk$pct.1 <= 1 & mk$p_val_adj >= mk$p_val))
   seu <- make_seurat_v4(m)
   meta <- attr(seu, "meta.data")
   meta$truth <- labels
   attr(seu, "meta.data") <- meta
   expect_identical(annotation_markers(seu, labels = "truth", top_n = 4, engine = "python"), mk)
   expect_error(annotation_markers(seu, engine = "python"), class = "scbridge_error_not_found")
-  expect_error(annotation_markers(m, labels = labels[-1], engine = "python"), "one label per cell")
+  expect_error(annotation_markers(m, labels = labels[-1], engine = "python"),
+               class = "scbridge_error_invalid_parameter")
 
   skip_if_no_cli()
   over_cli <- annotation_markers(m, labels = labels, top_n = 4, engine = "cli")
-  expect_identical(over_cli$label, mk$label)
-  expect_identical(over_cli$gene, mk$gene)
+  expect_identical(over_cli[c("cluster", "gene", "gene_id")], mk[c("cluster", "gene", "gene_id")])
   expect_equal(over_cli$score, mk$score, tolerance = 1e-6)
 
   server <- test_server()
   over_http <- annotation_markers(m, labels = labels, top_n = 4, engine = "http",
                                   endpoint = server$endpoint, api_key = server$key)
-  expect_identical(over_http$label, mk$label)
-  expect_identical(over_http$gene, mk$gene)
+  expect_identical(over_http[c("cluster", "gene", "gene_id")], mk[c("cluster", "gene", "gene_id")])
   expect_equal(over_http$score, mk$score, tolerance = 1e-6)
+})
+
+test_that("Ensembl ids give symbols in `gene` (as the calls' markers) and the ids beside", {
+  skip_if_no_python()
+  ids <- utils::read.delim(test_path("fixtures", "model_genes_ensembl.tsv"))
+  m <- plain(sim_counts())
+  m <- m[rownames(m) %in% ids$symbol, ]
+  by_symbol <- annotation_markers(m, labels = attr(sim_counts(), "types"), top_n = 4,
+                                  engine = "python")
+  ensembl <- m
+  rownames(ensembl) <- ids$ensembl[match(rownames(m), ids$symbol)]
+  mk <- annotation_markers(ensembl, labels = attr(sim_counts(), "types"), top_n = 4,
+                           engine = "python")
+  expect_identical(mk$gene, by_symbol$gene)
+  expect_identical(mk$gene_id, ids$ensembl[match(by_symbol$gene, ids$symbol)])
+  calls <- annotate_cells(ensembl, engine = "python", verbose = FALSE)
+  expect_true(all(unlist(calls$markers) %in% ids$symbol))
+  skip_if_no_cli()
+  over_cli <- annotation_markers(ensembl, labels = attr(sim_counts(), "types"), top_n = 4,
+                                 engine = "cli")
+  expect_identical(over_cli$gene, mk$gene)
+})
+
+test_that("labels of a single cell are left out with an R warning", {
+  skip_if_no_python()
+  m <- plain(sim_counts())
+  labels <- attr(sim_counts(), "types")
+  labels[[1]] <- "Lonely"
+  w <- expect_warning(mk <- annotation_markers(m, labels = labels, top_n = 4, engine = "python"),
+                      class = "scbridge_warning_core")
+  expect_match(conditionMessage(w), "'Lonely' has 1 cells", fixed = TRUE)
+  expect_false("Lonely" %in% mk$cluster)
 })

@@ -5,19 +5,24 @@ test_that("an unreachable endpoint is a classed error naming the endpoint", {
   withr::local_options(scbridge.http_retries = 2L)
   m <- plain(sim_counts())
   err <- expect_error(annotate_cells(m, engine = "http", endpoint = "http://127.0.0.1:9"),
-                      class = "scbridge_error_unreachable")
-  expect_match(conditionMessage(err), "Could not reach the annotation endpoint http://127.0.0.1:9")
+                      class = "scbridge_error_remote_unreachable")
+  expect_s3_class(err, "scbridge_error_unreachable")
+  expect_match(conditionMessage(err), "Could not reach the annotation endpoint http://127.0.0.1:9",
+               fixed = TRUE)
 })
 
 test_that("a bad API key is a classed error that says to check the key", {
   server <- test_server()
   m <- plain(sim_counts())
-  expect_error(annotate_cells(m, engine = "http", endpoint = server$endpoint, api_key = "wrong"),
-               class = "scbridge_error_auth")
-  expect_error(annotate_cells(m, engine = "http", endpoint = server$endpoint, api_key = "wrong"),
-               "HTTP 401.*Check the API key")
+  err <- expect_error(annotate_cells(m, engine = "http", endpoint = server$endpoint,
+                                     api_key = "wrong"), class = "scbridge_error_invalid_api_key")
+  expect_s3_class(err, c("scbridge_error_auth", "scbridge_error_remote"))
+  expect_identical(err$status, 401L)
+  expect_snapshot(annotate_cells(m, engine = "http", endpoint = server$endpoint, api_key = "wrong"),
+                  error = TRUE, transform = function(x) gsub(server$endpoint, "<endpoint>", x,
+                                                             fixed = TRUE))
   expect_error(annotate_cells(m, engine = "http", endpoint = server$endpoint, api_key = ""),
-               class = "scbridge_error_auth")
+               class = "scbridge_error_missing_api_key")
 })
 
 test_that("a request body beyond what the http engine carries is refused with a chunk_size that fits", {
@@ -27,14 +32,17 @@ test_that("a request body beyond what the http engine carries is refused with a 
                       class = "scbridge_error_capacity")
   expect_match(conditionMessage(err), "use chunk_size = [0-9]+ or less")
   withr::local_options(scbridge.max_request_bytes = 100)
-  expect_error(annotate_cells(m, engine = "http", endpoint = "http://127.0.0.1:9"),
-               "a single cell exceeds it")
+  err <- expect_error(annotate_cells(m, engine = "http", endpoint = "http://127.0.0.1:9"),
+                      class = "scbridge_error_too_large")
+  expect_match(conditionMessage(err), "a single cell exceeds it", fixed = TRUE)
 })
 
 test_that("429 and 5xx replies are retried with backoff, chunks stay in order", {
   skip_if_not_installed("processx")
   py <- test_python_path()
   if (!nzchar(py)) skip_engine("http retry test: no Python (set SCBRIDGE_PYTHON)")
+  # The stand-in speaks the JSON contract only, whatever Arrow backend is installed.
+  withr::local_options(scbridge.http_transport = "json")
   for (status in c(503L, 429L)) {
     log <- tempfile()
     port <- sample(45001:55000, 1L)
@@ -57,4 +65,35 @@ test_that("429 and 5xx replies are retried with backoff, chunks stay in order", 
     expect_identical(readLines(log), c(as.character(c(status, status)), "200", "200", "200"))
     proc$kill()
   }
+})
+
+test_that("a refusal arrives as the classed error of the server's code, with its hint", {
+  skip_if_no_python()
+  server <- test_server()
+  m <- plain(sim_counts())
+  http <- function(...) {
+    annotate_cells(m, engine = "http", endpoint = server$endpoint, api_key = server$key, ...)
+  }
+  err <- expect_error(http(model = "no-such-model"), class = "scbridge_error_unknown_model")
+  expect_s3_class(err, c("scbridge_error_not_found", "scbridge_error_remote"))
+  expect_identical(err$status, 422L)
+  expect_match(err$hint, "GET /v1/models", fixed = TRUE)
+  # the tissue reaches the service's engine (an unknown one is its own refusal)
+  expect_same_calls(http(tissue = "blood"), annotate_cells(m, engine = "python", tissue = "blood"))
+  # min_gene_fraction cannot be passed on: refused before anything is sent
+  expect_error(annotate_cells(m, engine = "http", endpoint = closed_port_endpoint(),
+                              min_gene_fraction = 0.01), class = "scbridge_error_unsupported")
+  # a reference is local: the http engine cannot send it
+  expect_error(http(reference = test_path("fixtures", "model_genes.txt")),
+               class = "scbridge_error_unsupported")
+})
+
+test_that("a value kind the JSON body cannot carry is refused, not ignored", {
+  m <- plain(sim_counts())
+  withr::local_options(scbridge.http_transport = "json", scbridge.http_retries = 1L)
+  expect_error(annotate_cells(m, engine = "http", endpoint = closed_port_endpoint(),
+                              value_kind = "lognorm"), class = "scbridge_error_unsupported")
+  # the kind the service would tell anyway goes through (to the closed port here)
+  expect_error(annotate_cells(m, engine = "http", endpoint = closed_port_endpoint(),
+                              value_kind = "counts"), class = "scbridge_error_remote_unreachable")
 })

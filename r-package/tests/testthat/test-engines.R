@@ -108,19 +108,11 @@ test_that("gene ids that are not symbols fail with a gene-id error on every engi
   rownames(m) <- sprintf("XQ%05d", seq_len(nrow(m)))
   expect_error(annotate_cells(m, engine = "python"), class = "scbridge_error_gene_ids")
   skip_if_no_cli()
-  expect_error(annotate_cells(m, engine = "cli"), class = "scbridge_error_gene_ids")
+  suppressWarnings(expect_error(annotate_cells(m, engine = "cli"),
+                                class = "scbridge_error_gene_ids"))
   server <- test_server()
   expect_error(annotate_cells(m, engine = "http", endpoint = server$endpoint,
                               api_key = server$key), class = "scbridge_error_gene_ids")
-})
-
-test_that("more non-zeros than an engine carries is a capacity error", {
-  m <- plain(sim_counts())
-  withr::local_options(scbridge.max_nnz = 100)
-  skip_if_no_python()
-  expect_error(annotate_cells(m, engine = "python"), class = "scbridge_error_capacity")
-  skip_if_no_cli()
-  expect_error(annotate_cells(m, engine = "cli"), class = "scbridge_error_capacity")
 })
 
 test_that("auto picks the python engine when it is available", {
@@ -137,7 +129,13 @@ test_that("Ensembl gene ids are mapped by the core: same calls as with symbols, 
   by_symbol <- annotate_cells(m, engine = "python")
   ensembl <- m
   rownames(ensembl) <- ids$ensembl[match(rownames(m), ids$symbol)]
-  expect_message(out <- annotate_cells(ensembl, engine = "python"), "look like Ensembl ids")
+  said <- character(0)
+  out <- withCallingHandlers(annotate_cells(ensembl, engine = "python", verbose = TRUE),
+                             scbridge_message = function(msg) {
+                               said <<- c(said, conditionMessage(msg))
+                               invokeRestart("muffleMessage")
+                             })
+  expect_match(said, "look like Ensembl ids", all = FALSE)
   expect_same_calls(out, by_symbol)
   skip_if_no_cli()
   expect_same_calls(suppressMessages(annotate_cells(ensembl, engine = "cli")), by_symbol)
@@ -159,4 +157,49 @@ test_that("an unknown model is a not-found error on every engine", {
   skip_if_no_cli()
   expect_error(annotate_cells(m, model = "no-such-model", engine = "cli"),
                class = "scbridge_error_not_found")
+})
+
+test_that("every engine gives the same depths, cluster-level labels, QC and thresholds", {
+  skip_if_no_python()
+  skip_if_no_cli()
+  server <- test_server()
+  m <- plain(sim_counts())
+  groups <- attr(sim_counts(), "types")
+  args <- list(m, groups = groups, min_confidence = 0.9, tissue = "blood")
+  ref <- do.call(annotate_cells, c(args, engine = "python"))
+  expect_true(all(c("label_smoothed", "smoothed_confidence", "label_raw") %in% names(ref)))
+  expect_same_calls(do.call(annotate_cells, c(args, engine = "cli")), ref)
+  expect_same_calls(do.call(annotate_cells, c(args, engine = "http", endpoint = server$endpoint,
+                                              api_key = server$key)), ref)
+  expect_same_calls(annotate_cells(m, engine = "cli", qc = TRUE),
+                    annotate_cells(m, engine = "python", qc = TRUE))
+})
+
+test_that("the depths of a call (label_l1 / label_l2, unknown_reason) travel alike on every engine", {
+  skip_if_no_python()
+  skip_if_no_cli()
+  server <- test_server()
+  m <- plain(sim_counts())
+  seu <- make_seurat_v4(m)
+  ref <- annotate_cells(m, engine = "python")
+  if (is.null(ref$label_l2)) {
+    # A core whose markers model reports no depths: level = "l2" is refused on every engine.
+    for (engine in c("python", "cli")) {
+      expect_error(annotate_cells(seu, engine = engine, level = "l2"),
+                   class = "scbridge_error_level_unavailable")
+    }
+    expect_error(annotate_cells(seu, engine = "http", endpoint = server$endpoint,
+                                api_key = server$key, level = "l2"),
+                 class = "scbridge_error_level_unavailable")
+    return(invisible())
+  }
+  expect_same_calls(annotate_cells(m, engine = "cli"), ref)
+  expect_same_calls(annotate_cells(m, engine = "http", endpoint = server$endpoint,
+                                   api_key = server$key), ref)
+  out <- annotate_cells(seu, engine = "python", level = "l2")
+  meta <- attr(out, "meta.data")
+  expect_identical(meta$cell_type, ref$label_l2)
+  expect_identical(meta$cell_type_l1, ref$label_l1)
+  expect_identical(meta$cell_type_label, ref$label)
+  if (!is.null(ref$unknown_reason)) expect_identical(meta$cell_type_reason, ref$unknown_reason)
 })

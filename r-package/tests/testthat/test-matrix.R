@@ -66,7 +66,7 @@ test_that("joining more non-zeros than a dgCMatrix holds is a capacity error", {
   seu <- make_seurat_v5_split(m)
   withr::local_options(scbridge.max_nnz = 10)
   expect_error(em(seu), class = "scbridge_error_capacity")
-  expect_error(em(seu), "Annotate one layer at a time")
+  expect_error(em(seu), "Annotate one layer at a time", class = "scbridge_error_too_large")
 })
 
 test_that("SingleCellExperiment assays of every matrix class", {
@@ -87,20 +87,23 @@ test_that("an unknown assay or layer lists the available ones", {
   m <- plain(sim_counts())
   seu <- make_seurat_v4(m)
   expect_error(em(seu, assay = "ADT"), class = "scbridge_error_not_found")
-  expect_error(em(seu, assay = "ADT"), "available assays: RNA")
+  expect_error(em(seu, assay = "ADT"), "available assays: RNA", class = "scbridge_error_not_found")
   expect_error(em(seu, layer = "spliced"), class = "scbridge_error_not_found")
-  expect_error(em(seu, layer = "spliced"), "available layers: counts, data")
+  expect_error(em(seu, layer = "spliced"), "available layers: counts, data",
+               class = "scbridge_error_not_found")
   v5 <- make_seurat_v5_split(m)
-  expect_error(em(v5, layer = "spliced"), "available layers: counts.A, counts.B, data")
+  expect_error(em(v5, layer = "spliced"), "available layers: counts.A, counts.B, data",
+               class = "scbridge_error_not_found")
   sce <- make_sce(m)
   expect_error(em(sce, assay = "spliced"), class = "scbridge_error_not_found")
-  expect_error(em(sce, assay = "spliced"), "available assays: counts, logcounts")
+  expect_error(em(sce, assay = "spliced"), "available assays: counts, logcounts",
+               class = "scbridge_error_not_found")
 })
 
 test_that("scale.data is refused with advice", {
   seu <- make_seurat_v4(plain(sim_counts()))
   expect_error(em(seu, layer = "scale.data"), class = "scbridge_error_input")
-  expect_error(em(seu, layer = "scale.data"), "choose layer")
+  expect_error(em(seu, layer = "scale.data"), "choose layer", class = "scbridge_error_input")
 })
 
 test_that("matrices without names or with duplicated ids are refused", {
@@ -108,10 +111,10 @@ test_that("matrices without names or with duplicated ids are refused", {
   bare <- m
   dimnames(bare) <- list(NULL, NULL)
   expect_error(em(bare), class = "scbridge_error_input")
-  expect_error(em(bare), "rownames")
+  expect_error(em(bare), "rownames", class = "scbridge_error_input")
   dup <- m
   colnames(dup)[2] <- colnames(dup)[1]
-  expect_error(em(dup), "duplicated cell ids")
+  expect_error(em(dup), "duplicated cell ids", class = "scbridge_error_input")
   expect_error(em(list(a = 1)), class = "scbridge_error_unsupported")
 })
 
@@ -130,4 +133,57 @@ test_that("Ensembl-looking gene ids are recognised", {
   expect_true(scbridge:::looks_ensembl(sprintf("ENSG%011d", 1:20)))
   expect_true(scbridge:::looks_ensembl(sprintf("ENSMUSG%011d", 1:20)))
   expect_false(scbridge:::looks_ensembl(c("CD3E", "MS4A1")))
+})
+
+# -- the layer rules shared with the Python core (inst/extdata/layer_rules.tsv) ---------------
+test_that("the layer rules come from the core's file", {
+  rules <- scbridge:::layer_rules()
+  expect_identical(names(rules), c("container", "layer", "use", "note"))
+  use <- function(container, layer) rules$use[rules$container == container & rules$layer == layer]
+  expect_identical(use("seurat", "counts"), "default")
+  expect_identical(use("seurat", "data"), "fallback")
+  expect_identical(use("seurat", "scale.data"), "refused")
+  expect_identical(use("sce", "logcounts"), "fallback")
+})
+
+test_that("an SCTAssay without counts falls back to data with a warning, as the core does", {
+  m <- plain(sim_counts())
+  seu <- make_seurat_v4(m)
+  sct <- SeuratObject::CreateAssayObject(data = lognorm(m))  # counts: an empty matrix
+  if (requireNamespace("Seurat", quietly = TRUE)) {
+    sct <- methods::new("SCTAssay", sct, SCTModel.list = list())
+  }
+  seu[["SCT"]] <- sct
+  SeuratObject::DefaultAssay(seu) <- "SCT"
+  expect_warning(found <- em(seu), "has no 'counts'; using its 'data' layer")
+  expect_equal(found$matrix, lognorm(m))
+  expect_identical(found$source, "Seurat assay SCT data")
+  expect_error(em(seu, layer = "counts"), class = "scbridge_error_not_found")
+  expect_error(em(seu, layer = "counts"), "available layers: data")
+  expect_identical(em(seu, assay = "RNA")$matrix, m)  # the assay beside it keeps its counts
+})
+
+test_that("an SCE with only logcounts falls back to them with a warning", {
+  m <- plain(sim_counts())
+  sce <- SingleCellExperiment::SingleCellExperiment(assays = list(logcounts = lognorm(m)))
+  expect_warning(found <- em(sce), "has no 'counts'; using its 'logcounts' assay")
+  expect_equal(found$matrix, lognorm(m))
+  expect_error(em(sce, assay = "counts"), "available assays: logcounts")
+})
+
+test_that("an altExp is read with assay = \"altexp:NAME\"; its bare name gets a hint", {
+  m <- plain(sim_counts())
+  sce <- make_sce(m)
+  hto <- Matrix::rsparsematrix(4L, ncol(m), density = 0.9,
+                               rand.x = function(n) as.double(rpois(n, 20) + 1))
+  dimnames(hto) <- list(sprintf("HTO-%d", 1:4), colnames(m))
+  SingleCellExperiment::altExp(sce, "HTO") <-
+    SummarizedExperiment::SummarizedExperiment(list(counts = hto))
+  found <- em(sce, assay = "altexp:HTO")
+  expect_identical(found$matrix, hto)
+  expect_identical(found$source, "SingleCellExperiment altExp HTO assay counts")
+  expect_identical(em(sce)$matrix, m)
+  expect_error(em(sce, assay = "HTO"), class = "scbridge_error_not_found")
+  expect_error(em(sce, assay = "HTO"), "altexp:HTO", fixed = TRUE)
+  expect_error(em(sce, assay = "altexp:ADT"), "its altExps: HTO")
 })
