@@ -142,9 +142,10 @@ def annotate_partitions(
         A ``distributed.Client``, or a scheduler address (``"tcp://host:8786"``).  ``None``
         starts a ``LocalCluster`` of ``n_workers`` processes for this call and closes it after.
     model, atlas, min_confidence, qc, engine_params
-        As for :func:`bridge.annotate`.  QC doublet scores are computed within each
-        partition (Scrublet's own advice is per sample) and within each chunk of it;
-        per-cell calls depend on neither.
+        As for :func:`bridge.annotate` (per-cell QC metrics; doublet scores come from
+        :func:`bridge.qc`).  Each partition is planned on its own (the marker engine infers
+        its tissue context from the partition's first chunk), so give ``tissue=`` for an
+        atlas of mixed tissues.
     calls_dir
         Write each partition's calls to ``calls_dir/part-00000.parquet``, ... as soon as it
         is done (a Parquet data set, files written atomically); workers then return only a

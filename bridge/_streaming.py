@@ -4,33 +4,44 @@
 Arrow CSR files, partitioned data sets) to :func:`annotate_chunks`: each chunk is read,
 validated, called and QC'd on its own, so memory stays bounded by one chunk (plus the calls)
 whatever the size of the file, and 64-bit offsets never reach the engines.  Calls do not
-depend on the chunking; doublet scores are computed within each chunk (as they are within
-each partition), which the ``scbridge.qc_scope`` metadata records.
+depend on the chunking: a local engine's plan (the marker engine's species, inferred tissue
+context and reading of log values) is made once, on the first :data:`PLAN_CELLS` cells of the
+stream, and kept for every chunk of that gene list.  Per-cell QC metrics do not depend on it
+either; doublet scores are left to :func:`bridge.qc` (were they scored per chunk, the
+``scbridge.qc_scope`` metadata would say so).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import scipy.sparse as sp
 
 from ._contract import apply_min_confidence, concat_calls, with_metadata
 from ._errors import InputError
+from .engines import DEFAULT_CHUNK_SIZE
 from .matrix import CellMatrix
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from .engines import Engine
+    from .engines._base import ChunkedEngine, ChunkPlan
 
-__all__ = ["annotate_chunks", "check_unique_cells", "first_duplicate"]
+__all__ = ["PLAN_CELLS", "annotate_chunks", "check_unique_cells", "first_duplicate"]
 
 logger = logging.getLogger(__name__)
+
+#: Cells the engine's plan is made on (the marker engine infers its tissue context from about
+#: 2,000 cells of a matrix): the first chunks of the stream, joined when they are smaller.
+PLAN_CELLS = 2_000
 
 
 def annotate_chunks(chunks: Iterable[CellMatrix], *, engine: Engine, model: str,
@@ -60,7 +71,12 @@ def annotate_chunks(chunks: Iterable[CellMatrix], *, engine: Engine, model: str,
     from tqdm.auto import tqdm
 
     from ._annotate import _qc_columns
+    from .engines._base import ChunkedEngine
 
+    if isinstance(engine, ChunkedEngine):
+        head, chunks = _head(chunks, PLAN_CELLS)
+        if head:
+            engine = _PlannedEngine(engine, head)
     tables: list[pa.Table] = []
     cells: list[pa.Array] = []
     state = _GeneState()
@@ -97,10 +113,61 @@ def annotate_chunks(chunks: Iterable[CellMatrix], *, engine: Engine, model: str,
         provenance["min_confidence"] = float(min_confidence)
     if qc_notes:
         provenance["qc_thresholds"] = json.dumps(_merge_notes(qc_notes))
-        if len(tables) > 1:
+        scored = any(t.column("doublet_score").null_count < t.num_rows for t in tables
+                     if "doublet_score" in t.column_names)
+        if len(tables) > 1 and scored:
             provenance["qc_scope"] = (f"doublet scores within each of {len(tables)} chunks "
                                       f"of at most {largest} cells")
     return with_metadata(table, **provenance)
+
+
+def _head(chunks: Iterable[CellMatrix], n_cells: int
+          ) -> tuple[list[CellMatrix], Iterator[CellMatrix]]:
+    """The first chunks of a stream holding ``n_cells`` cells (or all of it), and the whole
+    stream again."""
+    stream = iter(chunks)
+    head: list[CellMatrix] = []
+    while sum(c.n_cells for c in head) < n_cells:
+        chunk = next(stream, None)
+        if chunk is None:
+            break
+        head.append(chunk)
+    return head, itertools.chain(head, stream)
+
+
+class _PlannedEngine:
+    """A local engine whose plan for the stream's gene list is made once, on its first cells
+    (other gene lists, e.g. a partition with other genes, are planned as usual)."""
+
+    def __init__(self, engine: ChunkedEngine, head: list[CellMatrix]) -> None:
+        from ._annotate import _resolve_genes
+
+        self._engine = engine
+        first = head[0]
+        same = [c for c in head if np.array_equal(c.genes, first.genes)]
+        X = same[0].X if len(same) == 1 else sp.vstack([c.X for c in same], format="csr")
+        needed = engine.genes
+        genes = _resolve_genes(first, None if needed is None else list(needed))[0]
+        planning = CellMatrix(X, np.concatenate([c.cells for c in same]), genes,
+                              value_kind=first.value_kind, source=first.source, validate=False)
+        self._genes = genes
+        self._plan = engine.plan(planning)
+
+    def __getattr__(self, name: str) -> Any:  # name, atlas, genes, describe, ...
+        return getattr(self._engine, name)
+
+    def plan(self, matrix: CellMatrix) -> ChunkPlan:
+        if np.array_equal(matrix.genes, self._genes):
+            return self._plan
+        return self._engine.plan(matrix)
+
+    def annotate(self, matrix: CellMatrix, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 progress: bool = True) -> pa.Table:
+        from .engines._base import ChunkedEngine
+
+        # The base class's walk over chunks, with this object's plan().
+        return ChunkedEngine.annotate(self, matrix,  # type: ignore[arg-type]
+                                      chunk_size=chunk_size, progress=progress)
 
 
 class _GeneState:

@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def counts(n_cells: int, *, seed: int = 0, n_genes: int = 800, prefix: str = "cell"
            ) -> bridge.CellMatrix:
     """Raw counts of ``n_cells`` cells (~300 detected genes each, a few MT- genes)."""
-    from bridge.engines.markers import load_marker_database
+    from bridge.engines._marker_model import load_marker_model
 
     rng = np.random.default_rng(seed)
-    markers = sorted(set(load_marker_database().genes))
+    markers = sorted(set(load_marker_model(None, "human").genes))
     fillers = [f"GENE{i:04d}" for i in range(max(0, n_genes - len(markers) - 3))]
     genes = np.asarray([*markers, "MT-CO1", "MT-ND1", "MT-CYB", *fillers], dtype=object)
     position = {g: j for j, g in enumerate(genes)}
