@@ -43,6 +43,7 @@ __all__ = [
     "one_vs_rest_t",
     "panel_block",
     "rank_sum_test",
+    "spread_runs",
     "value_kind_for_layer",
     "welch_t",
 ]
@@ -61,6 +62,20 @@ NORMALIZED_LAYERS = frozenset({"tpm", "cpm", "fpkm", "rpkm"})
 # normalised values that are not logged reach far beyond this.
 _LOG_SCALE_MAX = 50.0
 _SAMPLE = 1 << 20
+
+
+def spread_runs(total: int, n: int, windows: int = 8) -> list[tuple[int, int]]:
+    """About ``n`` of ``total`` rows as ``windows`` evenly spaced runs of consecutive rows
+    (``(start, stop)`` pairs; one run of every row when ``total <= n``).
+
+    Integer arithmetic only, so that the R package picks the same cells (R/engine-http.R):
+    a remote client samples exactly the cells the embedded engine would.
+    """
+    if total <= n:
+        return [(0, total)]
+    width = max(1, n // windows)
+    return [(s, s + width) for s in
+            (k * (total - width) // max(windows - 1, 1) for k in range(windows))]
 
 
 def looks_like_counts(data: NDArray[Any]) -> bool:

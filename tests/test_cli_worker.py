@@ -16,7 +16,8 @@ from test_marker_engine import synthetic_matrix
 import bridge
 from bridge.cli import main
 
-TYPES = ["naive B cell", "CD14 monocyte", "NK cell", "naive CD8 T cell"]
+TYPES = ["naive B cell", "classical monocyte", "natural killer cell",
+         "naive thymus-derived CD8-positive, alpha-beta T cell"]
 
 
 @pytest.fixture(scope="module")

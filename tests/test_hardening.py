@@ -152,6 +152,23 @@ def test_atomic_output_leaves_the_old_file_on_failure(tmp_path: Path) -> None:
     assert target.stat().st_mode & 0o777 == 0o640  # the old file's mode is kept
 
 
+def test_an_interrupt_a_library_turned_into_its_own_error_stays_an_interrupt(
+        tmp_path: Path) -> None:
+    # h5py answers a Ctrl-C that lands inside an attribute write with a TypeError.
+    target = tmp_path / "out.h5ad"
+    target.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt) as caught, atomic_output(target) as temp:
+        temp.write_bytes(b"half")
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise TypeError("Operation not defined for data type class") from None
+    assert isinstance(caught.value.__cause__, TypeError)
+    assert target.read_bytes() == b"old"
+    with pytest.raises(TypeError), atomic_output(target) as temp:  # a plain error stays itself
+        raise TypeError("a writer's own bug")
+
+
 # -- readers only raise our errors ------------------------------------------------------------------
 def test_arrow_errors_name_the_file_not_the_recorded_source(tmp_path: Path) -> None:
     m = synthetic_cells(20, seed=4)

@@ -9,6 +9,7 @@ retried, and replies that do not belong to the request.
 from __future__ import annotations
 
 import email.utils
+import json
 import threading
 import time
 from pathlib import Path
@@ -98,8 +99,6 @@ def test_remote_equals_local_across_chunks(live_server: LiveServer, query: CellM
 
 @pytest.mark.parametrize("transport", ["arrow", "json"])
 def test_default_markers_model_equals_local(live_server: LiveServer, transport: str) -> None:
-    # An inferred tissue context is inferred per request (here per 100-cell chunk), so the
-    # context is given for chunked calls to equal a local call on all cells.
     cells = marker_gene_cells(450, seed=3)
     client = RemoteClient(live_server.url, api_key=API_KEY, transport=transport,
                           chunk_size=100, max_concurrency=2, tissue="blood")
@@ -108,6 +107,27 @@ def test_default_markers_model_equals_local(live_server: LiveServer, transport: 
     assert remote.equals(local)
     assert meta(remote, "atlas") == meta(local, "atlas") == "default"
     assert meta(remote, "model") == "markers"
+
+
+@pytest.mark.parametrize("transport", ["arrow", "json"])
+def test_an_inferred_tissue_context_is_one_for_the_whole_run(live_server: LiveServer,
+                                                              transport: str) -> None:
+    # The first 100-cell chunk holds only blood cells, the later ones liver: inferred per
+    # chunk, the first chunk's context would be blood and the calls would depend on the chunk
+    # size. The client asks the service once, on the cells the engine itself samples.
+    from test_marker_engine import synthetic_matrix
+
+    cells, _ = synthetic_matrix(["classical monocyte", "natural killer cell", "hepatocyte",
+                                 "Kupffer cell", "hepatic stellate cell"], n_per_type=100,
+                                seed=4)
+    client = RemoteClient(live_server.url, api_key=API_KEY, transport=transport,
+                          chunk_size=100, max_concurrency=2)
+    remote = client.annotate(cells, progress=False)
+    local = call_cells(cells, progress=False)
+    assert remote.equals(local)
+    context = json.loads(meta(remote, "tissue"))
+    assert context == json.loads(meta(local, "tissue"))
+    assert context["source"] == "inferred" and "liver" in context["tissues"]
 
 
 @pytest.mark.parametrize("transport", ["arrow", "json"])

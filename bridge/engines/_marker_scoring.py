@@ -25,7 +25,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from ..numerics import cell_totals, log_normalize, panel_block
+from ..numerics import cell_totals, log_normalize, panel_block, spread_runs
 
 if TYPE_CHECKING:
     from ..matrix import CellMatrix
@@ -72,12 +72,9 @@ def row_view(X: sp.csr_matrix, start: int, stop: int) -> sp.csr_matrix:
 def sample_rows(X: sp.csr_matrix, n: int, windows: int = 8) -> list[sp.csr_matrix]:
     """About ``n`` cells as views of ``windows`` evenly spaced runs of consecutive rows: the
     same cells for the same matrix, spread over it."""
-    total = X.shape[0]
-    if total <= n:
+    if X.shape[0] <= n:
         return [X]
-    width = max(1, n // windows)
-    starts = np.linspace(0, total - width, windows).astype(np.int64)
-    return [row_view(X, int(s), int(s) + width) for s in starts]
+    return [row_view(X, start, stop) for start, stop in spread_runs(X.shape[0], n, windows)]
 
 
 # -- values ---------------------------------------------------------------------------------

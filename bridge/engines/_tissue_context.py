@@ -36,10 +36,13 @@ from ._knowledge_base import data_path, load_tissues
 if TYPE_CHECKING:
     from ._marker_model import MarkerModel
 
-__all__ = ["AUTO", "EVERYWHERE", "TissueContext", "context_mask", "infer_context",
-           "resolve_tissues"]
+__all__ = ["AUTO", "EVERYWHERE", "INFERENCE_CELLS", "TissueContext", "context_mask",
+           "infer_context", "resolve_tissues"]
 
 AUTO = "auto"
+#: Cells the inference samples (evenly spread runs, :func:`bridge.numerics.spread_runs`);
+#: remote clients send the same cells for a chunked run's one context.
+INFERENCE_CELLS = 2000
 #: Values of ``tissue=`` that switch the context off (every type on equal terms).
 EVERYWHERE = frozenset({"all", "none", "any"})
 #: A tissue joins an inferred context only with this share of the sampled cells' votes ...

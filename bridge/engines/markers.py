@@ -61,7 +61,13 @@ from ._marker_scoring import (
     tree_of,
     value_handling,
 )
-from ._tissue_context import TissueContext, context_mask, given_context, infer_context
+from ._tissue_context import (
+    INFERENCE_CELLS,
+    TissueContext,
+    context_mask,
+    given_context,
+    infer_context,
+)
 
 if TYPE_CHECKING:
     from ..matrix import CellMatrix
@@ -259,7 +265,7 @@ class MarkerEngine(ChunkedEngine):
         everything = np.ones(model.n_nodes, dtype=bool)
         settings = self._settings()
         found = sp.vstack([evidence(window, kind, layout.columns, settings)
-                           for window in sample_rows(matrix.X, 2000)], format="csr")
+                           for window in sample_rows(matrix.X, INFERENCE_CELLS)], format="csr")
         h = hypotheses(found, model, layout, everything, settings)
         walk = descend(h, model, tree, layout, everything, settings)
         return infer_context(model, walk.label, walk.probability, found.shape[0])

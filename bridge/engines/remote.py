@@ -27,6 +27,7 @@ sent as ``Authorization: Bearer <key>``; it is never logged.
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import os
 import random
@@ -35,7 +36,9 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pyarrow as pa
+import scipy.sparse as sp
 
 from .._contract import CALLS_SCHEMA, MARKERS_SCHEMA, concat_calls, with_metadata
 from .._contract.wire import (
@@ -48,14 +51,14 @@ from .._contract.wire import (
     table_from_arrow,
 )
 from .._errors import InputError, MissingDependencyError, RemoteError
+from ..matrix import CellMatrix
+from ..numerics import spread_runs
 from . import DEFAULT_CHUNK_SIZE, register_engine
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     import httpx
-
-    from ..matrix import CellMatrix
 
 __all__ = ["ENV_API_KEY", "RemoteClient", "annotate_url", "body_chunks"]
 
@@ -273,22 +276,23 @@ class RemoteClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- one chunk ----------------------------------------------------------------------------
-    def _request(self, chunk: CellMatrix
+    def _request(self, chunk: CellMatrix, tissue: str | None
                  ) -> tuple[bytes | pa.Buffer, dict[str, str], dict[str, str]]:
         if self.transport == "arrow":
             params = {"model": self.model}
             if self.atlas is not None:
                 params["reference_atlas"] = self.atlas
-            if self.tissue is not None:
-                params["tissue"] = self.tissue
+            if tissue is not None:
+                params["tissue"] = tissue
             headers = {"Content-Type": ARROW_MEDIA_TYPE, "Accept": ARROW_MEDIA_TYPE}
             return matrix_arrow_buffer(chunk), headers, params
-        body = json_body(chunk, model=self.model, atlas=self.atlas, tissue=self.tissue)
+        body = json_body(chunk, model=self.model, atlas=self.atlas, tissue=tissue)
         return body, {"Content-Type": JSON_MEDIA_TYPE, "Accept": JSON_MEDIA_TYPE}, {}
 
-    def _annotate_chunk(self, http: httpx.Client, chunk: CellMatrix, index: int) -> pa.Table:
-        what = f"chunk {index} ({chunk.n_cells} cells)"
-        content, headers, params = self._request(chunk)
+    def _annotate_chunk(self, http: httpx.Client, chunk: CellMatrix, index: int,
+                        tissue: str | None = None, what: str | None = None) -> pa.Table:
+        what = what or f"chunk {index} ({chunk.n_cells} cells)"
+        content, headers, params = self._request(chunk, tissue)
         try:
             response = self._post(http, content, headers, params, what)
         except RemoteError as exc:
@@ -299,7 +303,8 @@ class RemoteClient:
             logger.info("%s: the service refused it as too large (%s); sending it in halves",
                         what, exc.code)
             parts = [chunk.slice_cells(0, half), chunk.slice_cells(half, chunk.n_cells)]
-            return concat_calls([self._annotate_chunk(http, part, index) for part in parts])
+            return concat_calls([self._annotate_chunk(http, part, index, tissue)
+                                 for part in parts])
         del content
         kind = response.headers.get("content-type", "").split(";")[0].strip()
         if kind == headers["Accept"] == ARROW_MEDIA_TYPE:
@@ -346,9 +351,12 @@ class RemoteClient:
                    disable=not progress or n_chunks < 2)
         with self._http() as http, ThreadPoolExecutor(self.max_concurrency) as pool:
             pending: dict[Future[pa.Table], tuple[int, int]] = {}
+            tissue, context = self.tissue, None
+            if n_chunks > 1 and (tissue is None or tissue.strip().lower() == "auto"):
+                tissue, context = self._context_for_run(http, matrix)
 
             def submit(index: int, chunk: CellMatrix) -> None:
-                future = pool.submit(self._annotate_chunk, http, chunk, index)
+                future = pool.submit(self._annotate_chunk, http, chunk, index, tissue)
                 pending[future] = (index, chunk.n_cells)
 
             try:
@@ -366,7 +374,45 @@ class RemoteClient:
             finally:
                 bar.close()
         table = concat_calls([t for t in results if t is not None])
+        if context is not None:  # the inference, as a run in one piece would record it
+            table = with_metadata(table, tissue=context)
         return with_metadata(table, endpoint=self.url, transport=self.transport)
+
+    def _context_for_run(self, http: httpx.Client, matrix: CellMatrix
+                         ) -> tuple[str | None, str | None]:
+        """One tissue context for every chunk of a run with ``tissue="auto"``.
+
+        Each chunk on its own would have its context inferred from its own cells, so calls
+        would depend on the chunk size.  The service is first sent the cells the embedded
+        engine samples for its inference (:func:`~bridge.numerics.spread_runs` over the whole
+        matrix); the context it infers from them is then asked for by name in every chunk.
+        Returns the tissue value to send and the inference's ``scbridge.tissue`` metadata,
+        or ``(None, None)`` for a model without a tissue context.
+        """
+        from ._tissue_context import INFERENCE_CELLS
+
+        runs = spread_runs(matrix.n_cells, INFERENCE_CELLS)
+        sample = [matrix.slice_cells(a, b) for a, b in runs]
+        cells = CellMatrix(sp.vstack([c.X for c in sample], format="csr"),
+                           np.concatenate([c.cells for c in sample]), matrix.genes,
+                           value_kind=matrix.value_kind, source=matrix.source, validate=False)
+        reply = self._annotate_chunk(http, cells, -1, None,
+                                     what=f"tissue inference ({cells.n_cells} sampled cells)")
+        raw = (reply.schema.metadata or {}).get(b"scbridge.tissue")
+        try:
+            context = json.loads(raw) if raw else None
+        except ValueError:
+            context = None
+        if not isinstance(context, dict):
+            return None, None
+        tissues = context.get("tissues")
+        if context.get("source") == "none":
+            return "all", raw.decode() if raw else None
+        if context.get("source") != "inferred" or not isinstance(tissues, list) or not tissues:
+            return None, None
+        logger.info("tissue context for every chunk, inferred from %d sampled cells: %s",
+                    cells.n_cells, ", ".join(map(str, tissues)))
+        return ";".join(map(str, tissues)), raw.decode() if raw else None
 
     @staticmethod
     def _collect(pending: dict[Future[pa.Table], tuple[int, int]],

@@ -169,12 +169,34 @@ def atomic_output(path: PathLike, *, inputs: Iterable[PathLike | None] = (),
             with open(temp, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(temp, target)
-        except BaseException:
+        except BaseException as error:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
+            interrupt = _interrupt_behind(error)
+            if interrupt is not None:
+                # A library that turned the interrupt into its own error (h5py raises TypeError
+                # when Ctrl-C lands inside an attribute write): the user pressed Ctrl-C / sent
+                # SIGTERM, so that is what propagates, not the library's confusion.
+                raise interrupt from error
             raise
     _fsync_folder(folder)
     logger.debug("wrote %s", target)
+
+
+def _interrupt_behind(error: BaseException) -> BaseException | None:
+    """A KeyboardInterrupt / SystemExit in the context chain of another error, if any."""
+    if isinstance(error, KeyboardInterrupt | SystemExit):
+        return None
+    seen: set[int] = set()
+    cause = error.__context__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return KeyboardInterrupt()
+        if isinstance(cause, SystemExit):
+            return SystemExit(cause.code)
+        seen.add(id(cause))
+        cause = cause.__context__
+    return None
 
 
 def stale_temporaries(folder: PathLike, *, name: str) -> list[Path]:

@@ -178,6 +178,10 @@ http_annotate <- function(m, source, request) {
   n <- ncol(m)
   genes_json <- as.character(jsonlite::toJSON(rownames(m)))
   starts <- chunk_starts(n, chunk_size)
+  if (length(starts) > 1L && is.null(params$tissue)) {
+    # tissue = "auto" over several requests: one context for all of them.
+    params$tissue <- http_run_tissue(m, source, request, transport, genes_json)
+  }
   request_for <- function(k) {
     from <- starts[[k]]
     to <- min(from + chunk_size - 1L, n)
@@ -226,6 +230,47 @@ http_annotate <- function(m, source, request) {
   out <- do.call(rbind, parts)
   rownames(out) <- NULL
   out
+}
+
+# About `n` of `total` cells as `windows` evenly spaced runs, 0-based c(start, stop) pairs:
+# bridge.numerics.spread_runs() in integer arithmetic, so both pick the same cells.
+spread_runs <- function(total, n = 2000, windows = 8) {
+  if (total <= n) return(list(c(0, total)))
+  width <- max(1, n %/% windows)
+  starts <- (seq_len(windows) - 1) * (as.numeric(total) - width) %/% (windows - 1)
+  lapply(starts, function(s) c(s, s + width))
+}
+
+# The tissue context for every chunk of a run with tissue = "auto". Each request on its own
+# would have its context inferred from its own cells, so the calls would depend on
+# chunk_size: the service is first sent the cells the embedded engine samples for its
+# inference (spread_runs() over all cells), and the context it infers from them is then asked
+# for by name (as the Python client does). NULL for a model without a tissue context.
+http_run_tissue <- function(m, source, request, transport, genes_json) {
+  cells <- unlist(lapply(spread_runs(ncol(m)), function(r) seq.int(r[[1]] + 1, r[[2]])))
+  sample <- m[, cells, drop = FALSE]
+  req <- http_request(request$endpoint, "v1/singlecell/annotate", request$api_key,
+                      http_timeout(), http_retries())
+  req <- httr2::req_headers(req, Accept = "application/json")
+  if (transport == "arrow") {
+    req <- httr2::req_url_query(req, model = request$model, reference_atlas = request$atlas)
+    req <- httr2::req_body_raw(req, arrow_csr_stream(sample, source, request$value_kind),
+                               type = arrow_media_type)
+  } else {
+    block <- csr_block(sample, 1L, ncol(sample))
+    block$n_genes <- nrow(sample)
+    req <- httr2::req_body_raw(req, json_body(block, genes_json, request$model, request$atlas,
+                                              request$params),
+                               type = "application/json")
+  }
+  reply <- jsonlite::parse_json(httr2::resp_body_string(http_perform(req, request$endpoint)))
+  context <- tryCatch(jsonlite::parse_json(reply$metadata[["scbridge.tissue"]]),
+                      error = function(e) NULL)
+  if (!is.list(context)) return(NULL)
+  if (identical(context$source, "none")) return("all")
+  tissues <- unlist(context$tissues)
+  if (!identical(context$source, "inferred") || !length(tissues)) return(NULL)
+  paste(tissues, collapse = ";")
 }
 
 # The reply is read as what it is (Content-Type), whatever was asked for.

@@ -203,3 +203,12 @@ test_that("the depths of a call (label_l1 / label_l2, unknown_reason) travel ali
   expect_identical(meta$cell_type_label, ref$label)
   if (!is.null(ref$unknown_reason)) expect_identical(meta$cell_type_reason, ref$unknown_reason)
 })
+
+test_that("a chunked http run samples the cells the core's tissue inference samples", {
+  # bridge.numerics.spread_runs(n, 2000) for these n (python -c "...print(spread_runs(n, 2000))")
+  starts <- function(n) vapply(spread_runs(n), `[[`, numeric(1), 1L)
+  expect_identical(starts(2001), c(0, 250, 500, 750, 1000, 1250, 1500, 1751))
+  expect_identical(starts(123457), c(0, 17601, 35202, 52803, 70404, 88005, 105606, 123207))
+  expect_identical(spread_runs(120), list(c(0, 120)))
+  expect_identical(spread_runs(3e9)[[8]], c(3e9 - 250, 3e9))  # no integer overflow
+})
