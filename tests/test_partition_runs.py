@@ -19,7 +19,12 @@ import pytest
 from _atlas import counts, end, environment, wait_for
 
 import bridge
-from bridge._partition_calls import cells_checksum, check_partition_calls, options_fingerprint
+from bridge._partition_calls import (
+    cells_checksum,
+    check_partition_calls,
+    options_fingerprint,
+    remove_temporaries,
+)
 from bridge._partitioned import (
     _options,
     annotate_partitions,
@@ -27,7 +32,7 @@ from bridge._partitioned import (
     write_partitions,
 )
 from bridge.cli import main
-from bridge.io._files import TEMP_MARK
+from bridge.io._files import TEMP_MARK, stale_temporaries
 
 distributed = pytest.importorskip("distributed")
 
@@ -184,6 +189,29 @@ def test_resume_reuses_only_complete_matching_calls(
                                       min_confidence=0.5, resume=True, progress=False)
     assert [d.reused for d in third] == [False] * 4
     assert not [p for p in calls_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_a_killed_writers_temporary_file_is_removed_and_never_reused(
+        parts: Path, client: distributed.Client, tmp_path: Path) -> None:
+    calls_dir = tmp_path / "calls"
+    write_partition_calls_dir(parts, calls_dir, client=client, qc=False, progress=False)
+    # What a writer killed by SIGKILL leaves: atomic_output's hidden temporary file.
+    stale = calls_dir / f".part-00001{TEMP_MARK}999-dead.parquet"
+    stale.write_bytes(b"PAR1 half a file")
+    assert stale_temporaries(calls_dir, name="part-00001.parquet") == [stale]
+    assert remove_temporaries(calls_dir) == 1
+    assert not stale.exists() and len(list(calls_dir.iterdir())) == 4
+    again = write_partition_calls_dir(parts, calls_dir, client=client, qc=False, resume=True,
+                                      progress=False)
+    assert [d.reused for d in again] == [True] * 4
+
+
+def test_the_calls_folder_cannot_be_the_partitions(parts: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["annotate", str(parts), "--calls-dir", str(parts), "--out",
+                 str(tmp_path / "calls.parquet")]) == 2
+    assert "error[same_file]" in capsys.readouterr().err
+    assert sorted(p.suffix for p in parts.iterdir()) == [".arrow"] * 4
 
 
 def test_resume_needs_a_calls_folder(parts: Path) -> None:

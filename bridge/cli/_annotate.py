@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from .._contract import metadata_dict
 from .._errors import InputError, MissingDependencyError
-from ..io._files import atomic_output, refuse_clashes
+from ..io._files import atomic_output, refuse_clashes, refuse_same_file
 
 NAME = "annotate"
 HELP = "cell-type calls for every cell (embedded marker engine by default)"
@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help=".rds, .RData, .h5ad, .arrow/.arrows, 10x folder or .h5")
+    parser.add_argument("input", help=".rds, .RData, .h5ad, .arrow/.arrows, 10x folder or .h5, "
+                                      "or a folder / glob / URL of Arrow CSR partitions")
     parser.add_argument("--out", required=True,
                         help="calls file: .parquet, .arrow (IPC file), .csv or .json")
     parser.add_argument("--model", default="markers", help="engine (default: markers)")
@@ -288,6 +289,7 @@ def _run_partitions(args: argparse.Namespace, out: Path) -> int:
                "partitions, then work on the gathered calls.")
         raise InputError(msg)
     calls_dir = Path(args.calls_dir) if args.calls_dir else default_calls_dir(out)
+    refuse_same_file(calls_dir, [args.input], what="--calls-dir")  # its calls files are replaced
     done = write_partition_calls_dir(
         args.input, calls_dir, client=args.scheduler, n_workers=args.workers,
         model=args.model, atlas=args.atlas, min_confidence=args.min_confidence,
