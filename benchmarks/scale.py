@@ -55,7 +55,11 @@ import numpy as np
 import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SCBRIDGE_SHARED_DATA") or ROOT.parent / "shared" / "data")
+# ../shared/data beside the repository (searched upwards, so worktrees find it too), unless
+# SCBRIDGE_SHARED_DATA points elsewhere.
+SHARED = (Path(os.environ["SCBRIDGE_SHARED_DATA"]) if os.environ.get("SCBRIDGE_SHARED_DATA")
+          else next((p / "shared" / "data" for p in ROOT.parents
+                     if (p / "shared" / "data").is_dir()), ROOT.parent / "shared" / "data"))
 GIB = 2**30
 BLOCK = 50_000
 
