@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -214,8 +215,23 @@ def annotate(source: Any, *, model: str = "markers", atlas: str | None = None,
         input cell order, then ``label_raw`` (with ``min_confidence``), ``label_smoothed`` and
         ``smoothed_confidence`` (with ``groups`` / ``smooth``) and the QC columns.
     """
-    from .engines import get_engine
+    # Everything that can be refused is checked before any computation.
+    if min_confidence is not None and not 0.0 <= float(min_confidence) <= 1.0:
+        msg = f"min_confidence must lie in [0, 1], got {min_confidence}"
+        raise InputError(msg, code="invalid_parameter")
+    size = chunk_size or DEFAULT_CHUNK_SIZE
+    if groups is None and smooth in (None, False) and _streams(source):
+        # A file that streams is annotated chunk by chunk: memory bounded by one chunk.
+        from ._streaming import annotate_chunks
+        from .io import read_chunks
 
+        engine = _engine(model, atlas, endpoint, api_key, transport, engine_params)
+        options = {k: v for k, v in (("assay", assay), ("layer", layer),
+                                     ("value_kind", value_kind)) if v is not None}
+        chunks = read_chunks(source, size, balanced=True, **options)
+        return annotate_chunks(chunks, engine=engine,
+                               model=model, qc=qc, min_confidence=min_confidence,
+                               chunk_size=size, progress=progress, where=str(source))
     if isinstance(source, CellMatrix):
         matrix = source
         if value_kind is not None and value_kind != matrix.value_kind:
@@ -224,17 +240,8 @@ def annotate(source: Any, *, model: str = "markers", atlas: str | None = None,
                                 keepalive=matrix.keepalive)
     else:
         matrix = _read(source, assay, layer, value_kind)
-    size = chunk_size or DEFAULT_CHUNK_SIZE
-    # Everything that can be refused is checked before any computation.
-    if min_confidence is not None and not 0.0 <= float(min_confidence) <= 1.0:
-        msg = f"min_confidence must lie in [0, 1], got {min_confidence}"
-        raise InputError(msg, code="invalid_parameter")
     group_values = _group_labels(matrix, groups) if groups is not None else None
-    if endpoint:
-        engine = get_engine("remote", endpoint=endpoint, api_key=api_key, transport=transport,
-                            model=model, atlas=atlas, cache=False, **engine_params)
-    else:
-        engine = get_engine(model, atlas=atlas, **engine_params)
+    engine = _engine(model, atlas, endpoint, api_key, transport, engine_params)
     qc_table = _qc_columns(matrix, qc)
     table = call_cells(matrix, model=model, engine=engine, chunk_size=size, progress=progress)
     provenance: dict[str, Any] = {"source": matrix.source, "n_cells": matrix.n_cells,
@@ -261,6 +268,23 @@ def annotate(source: Any, *, model: str = "markers", atlas: str | None = None,
         provenance["qc_thresholds"] = (qc_table.schema.metadata or {}).get(
             b"scbridge.qc_thresholds", b"{}").decode()
     return with_metadata(table, **provenance)
+
+
+def _engine(model: str, atlas: str | None, endpoint: str | None, api_key: str | None,
+            transport: str, engine_params: dict[str, Any]) -> Engine:
+    from .engines import get_engine
+
+    if endpoint:
+        return get_engine("remote", endpoint=endpoint, api_key=api_key, transport=transport,
+                          model=model, atlas=atlas, cache=False, **engine_params)
+    return get_engine(model, atlas=atlas, **engine_params)
+
+
+def _streams(source: Any) -> bool:
+    """Whether ``source`` is a file whose reader streams it in chunks."""
+    from .io import can_stream
+
+    return isinstance(source, str | os.PathLike) and can_stream(source)
 
 
 def _qc_columns(matrix: CellMatrix, qc: bool | pa.Table) -> pa.Table | None:

@@ -30,6 +30,7 @@ __all__ = [
     "arrow_schema",
     "batches_from_matrix",
     "check_schema",
+    "compact_offsets",
     "list_parts",
     "matrix_from_batches",
     "needs_large",
@@ -90,6 +91,18 @@ def needs_large(nnz: int, offsets: Offsets) -> bool:
         msg = f"{nnz:,} non-zeros do not fit 32-bit offsets; use offsets='int64' or 'auto'."
         raise CapacityError(msg)
     return nnz > INT32_MAX
+
+
+def compact_offsets(indptr: NDArray[Any]) -> NDArray[Any]:
+    """``indptr`` (starting at 0) as int32 when its values fit, else as it is.
+
+    A chunk of a ``large_list`` batch has 64-bit offsets that usually fit 32 bits again;
+    scipy widens ``indices`` to int64 (a copy) for every operation on a matrix with int64
+    ``indptr``, so chunks get 32-bit offsets back where they can.
+    """
+    if indptr.dtype == np.int32 or (len(indptr) and int(indptr[-1]) > INT32_MAX):
+        return indptr
+    return indptr.astype(np.int32)
 
 
 def batches_from_matrix(
@@ -319,9 +332,11 @@ def matrix_from_batches(
         indices = np.concatenate([p[1] for p in parts])
         data = np.concatenate([p[2] for p in parts])
         ends = np.cumsum([int(p[0][-1]) for p in parts])
-        big = ends[-1] > INT32_MAX
-        pieces = [parts[0][0].astype(np.int64 if big else parts[0][0].dtype)]
-        pieces += [p[0][1:] + ends[i] for i, p in enumerate(parts[1:])]
+        dtype = np.int64 if ends[-1] > INT32_MAX else parts[0][0].dtype
+        # Cast before adding: numpy 1.x keeps an int32 array int32 when the scalar added
+        # fits 32 bits, so the sum would wrap past 2**31 values.
+        pieces = [parts[0][0].astype(dtype)]
+        pieces += [p[0][1:].astype(dtype) + ends[i] for i, p in enumerate(parts[1:])]
         indptr = np.concatenate(pieces)
     else:
         indptr, indices, data = np.zeros(1, np.int32), np.zeros(0, np.int32), np.zeros(0)

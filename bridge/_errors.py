@@ -209,4 +209,5 @@ CODES: dict[str, tuple[str, str]] = {
     "remote_error": ("remote_error", "an annotation service answered with an error"),
     "remote_unreachable": ("remote_error", "an annotation service could not be reached"),
     "remote_reply": ("remote_error", "a service's reply broke the contract"),
+    "worker_lost": ("error", "a Dask worker died each time it ran a partition"),
 }

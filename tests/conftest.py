@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
-# ../shared/data beside the repository (searched upwards, so git worktrees find it too)
-SHARED_DATA = next((p / "shared" / "data" for p in Path(__file__).resolve().parents
-                    if (p / "shared" / "data").is_dir()),
-                   Path(__file__).resolve().parents[1].parent / "shared" / "data")
+# ../shared/data beside the repository (searched upwards, so git worktrees find it too);
+# SCBRIDGE_SHARED_DATA points elsewhere.
+SHARED_DATA = (Path(os.environ["SCBRIDGE_SHARED_DATA"]) if os.environ.get("SCBRIDGE_SHARED_DATA")
+               else next((p / "shared" / "data" for p in Path(__file__).resolve().parents
+                          if (p / "shared" / "data").is_dir()),
+                         Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 R_PACKAGES = ("Matrix", "SeuratObject", "SingleCellExperiment", "DelayedArray")
 
 

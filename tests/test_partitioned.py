@@ -135,7 +135,7 @@ def test_cli_annotates_partitions_on_a_scheduler(
                  "--out", str(out)]) == 2
     assert "--groups cannot be used with --partitions" in capsys.readouterr().err
     assert main(["annotate", str(parts[0]), "--workers", "2", "--out", str(out)]) == 2
-    assert "go with --partitions" in capsys.readouterr().err
+    assert "go with a partitioned data set" in capsys.readouterr().err
 
 
 def test_h5ad_is_partitioned_as_a_stream(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from .._contract import metadata_dict
 from .._errors import InputError, MissingDependencyError
-from ..io._files import atomic_output, refuse_clashes
+from ..io._files import atomic_output, refuse_clashes, refuse_same_file
 
 NAME = "annotate"
 HELP = "cell-type calls for every cell (embedded marker engine by default)"
@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help=".rds, .RData, .h5ad, .arrow/.arrows, 10x folder or .h5")
+    parser.add_argument("input", help=".rds, .RData, .h5ad, .arrow/.arrows, 10x folder or .h5, "
+                                      "or a folder / glob / URL of Arrow CSR partitions")
     parser.add_argument("--out", required=True,
                         help="calls file: .parquet, .arrow (IPC file), .csv or .json")
     parser.add_argument("--model", default="markers", help="engine (default: markers)")
@@ -68,8 +69,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'SCBRIDGE_UMAP' or AnnData obsm 'X_scbridge_umap'; the report "
                              "draws the same layout, computed once)")
     parser.add_argument("--partitions", action="store_true",
-                        help="input is a folder or glob of Arrow CSR partitions "
-                             "(bridge.write_partitions): one Dask task per partition")
+                        help="input is a folder, glob or URL of Arrow CSR partitions "
+                             "(bridge.write_partitions): one Dask task per partition "
+                             "(a folder of .arrow files is recognised without this flag)")
+    parser.add_argument("--calls-dir", metavar="DIR",
+                        help="partitions: per-partition calls files (a Parquet data set), "
+                             "written as partitions finish (default: OUT's name + .parts)")
+    parser.add_argument("--resume", action="store_true",
+                        help="partitions: reuse the complete, matching per-partition calls "
+                             "of an earlier run that stopped; compute only the rest")
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="with --partitions: a Dask scheduler (default: a local cluster)")
     parser.add_argument("--workers", type=int, default=None,
@@ -186,10 +194,12 @@ def run(args: argparse.Namespace) -> int:
     inputs = [args.input, args.atlas, args.qc_table]
     refuse_clashes({"--out": out, "--write-back": args.write_back, "--report": args.report},
                    inputs)
-    if args.partitions:
+    if args.partitions or _is_partitioned(args.input):
         return _run_partitions(args, out)
-    if args.scheduler or args.workers:
-        msg = "--scheduler and --workers go with --partitions (a folder of Arrow CSR partitions)."
+    if args.scheduler or args.workers or args.resume or args.calls_dir:
+        msg = ("--scheduler, --workers, --resume and --calls-dir go with a partitioned data "
+               "set (a folder of Arrow CSR partitions); split a large file into one with "
+               "`scbridge convert IN FOLDER/ --cells-per-partition N`.")
         raise InputError(msg)
     from ..io.rds import reuse_loaded
 
@@ -205,18 +215,24 @@ def _run_one(args: argparse.Namespace, out: Path, inputs: list[Any]) -> int:
         from ..io.write_back import check_write_back
 
         check_write_back(args.input, args.write_back)  # before any computation
-    matrix = read(args.input, assay=args.assay, layer=args.layer, value_kind=args.value_kind)
+    # Only the report and the write-back's layout need the matrix itself; otherwise a path
+    # lets annotate stream a large file chunk by chunk.
+    needs_matrix = bool(args.report) or bool(args.write_back and not args.no_layout)
+    matrix = (read(args.input, assay=args.assay, layer=args.layer, value_kind=args.value_kind)
+              if needs_matrix else None)
     api_key = os.environ.get(args.api_key_env) if args.endpoint else None
     qc: bool | pa.Table = not args.no_qc
     if args.qc_table:
         from ._table_io import read_table
 
         qc = read_table(args.qc_table)
-    table = annotate(matrix, model=args.model, atlas=args.atlas,
+    options = ({} if matrix is not None else
+               {"assay": args.assay, "layer": args.layer, "value_kind": args.value_kind})
+    table = annotate(args.input if matrix is None else matrix, model=args.model, atlas=args.atlas,
                      min_confidence=args.min_confidence, groups=args.groups,
                      qc=qc, endpoint=args.endpoint, api_key=api_key,
                      transport=args.transport, chunk_size=args.chunk_size,
-                     progress=not args.quiet, **engine_options(args))
+                     progress=not args.quiet, **options, **engine_options(args))
     write_calls(table, out, inputs=inputs)
     if args.write_back:
         from .._cellmap import layout_table
@@ -229,11 +245,12 @@ def _run_one(args: argparse.Namespace, out: Path, inputs: list[Any]) -> int:
             "cell_type_ontology": table.column("ontology_id"),
         })
         # The layout is computed once here; the report below reuses it (bridge._cellmap).
-        layout = None if args.no_layout else layout_table(matrix, progress=not args.quiet)
+        layout = (None if args.no_layout or matrix is None
+                  else layout_table(matrix, progress=not args.quiet))
         write_back(args.input, columns, args.write_back, overwrite=True, layout=layout,
                    assay=args.assay)
     report = None
-    if args.report:
+    if args.report and matrix is not None:
         from .._report import write_report
 
         report = write_report(args.report, matrix, table, inputs=inputs)
@@ -244,24 +261,48 @@ def _run_one(args: argparse.Namespace, out: Path, inputs: list[Any]) -> int:
     return 0
 
 
+def _is_partitioned(source: str) -> bool:
+    """A folder of Arrow CSR files, a glob pattern or a URL: a partitioned data set."""
+    from ..io.partitions import is_partition_folder, is_url_or_pattern
+
+    return is_url_or_pattern(source) or is_partition_folder(Path(source))
+
+
+def default_calls_dir(out: Path) -> Path:
+    """Where the per-partition calls of ``--out calls.parquet`` go: ``calls.parts/``."""
+    return out.with_name(out.stem + ".parts")
+
+
 def _run_partitions(args: argparse.Namespace, out: Path) -> int:
-    """``--partitions``: annotate a partitioned data set on a Dask cluster."""
-    from .._partitioned import annotate_partitions
+    """A partitioned data set on a Dask cluster: per-partition calls files as partitions
+    finish (``--resume`` reuses those of a run that stopped), then streamed into ``--out``."""
+    from .._partitioned import write_partition_calls_dir
+    from ._assemble import assemble_calls
 
     refused = [flag for flag, value in (("--endpoint", args.endpoint), ("--groups", args.groups),
                                         ("--write-back", args.write_back),
                                         ("--report", args.report), ("--assay", args.assay),
-                                        ("--layer", args.layer)) if value]
+                                        ("--layer", args.layer), ("--qc-table", args.qc_table))
+               if value]
     if refused:
         msg = (f"{', '.join(refused)} cannot be used with --partitions: annotate the "
                "partitions, then work on the gathered calls.")
         raise InputError(msg)
-    table = annotate_partitions(args.input, client=args.scheduler, n_workers=args.workers,
-                                model=args.model, atlas=args.atlas,
-                                min_confidence=args.min_confidence, qc=not args.no_qc,
-                                progress=not args.quiet, **engine_options(args))
-    write_calls(table, out, inputs=[args.input, args.atlas])
+    calls_dir = Path(args.calls_dir) if args.calls_dir else default_calls_dir(out)
+    refuse_same_file(calls_dir, [args.input], what="--calls-dir")  # its calls files are replaced
+    done = write_partition_calls_dir(
+        args.input, calls_dir, client=args.scheduler, n_workers=args.workers,
+        model=args.model, atlas=args.atlas, min_confidence=args.min_confidence,
+        qc=not args.no_qc, resume=args.resume, chunk_size=args.chunk_size,
+        value_kind=args.value_kind, progress=not args.quiet, **engine_options(args))
+    partitions = [d.partition for d in done]
+    summary_table = assemble_calls([d.calls for d in done], partitions, out,
+                                   inputs=[args.input, args.atlas], provenance={
+        "source": f"{len(done)} Arrow CSR partitions", "partitions": partitions})
     if not args.quiet:
-        print(summary(table))
-        print(f"wrote {out}", file=sys.stderr)
+        print(summary(summary_table))
+        resumed = sum(d.reused for d in done)
+        if args.resume:
+            print(f"resumed: {resumed} of {len(done)} partitions reused from {calls_dir}")
+        print(f"wrote {out} (per-partition calls in {calls_dir})", file=sys.stderr)
     return 0

@@ -11,7 +11,8 @@ HELP = "show class, assays, layers, dims, nnz, value kind and gene id kind of an
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help=".rds, .RData, .h5ad, .arrow/.arrows, 10x folder or .h5")
+    parser.add_argument("input", help=".rds, .RData, .h5ad, .arrow/.arrows, 10x folder or .h5, "
+                                      "or a folder / glob / URL of Arrow CSR partitions")
     parser.add_argument("--assay", help="assay to sample for value and gene id kind")
     parser.add_argument("--layer", help="layer to sample for value and gene id kind")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -25,7 +26,16 @@ def inspect(path: str, *, assay: str | None = None, layer: str | None = None) ->
 
     with reuse_loaded():  # an R file is loaded once for both
         info = io.describe(path)
-        matrix = io.read(path, assay=assay, layer=layer, validate=False)
+        totals = _totals(info, layer) if io.can_stream(path) else None
+        if totals is not None:
+            # A file that streams can be larger than memory: its first chunk is the sample,
+            # the totals are those describe() read from the file's own lengths.
+            options = {k: v for k, v in (("assay", assay), ("layer", layer)) if v is not None}
+            matrix = next(io.read_chunks(path, 1000, validate=False, **options))
+            cells, nnz = totals
+        else:
+            matrix = io.read(path, assay=assay, layer=layer, validate=False)
+            cells, nnz = matrix.n_cells, matrix.nnz
     data = matrix.X.data
     # Whole negative numbers are not counts: scaled data (Seurat scale.data) or damage.
     negative = bool(data.size) and float(data.min()) < 0
@@ -33,9 +43,9 @@ def inspect(path: str, *, assay: str | None = None, layer: str | None = None) ->
                   else matrix.value_kind)
     info["default"] = {
         "source": matrix.source,
-        "cells": matrix.n_cells,
+        "cells": cells,
         "genes": matrix.n_genes,
-        "nnz": matrix.nnz,
+        "nnz": nnz,
         "value_kind": value_kind,
         "gene_id_kind": detect_gene_id_kind(matrix.genes),
         "first_genes": [str(g) for g in matrix.genes[:5]],
@@ -45,8 +55,23 @@ def inspect(path: str, *, assay: str | None = None, layer: str | None = None) ->
     return info
 
 
+def _totals(info: dict[str, Any], layer: str | None) -> tuple[int, int] | None:
+    """(cells, nnz) of the matrix inspected, from describe(), where it says."""
+    if "cells" in info and "nnz" in info:
+        return int(info["cells"]), int(info["nnz"])
+    layers = [entry for assay in info.get("assays", {}).values()
+              for name, entry in assay.get("layers", {}).items()
+              if len(assay.get("layers", {})) == 1 or name == (layer or "X")]
+    if len(layers) != 1 or layers[0].get("nnz") is None:
+        return None
+    return int(layers[0]["cells"]), int(layers[0]["nnz"])
+
+
 def _text(info: dict[str, Any]) -> str:
     lines = [f"class: {info['class']}"]
+    if info.get("kind") == "partitions":
+        shown = info["partitions"][:3] + (["..."] if len(info["partitions"]) > 3 else [])
+        lines.append(f"partitions: {len(info['partitions'])} ({', '.join(shown)})")
     for key in ("seurat_version", "active_assay", "source"):
         if info.get(key):
             lines.append(f"{key.replace('_', ' ')}: {info[key]}")

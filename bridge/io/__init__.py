@@ -20,7 +20,7 @@ from ..matrix import CellMatrix
 if TYPE_CHECKING:
     from ..numerics import ValueKind
 
-__all__ = ["Reader", "Writer", "describe", "read", "read_chunks", "register_reader",
+__all__ = ["Reader", "Writer", "can_stream", "describe", "read", "read_chunks", "register_reader",
            "register_writer", "write"]
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,9 @@ def register_reader(reader: Reader) -> None:
     _READERS.append(reader)
 
 
-def _reader_for(path: Path) -> Reader:
+def _reader_for(path: Path | str) -> Reader:
+    if isinstance(path, str):  # a URL or glob pattern (see _as_path): partitions
+        return _PARTITIONS
     if not path.exists():
         msg = f"{path} does not exist."
         raise InputError(msg)
@@ -140,8 +142,12 @@ def _arrow_describe(path: Path) -> dict[str, Any]:
 def _arrow_chunks(path: Path, chunk_size: int, **kw: Any) -> Iterator[CellMatrix]:
     from .arrow import iter_arrow_chunks
 
-    for batch_matrix in iter_arrow_chunks(path):
-        yield from batch_matrix.iter_chunks(chunk_size)
+    if kw.get("assay") or kw.get("layer"):
+        msg = f"{path}: an Arrow CSR file holds one matrix; assay= and layer= do not apply."
+        raise InputError(msg)
+    yield from iter_arrow_chunks(path, chunk_size, value_kind=kw.get("value_kind"),
+                                 balanced=kw.get("balanced", False),
+                                 validate=kw.get("validate", True))
 
 
 def _tenx_matches(path: Path) -> bool:
@@ -178,6 +184,37 @@ register_reader(Reader(
     "Arrow CSR (.arrow file, .arrows stream)", _arrow_matches, _arrow_read, _arrow_describe,
     _arrow_chunks,
 ))
+
+
+def _partitions_matches(path: Path) -> bool:
+    from .partitions import is_partition_folder
+
+    return is_partition_folder(path)
+
+
+def _partitions_read(path: Path | str, **kw: Any) -> CellMatrix:
+    from .partitions import read_partitions
+
+    return read_partitions(path, **kw)
+
+
+def _partitions_describe(path: Path | str) -> dict[str, Any]:
+    from .partitions import describe_partitions
+
+    return describe_partitions(path)
+
+
+def _partitions_chunks(path: Path | str, chunk_size: int, **kw: Any) -> Iterator[CellMatrix]:
+    from .partitions import iter_partitions_chunks
+
+    return iter_partitions_chunks(path, chunk_size, **kw)
+
+
+_PARTITIONS = Reader(
+    "Arrow CSR partitions (a folder or glob of .arrow files; URLs through fsspec)",
+    _partitions_matches, _partitions_read, _partitions_describe, _partitions_chunks,
+)
+register_reader(_PARTITIONS)
 
 
 # -- public entry points --------------------------------------------------------------------
@@ -233,6 +270,13 @@ def read(
     return matrix
 
 
+def _as_path(source: str | os.PathLike[str]) -> Any:
+    """A local path, or the text of a URL / glob pattern (which ``Path`` would mangle)."""
+    from .partitions import is_url_or_pattern
+
+    return os.fspath(source) if is_url_or_pattern(source) else Path(source).expanduser()
+
+
 def _is_package_object(source: Any) -> bool:
     """``"SeuratObject::pbmc_small"``: a data set shipped in an installed R package."""
     if not isinstance(source, str) or "::" not in source:
@@ -250,7 +294,7 @@ def _read_any(source: Any, **kw: Any) -> CellMatrix:
 
         return read_r(source, **kw)
     if isinstance(source, str | os.PathLike):
-        path = Path(source).expanduser()
+        path = _as_path(source)
         return _reader_for(path).read(path, **kw)
     if type(source).__name__ == "AnnData":
         from .h5ad import read_anndata
@@ -273,23 +317,37 @@ def _read_any(source: Any, **kw: Any) -> CellMatrix:
 def read_chunks(source: Any, chunk_size: int, **kw: Any) -> Iterator[CellMatrix]:
     """Stream ``source`` in chunks of cells.
 
-    ``.h5ad`` files are streamed in backed mode and Arrow files batch by batch, so files
-    larger than memory can be converted or annotated; other sources are read, then sliced
-    into views.
+    ``.h5ad`` files are streamed in backed mode, Arrow files batch by batch and partitioned
+    data sets partition by partition, so inputs larger than memory can be converted or
+    annotated (those readers also take ``balanced=True``: near-equal chunks instead of full
+    ones and a remainder, and ``validate=False``); other sources are read, then sliced into
+    views.
     """
     if isinstance(source, str | os.PathLike) and not _is_package_object(source):
-        path = Path(source).expanduser()
+        path = _as_path(source)
         reader = _reader_for(path)
         if reader.iter_chunks is not None:
             yield from reader.iter_chunks(path, chunk_size, **kw)
             return
+    kw.pop("balanced", None)  # a matrix read whole is cut into full chunks
     yield from read(source, **kw).iter_chunks(chunk_size)
+
+
+def can_stream(source: str | os.PathLike[str]) -> bool:
+    """Whether :func:`read_chunks` streams ``source`` (``.h5ad``, Arrow CSR, partitions)
+    rather than reading it whole first."""
+    if _is_package_object(source):
+        return False
+    try:
+        return _reader_for(_as_path(source)).iter_chunks is not None
+    except UnsupportedError:
+        return False
 
 
 def describe(source: Any) -> dict[str, Any]:
     """What a file holds: class, assays, layers, dims, nnz (no matrix is converted)."""
     if isinstance(source, str | os.PathLike) and not _is_package_object(source):
-        path = Path(source).expanduser()
+        path = _as_path(source)
         return _reader_for(path).describe(path)
     from .rds import describe_r
 

@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,13 +24,18 @@ from .._arrow_csr import (
     arrow_schema,
     batches_from_matrix,
     check_schema,
+    compact_offsets,
     matrix_from_batches,
     needs_large,
     open_reader,
 )
 from .._errors import FormatError
-from ..matrix import CellMatrix
+from ..matrix import CellMatrix, csr_view
+from ._chunks import chunk_bounds
 from ._files import atomic_output
+
+if TYPE_CHECKING:
+    from ..numerics import ValueKind
 
 __all__ = [
     "FORMAT_NAME",
@@ -86,13 +91,16 @@ def write_batches(
     (:func:`bridge.io._files.atomic_output`): an interrupted write leaves the old file.
     """
     new = pa.ipc.new_stream if stream else pa.ipc.new_file
+    # A large_list batch past 2**31 values has a values array longer than 2**31 - 1, which
+    # Arrow's IPC writer refuses unless told that 64-bit lengths are wanted.
+    options = pa.ipc.IpcWriteOptions(allow_64bit=True)
     if isinstance(path, pa.NativeFile):
-        with new(path, schema) as writer:
+        with new(path, schema, options=options) as writer:
             for batch in batches:
                 writer.write_batch(batch)
         return
     with atomic_output(path) as temp, pa.OSFile(os.fspath(temp), "wb") as sink, \
-            new(sink, schema) as writer:
+            new(sink, schema, options=options) as writer:
         for batch in batches:
             writer.write_batch(batch)
 
@@ -135,21 +143,63 @@ def read_arrow(
     )
 
 
-def iter_arrow_chunks(path: str | os.PathLike[str]) -> Iterator[CellMatrix]:
-    """One :class:`CellMatrix` per record batch, streamed from a memory-mapped file."""
-    where = os.fspath(path)
-    source = open_arrow_file(where)
+def iter_arrow_chunks(
+    source: str | os.PathLike[str] | pa.Buffer | pa.NativeFile,
+    chunk_size: int | None = None,
+    *,
+    where: str | None = None,
+    validate: bool = True,
+    value_kind: ValueKind | None = None,
+    balanced: bool = False,
+) -> Iterator[CellMatrix]:
+    """Stream an Arrow CSR file batch by batch, in chunks of at most ``chunk_size`` cells.
+
+    Each batch is cut into chunks (of near-equal sizes with ``balanced``, see
+    :func:`~bridge.io._chunks.chunk_bounds`).  A path is memory-mapped; chunks are views on
+    the map (only their offsets are new, and 32-bit again where a chunk of a ``large_list``
+    batch fits), and each chunk is validated on its own, so memory stays bounded by one
+    chunk however large the file is.
+    """
+    if isinstance(source, pa.Buffer | pa.NativeFile):
+        where = where or "the Arrow CSR data"
+    else:
+        where = where or os.fspath(source)
+        source = open_arrow_file(source)
     reader = open_reader(source, where)
-    batches = iter(reader)
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except (pa.ArrowException, OSError) as exc:
-            msg = f"{where}: the Arrow data ends early or is corrupt ({exc}). Re-create the file."
-            raise FormatError(msg, code="invalid_arrow") from None
-        yield matrix_from_batches([batch], reader.schema, where=where, keepalive=source)
+    check_schema(reader.schema, where)
+    try:
+        for batch in reader:
+            whole = matrix_from_batches([batch], reader.schema, where=where, keepalive=source,
+                                        validate=False)
+            if value_kind:
+                whole.value_kind = value_kind
+            bounds = chunk_bounds(whole.n_cells, chunk_size, balanced=balanced,
+                                  n_values=whole.nnz)
+            for start, stop in bounds:
+                chunk = _chunk(whole, start, stop)
+                if validate:
+                    chunk.validate()
+                yield chunk
+    except (pa.ArrowException, OSError) as exc:
+        msg = f"{where}: the Arrow data ends early or is corrupt ({exc}). Re-create the file."
+        raise FormatError(msg, code="invalid_arrow") from None
+
+
+def _chunk(whole: CellMatrix, start: int, stop: int) -> CellMatrix:
+    """Cells ``start:stop`` of a batch as views, with their own offsets (32-bit where they fit).
+
+    Not ``whole.slice_cells``: that asks scipy whether the *whole* batch has sorted indices,
+    a pass over all of it, which for 64-bit offsets first copies every index to 64 bits
+    (20 GB for a 2.5e9-value batch).  Each chunk is checked on its own instead.
+    """
+    X = whole.X
+    lo, hi = int(X.indptr[start]), int(X.indptr[stop])
+    indptr = compact_offsets(X.indptr[start: stop + 1] - X.indptr[start])
+    part = csr_view(X.data[lo:hi], X.indices[lo:hi], indptr, (stop - start, whole.n_genes))
+    obs = whole.obs.slice(start, stop - start) if whole.obs.num_columns else None
+    return CellMatrix(part, whole.cells[start:stop], whole.genes, obs=obs,
+                      value_kind=whole.value_kind, source=whole.source, validate=False,
+                      keepalive=whole.keepalive)
 
 
 def open_arrow_file(path: str | os.PathLike[str]) -> pa.NativeFile:

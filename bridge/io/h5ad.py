@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from .._errors import BridgeError, FormatError, InputError, NotFoundError
 from ..matrix import CellMatrix
 from ..numerics import value_kind_for_layer
+from ._chunks import chunk_bounds
 from ._files import atomic_output
 
 if TYPE_CHECKING:
@@ -298,25 +299,47 @@ def iter_h5ad_chunks(
     chunk_size: int,
     *,
     layer: str | None = None,
+    assay: str | None = None,
     value_kind: ValueKind | None = None,
+    balanced: bool = False,
+    validate: bool = True,
 ) -> Iterator[CellMatrix]:
-    """Stream an ``.h5ad`` in chunks of cells with backed mode (files larger than memory)."""
+    """Stream an ``.h5ad`` in chunks of at most ``chunk_size`` cells (near-equal ones with
+    ``balanced``) with backed mode (files larger than memory).
+
+    A CSR matrix is read one slice of ``indptr`` / ``indices`` / ``data`` at a time (64-bit
+    ``indptr`` beyond 2**31 values included: each chunk's offsets start at 0 again); each
+    chunk is validated on its own.  A CSC matrix cannot be sliced by cells without reading
+    every column, so it is read whole once (logged).
+    """
     import anndata
 
+    from .._arrow_csr import compact_offsets
+
     where = os.fspath(path)
+    if assay is not None:
+        msg = f"{where}: AnnData has no assays; choose the matrix with layer= (X, raw or a layer)."
+        raise InputError(msg)
     check_h5ad_layout(where)
     with h5ad_errors(where):
         adata = anndata.read_h5ad(where, backed="r")
     try:
         X, genes, name = _select(adata, layer, where)
+        if getattr(X, "format", None) == "csc":
+            logger.warning("%s: %s is stored by genes (CSC); reading it whole to stream it by "
+                           "cells (memory is not bounded: rewrite it as CSR for large files)",
+                           where, name)
+            X = _to_csr(X.to_memory(), where)
         genes = np.asarray(genes, dtype=object)
         obs = obs_to_arrow(adata.obs)
         cells = np.asarray(adata.obs_names, dtype=object)
         kind = value_kind
-        for start in range(0, adata.n_obs, chunk_size):
-            stop = min(start + chunk_size, adata.n_obs)
+        bounds = chunk_bounds(adata.n_obs, chunk_size, balanced=balanced,
+                              n_values=_stored_values(X))
+        for start, stop in bounds:
             with h5ad_errors(where):
                 block = _to_csr(X[start:stop], where)
+            block.indptr = compact_offsets(block.indptr)
             kind = kind or value_kind_for_layer(name, block.data)
             yield CellMatrix(
                 block,
@@ -325,9 +348,19 @@ def iter_h5ad_chunks(
                 obs=obs.slice(start, stop - start) if obs.num_columns else None,
                 value_kind=kind,
                 source=f"AnnData {name} ({Path(where).name}, backed)",
+                validate=validate,
             )
     finally:
         adata.file.close()
+
+
+def _stored_values(X: Any) -> int:
+    """Values a matrix stores, without reading it (a backed sparse matrix's ``data`` length)."""
+    group = getattr(X, "group", None)
+    if group is not None and "data" in group:
+        return int(group["data"].shape[0])
+    nnz = getattr(X, "nnz", None)
+    return int(nnz) if nnz is not None else int(np.prod(X.shape))
 
 
 def describe_h5ad(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -50,7 +50,8 @@ core_codes <- c(
   unknown_tissue = "invalid_input",
   ambiguous_object = "invalid_input",
   invalid_labels = "invalid_input",
-  too_many_labels = "invalid_input"
+  too_many_labels = "invalid_input",
+  worker_lost = "error"
 )
 
 # Codes only `scbridge serve` sends (docs/service.md), with the family R files them under.
