@@ -174,7 +174,7 @@ def _pipeline(folder: Path, job: dict[str, Any], progress: Progress) -> dict[str
     pq.write_table(_obs_table(matrix), results / "obs.parquet")
     progress("saving", 0.35, "keeping the matrix as Arrow CSR for dot plots and exports")
     write(matrix, results / "matrix.arrow")
-    progress("embedding", 0.4, "PCA embedding and 2-D layout (UMAP when installed)")
+    progress("embedding", 0.4, "PCA embedding and 2-D layout")
     coords, method = layout_cells(matrix, engine.get("layout", "auto"))
     layout = pa.table({"cell": calls.column("cell"), "x": pa.array(coords[:, 0]),
                        "y": pa.array(coords[:, 1])}).replace_schema_metadata(
