@@ -312,6 +312,22 @@ def test_foreign_types_need_stronger_evidence() -> None:
     assert abroad.column("unknown_reason").to_pylist()[0] == "foreign_types_only"
 
 
+def test_foreign_types_need_a_defining_marker() -> None:
+    # secretory genes that prostatic club-like cells share with pancreatic ducts (PIGR, MMP7,
+    # OLFM4, LTF, CP), without SCGB1A1: a club-like cell in the prostate, not in the pancreas;
+    # with SCGB1A1 it is one in both
+    genes = sorted(set(load_marker_model().genes) | set(HOUSEKEEPING))
+    secretory = {"EPCAM": 3, "CLDN7": 3, "PIGR": 3, "OLFM4": 3, "MMP7": 3, "LTF": 3, "CP": 3}
+    matrix = _cells([secretory, {**secretory, "SCGB1A1": 3}], genes)
+    club = "club-like cell of the urethral epithelium"
+    home = bridge.annotate(matrix, tissue="prostate", qc=False, progress=False)
+    abroad = bridge.annotate(matrix, tissue="pancreas", qc=False, progress=False)
+    assert home.column("label").to_pylist() == [club, club]
+    labels = abroad.column("label").to_pylist()
+    assert labels[0] != club
+    assert labels[1] == club
+
+
 # -- inputs as they come ----------------------------------------------------------------------
 def test_counts_lognorm_normalized_and_log2_values_agree() -> None:
     matrix, _ = synthetic_matrix(["naive B cell", "natural killer cell", "classical monocyte",

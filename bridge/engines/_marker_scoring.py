@@ -219,6 +219,8 @@ class Layout:
     positive: NDArray[Any]  # (nodes + 1) x panel: positive weights (last row zero)
     n_present: NDArray[Any]  # nodes: positive markers present in the panel
     weight: NDArray[Any]  # nodes: positive marker weight present in the panel
+    defining: sp.csr_matrix  # nodes x panel: own defining markers (positive weight 1)
+    has_defining: NDArray[Any]  # nodes: a defining marker of the node's own is in the panel
 
 
 def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
@@ -252,7 +254,9 @@ def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
         chain_end=np.array([c[-1] if c else -1 for c in chains], dtype=np.int64),
         distinct_chains={c[-1]: c for c in chains if c}, available=model.is_type & has_own,
         positive=np.vstack([positive, np.zeros((1, len(present)))]),
-        n_present=(positive > 0).sum(axis=1), weight=positive.sum(axis=1))
+        n_present=(positive > 0).sum(axis=1), weight=positive.sum(axis=1),
+        defining=sp.csr_matrix((own >= 1.0).astype(np.float32)),
+        has_defining=(own >= 1.0).any(axis=1))
 
 
 def _programme_chains(model: MarkerModel) -> list[list[int]]:
@@ -309,7 +313,8 @@ def hypotheses(evidence_: sp.csr_matrix, model: MarkerModel, layout: Layout,
     foreign = ~in_context[:, None]
     at_hand = np.minimum(settings.min_markers, layout.n_present)[:, None]
     needed = np.where(foreign, settings.min_markers * settings.foreign_evidence, at_hand)
-    eligible = types & shown & (counts >= needed)
+    eligible = types & shown & (counts >= needed) & _defining_shown(layout, transposed,
+                                                                      in_context)
     plain = types & shown & (counts >= at_hand)
     masked = np.where(eligible, raw, np.float32(-np.inf))
     alone = masked * (1.0 / np.sqrt(np.maximum(layout.weight, _MIN_EXTRA_WEIGHT))
@@ -317,6 +322,20 @@ def hypotheses(evidence_: sp.csr_matrix, model: MarkerModel, layout: Layout,
     _foreign(alone, np.arange(model.n_nodes), in_context, settings)
     return Hypotheses(raw, masked, alone, eligible, counts,
                       plain.any(axis=0) & ~eligible.any(axis=0))
+
+
+def _defining_shown(layout: Layout, detected: sp.csr_matrix, in_context: NDArray[Any]
+                    ) -> NDArray[Any]:
+    """Per node and cell: a type foreign to the tissue context shows one of its own defining
+    markers (weight 1) where the panel holds one.  A foreign type's generic markers are
+    often another tissue's too (the secretory genes PIGR, MMP7, OLFM4, LTF of prostatic
+    club-like cells are pancreatic duct genes as well); what names the type is what must be
+    seen.  In-context types, and types without a defining marker in the panel, pass."""
+    out = np.ones((len(in_context), detected.shape[1]), dtype=bool)
+    rows = np.flatnonzero(~in_context & layout.has_defining)
+    if len(rows):
+        out[rows] = np.asarray((layout.defining[rows] @ detected).toarray()) > 0
+    return out
 
 
 def _accumulate(delta: NDArray[Any], model: MarkerModel) -> NDArray[Any]:
