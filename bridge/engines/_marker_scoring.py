@@ -220,7 +220,7 @@ class Layout:
     n_present: NDArray[Any]  # nodes: positive markers present in the panel
     weight: NDArray[Any]  # nodes: positive marker weight present in the panel
     defining: sp.csr_matrix  # nodes x panel: own defining markers (positive weight 1)
-    has_defining: NDArray[Any]  # nodes: a defining marker of the node's own is in the panel
+    has_defining: NDArray[Any]  # nodes: the node has a defining marker of its own (any gene)
 
 
 def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
@@ -256,7 +256,7 @@ def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
         positive=np.vstack([positive, np.zeros((1, len(present)))]),
         n_present=(positive > 0).sum(axis=1), weight=positive.sum(axis=1),
         defining=sp.csr_matrix((own >= 1.0).astype(np.float32)),
-        has_defining=(own >= 1.0).any(axis=1))
+        has_defining=(model.own_positive >= 1.0).any(axis=1))
 
 
 def _programme_chains(model: MarkerModel) -> list[list[int]]:
@@ -327,10 +327,11 @@ def hypotheses(evidence_: sp.csr_matrix, model: MarkerModel, layout: Layout,
 def _defining_shown(layout: Layout, detected: sp.csr_matrix, in_context: NDArray[Any]
                     ) -> NDArray[Any]:
     """Per node and cell: a type foreign to the tissue context shows one of its own defining
-    markers (weight 1) where the panel holds one.  A foreign type's generic markers are
+    markers (weight 1).  A foreign type's generic markers are
     often another tissue's too (the secretory genes PIGR, MMP7, OLFM4, LTF of prostatic
     club-like cells are pancreatic duct genes as well); what names the type is what must be
-    seen.  In-context types, and types without a defining marker in the panel, pass."""
+    seen, and a matrix without it cannot confirm the type abroad.  In-context types, and
+    types without a defining marker in the knowledge base, pass."""
     out = np.ones((len(in_context), detected.shape[1]), dtype=bool)
     rows = np.flatnonzero(~in_context & layout.has_defining)
     if len(rows):
