@@ -220,7 +220,6 @@ class Layout:
     n_present: NDArray[Any]  # nodes: positive markers present in the panel
     weight: NDArray[Any]  # nodes: positive marker weight present in the panel
     defining: sp.csr_matrix  # nodes x panel: own defining markers (positive weight 1)
-    has_defining: NDArray[Any]  # nodes: the node has a defining marker of its own (any gene)
 
 
 def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
@@ -255,8 +254,7 @@ def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
         distinct_chains={c[-1]: c for c in chains if c}, available=model.is_type & has_own,
         positive=np.vstack([positive, np.zeros((1, len(present)))]),
         n_present=(positive > 0).sum(axis=1), weight=positive.sum(axis=1),
-        defining=sp.csr_matrix((own >= 1.0).astype(np.float32)),
-        has_defining=(model.own_positive >= 1.0).any(axis=1))
+        defining=sp.csr_matrix((own >= 1.0).astype(np.float32)))
 
 
 def _programme_chains(model: MarkerModel) -> list[list[int]]:
@@ -330,10 +328,11 @@ def _defining_shown(layout: Layout, detected: sp.csr_matrix, in_context: NDArray
     markers (weight 1).  A foreign type's generic markers are
     often another tissue's too (the secretory genes PIGR, MMP7, OLFM4, LTF of prostatic
     club-like cells are pancreatic duct genes as well); what names the type is what must be
-    seen, and a matrix without it cannot confirm the type abroad.  In-context types, and
-    types without a defining marker in the knowledge base, pass."""
+    seen, and a type without one detected (none in the matrix, or none in the knowledge
+    base: a transit amplifying cell of the gut is a proliferating state of its crypt) cannot
+    be confirmed abroad.  In-context types pass."""
     out = np.ones((len(in_context), detected.shape[1]), dtype=bool)
-    rows = np.flatnonzero(~in_context & layout.has_defining)
+    rows = np.flatnonzero(~in_context)
     if len(rows):
         out[rows] = np.asarray((layout.defining[rows] @ detected).toarray()) > 0
     return out
