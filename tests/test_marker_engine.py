@@ -328,6 +328,21 @@ def test_foreign_types_need_a_defining_marker() -> None:
     assert labels[1] == club
 
 
+def test_only_calls_showing_a_defining_marker_vote_for_the_tissue() -> None:
+    from bridge.engines._tissue_context import infer_context
+
+    model = load_marker_model()
+    index = {name: k for k, name in enumerate(model.names)}
+    club, duct = (index["club-like cell of the urethral epithelium"],
+                  index["pancreatic ductal cell"])
+    labels = np.array([club] * 10 + [duct] * 5)
+    sure = np.ones(len(labels))
+    assert "prostate" in infer_context(model, labels, sure, len(labels)).tissues
+    named = np.array([False] * 10 + [True] * 5)
+    voted = infer_context(model, labels, sure, len(labels), named=named)
+    assert voted.tissues == frozenset({"pancreas"})
+
+
 # -- inputs as they come ----------------------------------------------------------------------
 def test_counts_lognorm_normalized_and_log2_values_agree() -> None:
     matrix, _ = synthetic_matrix(["naive B cell", "natural killer cell", "classical monocyte",

@@ -32,8 +32,9 @@ if TYPE_CHECKING:
     from ._marker_model import MarkerModel
 
 __all__ = ["Descent", "Layout", "Settings", "Tree", "alternates_array", "build_layout",
-           "cell_markers", "descend", "detection_threshold", "evidence", "hypotheses",
-           "row_view", "sample_rows", "top_alternates", "tree_of", "value_handling"]
+           "cell_markers", "defining_detected", "descend", "detection_threshold", "evidence",
+           "hypotheses", "row_view", "sample_rows", "top_alternates", "tree_of",
+           "value_handling"]
 
 #: The value handling of a matrix: its value kind as read, and a log base.
 Kind = tuple[str, float]
@@ -335,6 +336,21 @@ def _defining_shown(layout: Layout, detected: sp.csr_matrix, in_context: NDArray
     rows = np.flatnonzero(~in_context)
     if len(rows):
         out[rows] = np.asarray((layout.defining[rows] @ detected).toarray()) > 0
+    return out
+
+
+def defining_detected(evidence_: sp.csr_matrix, layout: Layout, label: NDArray[Any],
+                      settings: Settings) -> NDArray[Any]:
+    """Per cell: a defining marker (own, weight 1) of its label is detected (False for
+    cells without a label)."""
+    called = label >= 0
+    out = np.zeros(len(label), dtype=bool)
+    if not called.any():
+        return out
+    rows = np.flatnonzero(called)
+    detected = evidence_[rows] >= detection_threshold(settings)
+    out[rows] = np.asarray(layout.defining[label[rows]].multiply(detected).sum(axis=1)
+                           ).ravel() > 0
     return out
 
 

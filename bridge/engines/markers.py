@@ -52,6 +52,7 @@ from ._marker_scoring import (
     alternates_array,
     build_layout,
     cell_markers,
+    defining_detected,
     descend,
     evidence,
     hypotheses,
@@ -262,7 +263,8 @@ class MarkerEngine(ChunkedEngine):
                            for window in sample_rows(matrix.X, 2000)], format="csr")
         h = hypotheses(found, model, layout, everything, settings)
         walk = descend(h, model, tree, layout, everything, settings)
-        return infer_context(model, walk.label, walk.probability, found.shape[0])
+        return infer_context(model, walk.label, walk.probability, found.shape[0],
+                             named=defining_detected(found, layout, walk.label, settings))
 
     def _check_panel(self, matrix: CellMatrix, model: MarkerModel, layout: Layout,
                      in_context: NDArray[Any], context: TissueContext) -> float:
