@@ -341,6 +341,12 @@ def test_only_calls_showing_a_defining_marker_vote_for_the_tissue() -> None:
     named = np.array([False] * 10 + [True] * 5)
     voted = infer_context(model, labels, sure, len(labels), named=named)
     assert voted.tissues == frozenset({"pancreas"})
+    # nor does it count against blood: eight monocytes and an unnamed spermatogonium call
+    blood = np.array([index["classical monocyte"]] * 8 + [index["spermatogonium"]])
+    unnamed = np.array([True] * 8 + [False])
+    assert infer_context(model, blood, np.ones(9), 9).tissues != frozenset({"blood"})
+    assert infer_context(model, blood, np.ones(9), 9, named=unnamed).tissues == frozenset(
+        {"blood"})
 
 
 # -- inputs as they come ----------------------------------------------------------------------
