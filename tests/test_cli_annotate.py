@@ -4,6 +4,7 @@ report, and the errors a user can cause."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -234,6 +235,7 @@ def test_warnings_are_one_line_messages(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["annotate", "SeuratObject::pbmc_small", "--out", str(tmp_path / "c.csv"),
                  "--quiet", "--no-qc"]) == 0
     err = capsys.readouterr().err
-    assert "scbridge annotate: warning: only 19% of the 378 genes the 'markers' model for " \
-           "blood uses" in err
+    # (the panel's size follows the knowledge base, so the figures are not pinned)
+    assert re.search(r"scbridge annotate: warning: only \d+% of the \d+ genes the 'markers' "
+                     r"model for blood uses", err), err
     assert "call_cells(" not in err and "UserWarning" not in err

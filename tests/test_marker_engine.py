@@ -312,6 +312,43 @@ def test_foreign_types_need_stronger_evidence() -> None:
     assert abroad.column("unknown_reason").to_pylist()[0] == "foreign_types_only"
 
 
+def test_foreign_types_need_a_defining_marker() -> None:
+    # secretory genes that prostatic club-like cells share with pancreatic ducts (PIGR, MMP7,
+    # OLFM4, LTF, CP), without SCGB1A1: a club-like cell in the prostate, not in the pancreas;
+    # with SCGB1A1 it is one in both
+    genes = sorted(set(load_marker_model().genes) | set(HOUSEKEEPING))
+    secretory = {"EPCAM": 3, "CLDN7": 3, "PIGR": 3, "OLFM4": 3, "MMP7": 3, "LTF": 3, "CP": 3}
+    matrix = _cells([secretory, {**secretory, "SCGB1A1": 3}], genes)
+    club = "club-like cell of the urethral epithelium"
+    home = bridge.annotate(matrix, tissue="prostate", qc=False, progress=False)
+    abroad = bridge.annotate(matrix, tissue="pancreas", qc=False, progress=False)
+    assert home.column("label").to_pylist() == [club, club]
+    labels = abroad.column("label").to_pylist()
+    assert labels[0] != club
+    assert labels[1] == club
+
+
+def test_only_calls_showing_a_defining_marker_vote_for_the_tissue() -> None:
+    from bridge.engines._tissue_context import infer_context
+
+    model = load_marker_model()
+    index = {name: k for k, name in enumerate(model.names)}
+    club, duct = (index["club-like cell of the urethral epithelium"],
+                  index["pancreatic ductal cell"])
+    labels = np.array([club] * 10 + [duct] * 5)
+    sure = np.ones(len(labels))
+    assert "prostate" in infer_context(model, labels, sure, len(labels)).tissues
+    named = np.array([False] * 10 + [True] * 5)
+    voted = infer_context(model, labels, sure, len(labels), named=named)
+    assert voted.tissues == frozenset({"pancreas"})
+    # nor does it count against blood: eight monocytes and an unnamed spermatogonium call
+    blood = np.array([index["classical monocyte"]] * 8 + [index["spermatogonium"]])
+    unnamed = np.array([True] * 8 + [False])
+    assert infer_context(model, blood, np.ones(9), 9).tissues != frozenset({"blood"})
+    assert infer_context(model, blood, np.ones(9), 9, named=unnamed).tissues == frozenset(
+        {"blood"})
+
+
 # -- inputs as they come ----------------------------------------------------------------------
 def test_counts_lognorm_normalized_and_log2_values_agree() -> None:
     matrix, _ = synthetic_matrix(["naive B cell", "natural killer cell", "classical monocyte",

@@ -32,8 +32,9 @@ if TYPE_CHECKING:
     from ._marker_model import MarkerModel
 
 __all__ = ["Descent", "Layout", "Settings", "Tree", "alternates_array", "build_layout",
-           "cell_markers", "descend", "detection_threshold", "evidence", "hypotheses",
-           "row_view", "sample_rows", "top_alternates", "tree_of", "value_handling"]
+           "cell_markers", "defining_detected", "descend", "detection_threshold", "evidence",
+           "hypotheses", "row_view", "sample_rows", "top_alternates", "tree_of",
+           "value_handling"]
 
 #: The value handling of a matrix: its value kind as read, and a log base.
 Kind = tuple[str, float]
@@ -216,6 +217,7 @@ class Layout:
     positive: NDArray[Any]  # (nodes + 1) x panel: positive weights (last row zero)
     n_present: NDArray[Any]  # nodes: positive markers present in the panel
     weight: NDArray[Any]  # nodes: positive marker weight present in the panel
+    defining: sp.csr_matrix  # nodes x panel: own defining markers (positive weight 1)
 
 
 def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
@@ -249,7 +251,8 @@ def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
         chain_end=np.array([c[-1] if c else -1 for c in chains], dtype=np.int64),
         distinct_chains={c[-1]: c for c in chains if c}, available=model.is_type & has_own,
         positive=np.vstack([positive, np.zeros((1, len(present)))]),
-        n_present=(positive > 0).sum(axis=1), weight=positive.sum(axis=1))
+        n_present=(positive > 0).sum(axis=1), weight=positive.sum(axis=1),
+        defining=sp.csr_matrix((own >= 1.0).astype(np.float32)))
 
 
 def _programme_chains(model: MarkerModel) -> list[list[int]]:
@@ -306,7 +309,8 @@ def hypotheses(evidence_: sp.csr_matrix, model: MarkerModel, layout: Layout,
     foreign = ~in_context[:, None]
     at_hand = np.minimum(settings.min_markers, layout.n_present)[:, None]
     needed = np.where(foreign, settings.min_markers * settings.foreign_evidence, at_hand)
-    eligible = types & shown & (counts >= needed)
+    eligible = types & shown & (counts >= needed) & _defining_shown(layout, transposed,
+                                                                      in_context)
     plain = types & shown & (counts >= at_hand)
     masked = np.where(eligible, raw, np.float32(-np.inf))
     alone = masked * (1.0 / np.sqrt(np.maximum(layout.weight, _MIN_EXTRA_WEIGHT))
@@ -314,6 +318,37 @@ def hypotheses(evidence_: sp.csr_matrix, model: MarkerModel, layout: Layout,
     _foreign(alone, np.arange(model.n_nodes), in_context, settings)
     return Hypotheses(raw, masked, alone, eligible, counts,
                       plain.any(axis=0) & ~eligible.any(axis=0))
+
+
+def _defining_shown(layout: Layout, detected: sp.csr_matrix, in_context: NDArray[Any]
+                    ) -> NDArray[Any]:
+    """Per node and cell: a type foreign to the tissue context shows one of its own defining
+    markers (weight 1).  A foreign type's generic markers are
+    often another tissue's too (the secretory genes PIGR, MMP7, OLFM4, LTF of prostatic
+    club-like cells are pancreatic duct genes as well); what names the type is what must be
+    seen, and a type without one detected (none in the matrix, or none in the knowledge
+    base: a transit amplifying cell of the gut is a proliferating state of its crypt) cannot
+    be confirmed abroad.  In-context types pass."""
+    out = np.ones((len(in_context), detected.shape[1]), dtype=bool)
+    rows = np.flatnonzero(~in_context)
+    if len(rows):
+        out[rows] = np.asarray((layout.defining[rows] @ detected).toarray()) > 0
+    return out
+
+
+def defining_detected(evidence_: sp.csr_matrix, layout: Layout, label: NDArray[Any],
+                      settings: Settings) -> NDArray[Any]:
+    """Per cell: a defining marker (own, weight 1) of its label is detected (False for
+    cells without a label)."""
+    called = label >= 0
+    out = np.zeros(len(label), dtype=bool)
+    if not called.any():
+        return out
+    rows = np.flatnonzero(called)
+    detected = evidence_[rows] >= detection_threshold(settings)
+    out[rows] = np.asarray(layout.defining[label[rows]].multiply(detected).sum(axis=1)
+                           ).ravel() > 0
+    return out
 
 
 def _accumulate(delta: NDArray[Any], model: MarkerModel) -> NDArray[Any]:

@@ -162,23 +162,33 @@ def context_mask(model: MarkerModel, context: TissueContext) -> NDArray[Any]:
 
 
 def infer_context(model: MarkerModel, labels: NDArray[Any], confidence: NDArray[Any],
-                  n_cells: int, *, min_confidence: float = 0.5) -> TissueContext:
+                  n_cells: int, *, min_confidence: float = 0.5,
+                  named: NDArray[Any] | None = None) -> TissueContext:
     """The context the confident calls of a first pass (node per cell, ``-1`` uncalled)
-    vote for."""
+    vote for.  With ``named`` (per cell), a tissue-restricted call votes only where the cell
+    shows a defining marker of its type (and counts among the confident calls only then):
+    genes a type shares with other tissues' cells (the secretory genes of prostatic club-like
+    cells in pancreatic ducts) must not pull the context away from the tissue at hand."""
     votes: dict[str, float] = {}
     by_type: dict[str, Counter[str]] = {}
     circulating = called = 0
-    for node, conf in zip(labels.tolist(), confidence.tolist(), strict=True):
+    shows = np.ones(len(labels), dtype=bool) if named is None else np.asarray(named, bool)
+    for node, conf, shown in zip(labels.tolist(), confidence.tolist(), shows.tolist(),
+                                 strict=True):
         if node < 0 or conf < min_confidence:
             continue
-        called += 1
         listed = model.tissues[node]
         if model.compartments[node] in _CIRCULATING_COMPARTMENTS and (
                 "blood" in listed or "any" in listed):
+            called += 1
             circulating += 1
             continue
         if "any" in listed or not model.is_type[node]:
+            called += 1
             continue
+        if not shown:  # an unnamed tissue-restricted call says nothing about the sample
+            continue
+        called += 1
         for tissue in listed:
             votes[tissue] = votes.get(tissue, 0.0) + 1.0 / len(listed)
             by_type.setdefault(tissue, Counter())[model.names[node]] += 1

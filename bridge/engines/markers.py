@@ -52,6 +52,7 @@ from ._marker_scoring import (
     alternates_array,
     build_layout,
     cell_markers,
+    defining_detected,
     descend,
     evidence,
     hypotheses,
@@ -89,7 +90,7 @@ UNKNOWN_REASONS = {
 #: descent's cumulative probability, ``coverage`` the candidate panel's fraction found in the
 #: matrix, ``markers`` the call's detected positive markers.  Fitted by
 #: ``tools/fit_calibration.py`` (docs/annotation.md says how).
-CALIBRATION: tuple[float, float, float, float] = (0.1454, 0.4459, 0.0577, 1.3405)
+CALIBRATION: tuple[float, float, float, float] = (0.1720, 0.3838, -0.0074, 1.4282)
 #: Confidence of a call carried by fewer than ``min_markers`` detected markers (possible only
 #: where the matrix lacks the type's other markers): below even odds.
 FEW_MARKERS_CAP = 0.45
@@ -268,7 +269,8 @@ class MarkerEngine(ChunkedEngine):
                            for window in sample_rows(matrix.X, INFERENCE_CELLS)], format="csr")
         h = hypotheses(found, model, layout, everything, settings)
         walk = descend(h, model, tree, layout, everything, settings)
-        return infer_context(model, walk.label, walk.probability, found.shape[0])
+        return infer_context(model, walk.label, walk.probability, found.shape[0],
+                             named=defining_detected(found, layout, walk.label, settings))
 
     def _check_panel(self, matrix: CellMatrix, model: MarkerModel, layout: Layout,
                      in_context: NDArray[Any], context: TissueContext) -> float:

@@ -47,15 +47,23 @@ test_that("an unexpected Python failure is an engine failure, not a traceback", 
 test_that("the core's warnings are R warnings that suppressWarnings() and tryCatch() catch", {
   skip_if_no_python()
   m <- shuffled_names()
-  w <- expect_warning(out <- annotate_cells(m, engine = "python"),
-                      class = "scbridge_warning_core")
-  expect_match(conditionMessage(w), "gene names may not match", fixed = TRUE)
+  w <- NULL
+  out <- withCallingHandlers(annotate_cells(m, engine = "python"),
+                             scbridge_warning_core = function(cnd) {
+                               if (grepl("gene names may not match", conditionMessage(cnd),
+                                         fixed = TRUE)) w <<- cnd
+                               invokeRestart("muffleWarning")
+                             })
+  expect_s3_class(w, "scbridge_warning_core")
   expect_identical(nrow(out), ncol(m))
-  # once, though the core both logs and warns it
+  # once, though the core both logs and warns it (other warnings, such as the share of the
+  # model's genes found, are counted apart)
   caught <- 0L
   withCallingHandlers(annotate_cells(m, engine = "python"),
                       scbridge_warning = function(w) {
-                        caught <<- caught + 1L
+                        if (grepl("gene names may not match", conditionMessage(w), fixed = TRUE)) {
+                          caught <<- caught + 1L
+                        }
                         invokeRestart("muffleWarning")
                       })
   expect_identical(caught, 1L)
