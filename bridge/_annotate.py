@@ -222,16 +222,22 @@ def annotate(source: Any, *, model: str = "markers", atlas: str | None = None,
     size = chunk_size or DEFAULT_CHUNK_SIZE
     if groups is None and smooth in (None, False) and _streams(source):
         # A file that streams is annotated chunk by chunk: memory bounded by one chunk.
-        from ._streaming import annotate_chunks
-        from .io import read_chunks
+        from ._streaming import PLAN_CELLS, annotate_chunks
+        from .engines._base import ChunkedEngine
+        from .io import read_chunks, read_sample
 
         engine = _engine(model, atlas, endpoint, api_key, transport, engine_params)
         options = {k: v for k, v in (("assay", assay), ("layer", layer),
                                      ("value_kind", value_kind)) if v is not None}
+        # The engine's plan (tissue context, ...) from cells spread over the whole file, as
+        # for a matrix in memory, not from the file's first cells.
+        plan_cells = (read_sample(source, PLAN_CELLS, **options)
+                      if isinstance(engine, ChunkedEngine) else None)
         chunks = read_chunks(source, size, balanced=True, **options)
         return annotate_chunks(chunks, engine=engine,
                                model=model, qc=qc, min_confidence=min_confidence,
-                               chunk_size=size, progress=progress, where=str(source))
+                               chunk_size=size, progress=progress, where=str(source),
+                               plan_cells=plan_cells)
     if isinstance(source, CellMatrix):
         matrix = source
         if value_kind is not None and value_kind != matrix.value_kind:

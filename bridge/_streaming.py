@@ -5,8 +5,10 @@ Arrow CSR files, partitioned data sets) to :func:`annotate_chunks`: each chunk i
 validated, called and QC'd on its own, so memory stays bounded by one chunk (plus the calls)
 whatever the size of the file, and 64-bit offsets never reach the engines.  Calls do not
 depend on the chunking: a local engine's plan (the marker engine's species, inferred tissue
-context and reading of log values) is made once, on the first :data:`PLAN_CELLS` cells of the
-stream, and kept for every chunk of that gene list.  Per-cell QC metrics do not depend on it
+context and reading of log values) is made once, on about :data:`PLAN_CELLS` cells spread over
+the whole file (:func:`bridge.io.read_sample`: the cells the engine samples from a matrix in
+memory; the stream's first cells where the reader cannot sample, e.g. partitioned data sets),
+and kept for every chunk of that gene list.  Per-cell QC metrics do not depend on it
 either; doublet scores are left to :func:`bridge.qc` (were they scored per chunk, the
 ``scbridge.qc_scope`` metadata would say so).
 """
@@ -47,7 +49,8 @@ PLAN_CELLS = 2_000
 def annotate_chunks(chunks: Iterable[CellMatrix], *, engine: Engine, model: str,
                     qc: bool | pa.Table = True, min_confidence: float | None = None,
                     chunk_size: int, progress: bool = True, total: int | None = None,
-                    where: str = "the input") -> pa.Table:
+                    where: str = "the input", plan_cells: CellMatrix | None = None
+                    ) -> pa.Table:
     """The Calls table of a stream of chunks, as :func:`bridge.annotate` gives it.
 
     Parameters
@@ -67,6 +70,9 @@ def annotate_chunks(chunks: Iterable[CellMatrix], *, engine: Engine, model: str,
         A progress bar over cells, and the number of cells when known.
     where
         The input, for messages.
+    plan_cells
+        Cells spread over the whole input (:func:`bridge.io.read_sample`) that a local
+        engine's plan is made on; without them, the stream's first :data:`PLAN_CELLS` cells.
     """
     from tqdm.auto import tqdm
 
@@ -74,9 +80,12 @@ def annotate_chunks(chunks: Iterable[CellMatrix], *, engine: Engine, model: str,
     from .engines._base import ChunkedEngine
 
     if isinstance(engine, ChunkedEngine):
-        head, chunks = _head(chunks, PLAN_CELLS)
-        if head:
-            engine = _PlannedEngine(engine, head)
+        if plan_cells is not None and plan_cells.n_cells:
+            engine = _PlannedEngine(engine, [plan_cells])
+        else:
+            head, chunks = _head(chunks, PLAN_CELLS)
+            if head:
+                engine = _PlannedEngine(engine, head)
     tables: list[pa.Table] = []
     cells: list[pa.Array] = []
     state = _GeneState()

@@ -250,3 +250,47 @@ def test_r_targets_refuse_past_the_offset_limit(cells: bridge.CellMatrix, tmp_pa
     err = capsys.readouterr().err
     assert "error[too_large]" in err and "32-bit integers" in err
     assert not (tmp_path / "atlas.rds").exists()
+
+
+# -- the plan from cells spread over the file ------------------------------------------------
+@pytest.fixture(scope="module")
+def blood_then_liver() -> bridge.CellMatrix:
+    """3,000 blood cells, then 1,500 liver cells: a file sorted by tissue, whose first cells
+    are not typical of it."""
+    from test_marker_engine import synthetic_matrix
+
+    blood, _ = synthetic_matrix(["classical monocyte", "natural killer cell", "naive B cell"],
+                                n_per_type=1000, seed=6)
+    liver, _ = synthetic_matrix(["hepatocyte", "Kupffer cell", "hepatic stellate cell"],
+                                n_per_type=500, seed=7)
+    import scipy.sparse as sp
+
+    cells = [f"b{i}" for i in range(blood.n_cells)] + [f"l{i}" for i in range(liver.n_cells)]
+    return bridge.CellMatrix(sp.vstack([blood.X, liver.X], format="csr"), cells, blood.genes)
+
+
+@pytest.mark.parametrize("suffix", [".arrow", ".h5ad"])
+def test_a_streamed_file_is_planned_on_cells_spread_over_it(
+        blood_then_liver: bridge.CellMatrix, tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"sorted{suffix}"
+    if suffix == ".arrow":
+        write_arrow(blood_then_liver, path, chunk_size=700)  # several batches
+    else:
+        bridge.write(blood_then_liver, path)
+    whole = bridge.annotate(blood_then_liver, qc=False, progress=False)
+    streamed = bridge.annotate(path, chunk_size=1000, qc=False, progress=False)
+    assert streamed.column("cell").to_pylist() == whole.column("cell").to_pylist()
+    meta = streamed.schema.metadata
+    assert meta[b"scbridge.streamed_chunks"] != b"1"
+    # the first 2,000 cells are all blood: planned on them, the context would be blood
+    context = json.loads(meta[b"scbridge.tissue"])
+    assert context == json.loads(whole.schema.metadata[b"scbridge.tissue"])
+    assert "liver" in context["tissues"]
+    _assert_same_calls(streamed, whole)
+    # the cells the engine samples from the matrix in memory, read without the others
+    sample = bridge.io.read_sample(path, 2000)
+    runs = bridge.numerics.spread_runs(blood_then_liver.n_cells, 2000)
+    expected = [c for a, b in runs for c in blood_then_liver.cells[a:b]]
+    assert sample is not None and list(sample.cells) == expected
+    assert (sample.X != blood_then_liver.X[[int(np.flatnonzero(
+        blood_then_liver.cells == c)[0]) for c in expected]]).nnz == 0

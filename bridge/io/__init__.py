@@ -14,14 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import scipy.sparse as sp
+
 from .._errors import FormatError, InputError, UnsupportedError
 from ..matrix import CellMatrix
 
 if TYPE_CHECKING:
     from ..numerics import ValueKind
 
-__all__ = ["Reader", "Writer", "can_stream", "describe", "read", "read_chunks", "register_reader",
-           "register_writer", "write"]
+__all__ = ["Reader", "Writer", "can_stream", "describe", "read", "read_chunks", "read_sample",
+           "register_reader", "register_writer", "write"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ class Reader:
     read: Callable[..., CellMatrix]
     describe: Callable[[Path], dict[str, Any]]
     iter_chunks: Callable[..., Iterator[CellMatrix]] | None = None
+    #: ``iter_chunks`` takes ``sample=n``: only cells spread over the whole input.
+    samples: bool = False
 
 
 _READERS: list[Reader] = []
@@ -147,7 +152,7 @@ def _arrow_chunks(path: Path, chunk_size: int, **kw: Any) -> Iterator[CellMatrix
         raise InputError(msg)
     yield from iter_arrow_chunks(path, chunk_size, value_kind=kw.get("value_kind"),
                                  balanced=kw.get("balanced", False),
-                                 validate=kw.get("validate", True))
+                                 validate=kw.get("validate", True), sample=kw.get("sample"))
 
 
 def _tenx_matches(path: Path) -> bool:
@@ -174,7 +179,7 @@ register_reader(Reader(
 ))
 register_reader(Reader(
     "AnnData (.h5ad)", lambda p: p.suffix.lower() == ".h5ad", _h5ad_read, _h5ad_describe,
-    _h5ad_chunks,
+    _h5ad_chunks, samples=True,
 ))
 register_reader(Reader(
     "10x Genomics (matrix.mtx folder, filtered_feature_bc_matrix.h5)",
@@ -182,7 +187,7 @@ register_reader(Reader(
 ))
 register_reader(Reader(
     "Arrow CSR (.arrow file, .arrows stream)", _arrow_matches, _arrow_read, _arrow_describe,
-    _arrow_chunks,
+    _arrow_chunks, samples=True,
 ))
 
 
@@ -331,6 +336,27 @@ def read_chunks(source: Any, chunk_size: int, **kw: Any) -> Iterator[CellMatrix]
             return
     kw.pop("balanced", None)  # a matrix read whole is cut into full chunks
     yield from read(source, **kw).iter_chunks(chunk_size)
+
+
+def read_sample(source: Any, n: int, **kw: Any) -> CellMatrix | None:
+    """About ``n`` cells spread evenly over a file that streams (the runs of
+    :func:`bridge.numerics.spread_runs`, the cells an engine samples from a matrix in
+    memory), read without the rest of the file; ``None`` for inputs whose reader cannot
+    (partitioned data sets, inputs read whole).  ``kw``: as for :func:`read_chunks`."""
+    if not isinstance(source, str | os.PathLike) or _is_package_object(source):
+        return None
+    path = _as_path(source)
+    reader = _reader_for(path)
+    if reader.iter_chunks is None or not reader.samples:
+        return None
+    kw = {k: v for k, v in kw.items() if k not in ("balanced", "sample")}
+    parts = list(reader.iter_chunks(path, n, sample=n, **kw))
+    if not parts:
+        return None
+    first = parts[0]
+    X = first.X if len(parts) == 1 else sp.vstack([p.X for p in parts], format="csr")
+    return CellMatrix(X, np.concatenate([p.cells for p in parts]), first.genes,
+                      value_kind=first.value_kind, source=first.source, validate=False)
 
 
 def can_stream(source: str | os.PathLike[str]) -> bool:

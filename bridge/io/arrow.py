@@ -31,6 +31,7 @@ from .._arrow_csr import (
 )
 from .._errors import FormatError
 from ..matrix import CellMatrix, csr_view
+from ..numerics import spread_runs
 from ._chunks import chunk_bounds
 from ._files import atomic_output
 
@@ -151,6 +152,7 @@ def iter_arrow_chunks(
     validate: bool = True,
     value_kind: ValueKind | None = None,
     balanced: bool = False,
+    sample: int | None = None,
 ) -> Iterator[CellMatrix]:
     """Stream an Arrow CSR file batch by batch, in chunks of at most ``chunk_size`` cells.
 
@@ -158,23 +160,32 @@ def iter_arrow_chunks(
     :func:`~bridge.io._chunks.chunk_bounds`).  A path is memory-mapped; chunks are views on
     the map (only their offsets are new, and 32-bit again where a chunk of a ``large_list``
     batch fits), and each chunk is validated on its own, so memory stays bounded by one
-    chunk however large the file is.
+    chunk however large the file is.  ``sample``: only about that many cells, in the evenly
+    spread runs of :func:`bridge.numerics.spread_runs` over the whole file (the cells an
+    engine samples from a matrix in memory); on a memory map no other cell is touched.
     """
     if isinstance(source, pa.Buffer | pa.NativeFile):
         where = where or "the Arrow CSR data"
     else:
         where = where or os.fspath(source)
         source = open_arrow_file(source)
+    runs = None if sample is None else _sample_runs(source, where, sample)
     reader = open_reader(source, where)
     check_schema(reader.schema, where)
+    offset = 0
     try:
         for batch in reader:
             whole = matrix_from_batches([batch], reader.schema, where=where, keepalive=source,
                                         validate=False)
             if value_kind:
                 whole.value_kind = value_kind
-            bounds = chunk_bounds(whole.n_cells, chunk_size, balanced=balanced,
-                                  n_values=whole.nnz)
+            if runs is None:
+                bounds = chunk_bounds(whole.n_cells, chunk_size, balanced=balanced,
+                                      n_values=whole.nnz)
+            else:  # the runs' parts inside this batch
+                bounds = [(max(a, offset) - offset, min(b, offset + whole.n_cells) - offset)
+                          for a, b in runs if a < offset + whole.n_cells and b > offset]
+            offset += whole.n_cells
             for start, stop in bounds:
                 chunk = _chunk(whole, start, stop)
                 if validate:
@@ -183,6 +194,21 @@ def iter_arrow_chunks(
     except (pa.ArrowException, OSError) as exc:
         msg = f"{where}: the Arrow data ends early or is corrupt ({exc}). Re-create the file."
         raise FormatError(msg, code="invalid_arrow") from None
+
+
+def _sample_runs(source: pa.NativeFile | pa.Buffer, where: str, n: int
+                 ) -> list[tuple[int, int]]:
+    """The row runs of about ``n`` cells spread over every batch (batch sizes are read from
+    the batches' headers; no values are touched)."""
+    reader = open_reader(source, where)
+    try:
+        total = sum(batch.num_rows for batch in reader)
+    except (pa.ArrowException, OSError) as exc:
+        msg = f"{where}: the Arrow data ends early or is corrupt ({exc}). Re-create the file."
+        raise FormatError(msg, code="invalid_arrow") from None
+    if isinstance(source, pa.NativeFile):
+        source.seek(0)
+    return spread_runs(total, n)
 
 
 def _chunk(whole: CellMatrix, start: int, stop: int) -> CellMatrix:

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from .._errors import BridgeError, FormatError, InputError, NotFoundError
 from ..matrix import CellMatrix
-from ..numerics import value_kind_for_layer
+from ..numerics import spread_runs, value_kind_for_layer
 from ._chunks import chunk_bounds
 from ._files import atomic_output
 
@@ -303,9 +303,12 @@ def iter_h5ad_chunks(
     value_kind: ValueKind | None = None,
     balanced: bool = False,
     validate: bool = True,
+    sample: int | None = None,
 ) -> Iterator[CellMatrix]:
     """Stream an ``.h5ad`` in chunks of at most ``chunk_size`` cells (near-equal ones with
-    ``balanced``) with backed mode (files larger than memory).
+    ``balanced``) with backed mode (files larger than memory).  ``sample``: only about that
+    many cells, in the evenly spread runs of :func:`bridge.numerics.spread_runs` (the cells
+    an engine samples from a matrix in memory), read without the rest.
 
     A CSR matrix is read one slice of ``indptr`` / ``indices`` / ``data`` at a time (64-bit
     ``indptr`` beyond 2**31 values included: each chunk's offsets start at 0 again); each
@@ -334,8 +337,9 @@ def iter_h5ad_chunks(
         obs = obs_to_arrow(adata.obs)
         cells = np.asarray(adata.obs_names, dtype=object)
         kind = value_kind
-        bounds = chunk_bounds(adata.n_obs, chunk_size, balanced=balanced,
-                              n_values=_stored_values(X))
+        bounds = (spread_runs(adata.n_obs, sample) if sample is not None else
+                  chunk_bounds(adata.n_obs, chunk_size, balanced=balanced,
+                               n_values=_stored_values(X)))
         for start, stop in bounds:
             with h5ad_errors(where):
                 block = _to_csr(X[start:stop], where)
