@@ -131,6 +131,39 @@ def test_an_inferred_tissue_context_is_one_for_the_whole_run(live_server: LiveSe
 
 
 @pytest.mark.parametrize("transport", ["arrow", "json"])
+def test_min_gene_fraction_reaches_the_service(live_server: LiveServer, transport: str) -> None:
+    # A panel of 8 of the engine's genes: refused by the service's default bar, annotated
+    # with a lower one exactly as locally (a bar the client itself cannot apply).
+    from test_marker_engine import synthetic_matrix
+
+    from bridge.engines import get_engine
+
+    matrix, _ = synthetic_matrix(["natural killer cell", "naive B cell"], n_per_type=10)
+    engine_genes = set(get_engine("markers").genes)
+    keep = [g for g in matrix.genes if g not in engine_genes]
+    keep += [g for g in matrix.genes if g in engine_genes][:8]
+    small = matrix.select_genes(sorted(keep))
+    with pytest.raises(RemoteError) as info:
+        annotate(small, endpoint=live_server.url, api_key=API_KEY, transport=transport,
+                 qc=False, progress=False)
+    assert info.value.code == "gene_ids"
+    with pytest.warns(UserWarning, match="less reliable"):
+        local = call_cells(small, min_gene_fraction=0.001, progress=False)
+    remote = annotate(small, endpoint=live_server.url, api_key=API_KEY, transport=transport,
+                      qc=False, progress=False, min_gene_fraction=0.001)
+    assert remote.select(local.column_names).equals(local)
+    with pytest.raises(InputError, match="min_gene_fraction"):
+        RemoteClient(live_server.url, min_gene_fraction=2.0)
+    for bad in (True, "0.1", 1.5):  # the service checks it too
+        body = json.loads(json_body(small, model="markers", atlas=None))
+        body["min_gene_fraction"] = bad
+        reply = httpx.post(annotate_url(live_server.url), json=body,
+                           headers={"Authorization": f"Bearer {API_KEY}"})
+        assert reply.status_code == 422
+        assert reply.json()["error"]["code"] == "invalid_parameter"
+
+
+@pytest.mark.parametrize("transport", ["arrow", "json"])
 def test_bridge_annotate_with_endpoint_equals_local(live_server: LiveServer, query: CellMatrix,
                                                     transport: str) -> None:
     local = annotate(query, model="reference", atlas=str(live_server.reference), progress=False)

@@ -160,6 +160,10 @@ class RemoteClient:
         ``reference_atlas``.
     tissue
         The tissue context to ask for (a name or UBERON id), sent as ``tissue``.
+    min_gene_fraction
+        The genes-found bar the service's engine should apply (sent as ``min_gene_fraction``;
+        the service's own default when ``None``).  The client itself checks no genes: the
+        service knows its model's panel.
     chunk_size
         Cells per request.
     max_concurrency
@@ -188,6 +192,7 @@ class RemoteClient:
         model: str = "markers",
         atlas: str | None = None,
         tissue: str | None = None,
+        min_gene_fraction: float | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_concurrency: int = 4,
         timeout: float = 300.0,
@@ -208,7 +213,13 @@ class RemoteClient:
         self.transport: Transport = "arrow" if transport == "arrow" else "json"
         self.model = model
         self.atlas = atlas
+        if min_gene_fraction is not None and not 0.0 <= float(min_gene_fraction) <= 1.0:
+            msg = f"min_gene_fraction must lie in [0, 1], got {min_gene_fraction}."
+            raise InputError(msg, code="invalid_parameter")
         self.tissue = tissue
+        # Not `min_gene_fraction`: that attribute is the local check's bar (0, none here).
+        self.service_min_gene_fraction = (None if min_gene_fraction is None
+                                          else float(min_gene_fraction))
         self.chunk_size = chunk_size
         self.max_concurrency = max_concurrency
         self.timeout = timeout
@@ -223,6 +234,7 @@ class RemoteClient:
         return {"name": self.name, "atlas": self.atlas,
                 "parameters": {"endpoint": self.url, "model": self.model,
                                "transport": self.transport, "tissue": self.tissue,
+                               "min_gene_fraction": self.service_min_gene_fraction,
                                "chunk_size": self.chunk_size}}
 
     def __repr__(self) -> str:  # never shows the key
@@ -295,9 +307,12 @@ class RemoteClient:
                 params["reference_atlas"] = self.atlas
             if tissue is not None:
                 params["tissue"] = tissue
+            if self.service_min_gene_fraction is not None:
+                params["min_gene_fraction"] = repr(self.service_min_gene_fraction)
             headers = {"Content-Type": ARROW_MEDIA_TYPE, "Accept": ARROW_MEDIA_TYPE}
             return matrix_arrow_buffer(chunk), headers, params
-        body = json_body(chunk, model=self.model, atlas=self.atlas, tissue=tissue)
+        body = json_body(chunk, model=self.model, atlas=self.atlas, tissue=tissue,
+                         min_gene_fraction=self.service_min_gene_fraction)
         return body, {"Content-Type": JSON_MEDIA_TYPE, "Accept": JSON_MEDIA_TYPE}, {}
 
     def _annotate_chunk(self, http: httpx.Client, chunk: CellMatrix, index: int,
@@ -513,11 +528,13 @@ class RemoteClient:
 
 def _remote_engine(atlas: str | None = None, *, endpoint: str, model: str = "markers",
                    api_key: str | None = None, transport: str = "arrow",
-                   tissue: str | None = None, max_concurrency: int = 4,
+                   tissue: str | None = None, min_gene_fraction: float | None = None,
+                   max_concurrency: int = 4,
                    timeout: float = 300.0, retries: int = 5, backoff: float = 0.5,
                    max_backoff: float = 60.0, split_too_large: bool = True) -> RemoteClient:
     return RemoteClient(endpoint, api_key=api_key, transport=transport, model=model, atlas=atlas,
-                        tissue=tissue, max_concurrency=max_concurrency, timeout=timeout,
+                        tissue=tissue, min_gene_fraction=min_gene_fraction,
+                        max_concurrency=max_concurrency, timeout=timeout,
                         retries=retries, backoff=backoff, max_backoff=max_backoff,
                         split_too_large=split_too_large)
 

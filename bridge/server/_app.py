@@ -137,8 +137,8 @@ def _int_field(fields: dict[str, Any], name: str, default: int, low: int, high: 
 
 def _engine_options(model: str, fields: dict[str, Any], query: dict[str, Any]
                     ) -> dict[str, Any]:
-    """Per-request engine options (``tissue``) from the JSON body or the query, for engines
-    that take them; a string of sane length or a 422."""
+    """Per-request engine options (``tissue``, ``min_gene_fraction``) from the JSON body or
+    the query, for engines that take them; a sane value of the right type or a 422."""
     from ..engines import engine_parameters
 
     accepted = engine_parameters(model)
@@ -150,6 +150,14 @@ def _engine_options(model: str, fields: dict[str, Any], query: dict[str, Any]
         if name not in accepted:
             raise ApiError(422, "unknown_parameter", f"model {model!r} does not take {name!r}.",
                            "leave it out, or choose a model that takes it (GET /v1/models)")
+        if name == "min_gene_fraction":
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not 0.0 <= float(value) <= 1.0):
+                raise ApiError(422, "invalid_parameter", "min_gene_fraction must be a number "
+                               "in [0, 1].", "send the fraction of the model's genes a "
+                               "request must hold, e.g. 0.02")
+            options[name] = float(value)
+            continue
         if not isinstance(value, str) or not 0 < len(value) <= 200:
             raise ApiError(422, "invalid_parameter", f"{name} must be a string of 1 to 200 "
                            "characters.", f"send {name} as a name or an ontology id")
@@ -308,6 +316,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tissue: str | None = Query(None, max_length=200,
                                    description="Arrow bodies: the tissue context (a name or "
                                                "UBERON id), for models that take one"),
+        min_gene_fraction: float | None = Query(
+            None, ge=0.0, le=1.0, description="Arrow bodies: the fraction of the model's genes "
+                                              "a request must hold (the engine's default when "
+                                              "absent)"),
     ) -> Response:
         kind = _content_kind(request)
         arrow = wants_arrow(request.headers.get("accept"), request.headers.get("content-type"))
@@ -317,7 +329,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             chosen_model, chosen_atlas = catalog.resolve(
                 parsed.fields.get("model", model),
                 parsed.fields.get("reference_atlas", reference_atlas))
-            params = _engine_options(chosen_model, parsed.fields, {"tissue": tissue})
+            params = _engine_options(chosen_model, parsed.fields,
+                                     {"tissue": tissue, "min_gene_fraction": min_gene_fraction})
             table = _compute.annotate(parsed.matrix, catalog, chosen_model, chosen_atlas,
                                       **params)
             logger.info("annotated %d cells with model %s", parsed.matrix.n_cells,

@@ -76,8 +76,9 @@
 #'   are counts) is wrong: `"counts"`, `"lognorm"` or `"normalized"` (TPM, CPM,
 #'   FPKM: normalised, not logged).
 #' @param min_gene_fraction Refuse inputs holding fewer of the model's genes
-#'   than this fraction (default: the model's own, 0.1); lower it for small
-#'   targeted panels. python and cli engines.
+#'   than this fraction (default: the model's own, 0.02 of the candidate panel
+#'   for markers, 0.5 for reference); lower it for small targeted panels. Every
+#'   engine (http sends it to the service).
 #' @param engine One of `"auto"`, `"python"`, `"cli"`, `"http"`.
 #' @param endpoint For `http`: the server's base URL, e.g.
 #'   `"http://127.0.0.1:8000"` (default: `options(scbridge.endpoint)` or env

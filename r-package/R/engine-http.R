@@ -34,8 +34,8 @@ http_status <- function(endpoint) {
   NULL
 }
 
-# Engine parameters other than `tissue` (which the Arrow variant takes in its query string)
-# travel in the JSON body only, so they make "auto" pick JSON.
+# Engine parameters other than `tissue` and `min_gene_fraction` (which the Arrow variant takes
+# in its query string) travel in the JSON body only, so they make "auto" pick JSON.
 http_transport <- function(params = list()) {
   wanted <- getOption("scbridge.http_transport", "auto")
   json_only <- setdiff(names(params), http_query_params)
@@ -47,14 +47,15 @@ http_transport <- function(params = list()) {
     need_arrow_backend("The Arrow transport (options(scbridge.http_transport = \"arrow\"))")
   }
   if (wanted == "arrow" && length(json_only)) {
-    abort(paste("Engine parameters other than `tissue` travel in the JSON body only; use",
+    abort(paste("Engine parameters other than `tissue` and `min_gene_fraction` travel in the",
+                "JSON body only; use",
                 "options(scbridge.http_transport = \"json\") or \"auto\" to pass them."),
           code = "unsupported")
   }
   wanted
 }
 
-http_query_params <- "tissue"
+http_query_params <- c("tissue", "min_gene_fraction")
 
 # Numbers exactly as the server must see them: counts as "3.0" (floats, like a Python client
 # sending a float64 CSR), other values with 17 significant digits (jsonlite stops at 15).
@@ -167,12 +168,6 @@ http_annotate <- function(m, source, request) {
   api_key <- request$api_key
   timeout <- http_timeout()
   retries <- http_retries()
-  if (!is.null(params$min_gene_fraction)) {
-    # A service applies its own genes-found check; sent along, the value would be ignored.
-    abort(paste("The http engine cannot pass `min_gene_fraction`: the service checks the genes",
-                "against its own model. Use the python or cli engine to lower the bar."),
-          code = "unsupported")
-  }
   transport <- http_transport(params)
   check_json_value_kind(m, request$value_kind, transport)
   n <- ncol(m)
@@ -192,7 +187,8 @@ http_annotate <- function(m, source, request) {
       # One chunk: the matrix itself (its slots become the batch without a copy).
       block_matrix <- if (from == 1L && to == n) m else m[, from:to, drop = FALSE]
       req <- httr2::req_url_query(req, model = model, reference_atlas = atlas,
-                                  tissue = params$tissue)
+                                  tissue = params$tissue,
+                                  min_gene_fraction = params$min_gene_fraction)
       req <- httr2::req_headers(req, Accept = arrow_reply_type())
       req <- httr2::req_body_raw(req, arrow_csr_stream(block_matrix, source, request$value_kind),
                                  type = arrow_media_type)
@@ -253,7 +249,8 @@ http_run_tissue <- function(m, source, request, transport, genes_json) {
                       http_timeout(), http_retries())
   req <- httr2::req_headers(req, Accept = "application/json")
   if (transport == "arrow") {
-    req <- httr2::req_url_query(req, model = request$model, reference_atlas = request$atlas)
+    req <- httr2::req_url_query(req, model = request$model, reference_atlas = request$atlas,
+                                min_gene_fraction = request$params$min_gene_fraction)
     req <- httr2::req_body_raw(req, arrow_csr_stream(sample, source, request$value_kind),
                                type = arrow_media_type)
   } else {

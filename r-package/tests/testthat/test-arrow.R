@@ -220,7 +220,7 @@ test_that("http engine over Arrow agrees with python cell for cell on every clas
     expect_same_calls(calls(http(make_seurat_v4(m), layer = "data")),
                       calls(annotate_cells(make_seurat_v4(m), layer = "data", engine = "python")))
     # Unknown arguments are refused before anything is sent; engine parameters other than
-    # tissue travel in JSON bodies only: auto picks JSON for them.
+    # tissue and min_gene_fraction travel in JSON bodies only: auto picks JSON for them.
     expect_error(http(m, some_parameter = 1), class = "scbridge_error_unknown_parameter")
     withr::local_options(scbridge.http_transport = "auto")
     expect_identical(scbridge:::http_transport(), "arrow")

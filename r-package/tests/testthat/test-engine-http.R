@@ -83,9 +83,10 @@ test_that("a refusal arrives as the classed error of the server's code, with its
   expect_match(err$hint, "GET /v1/models", fixed = TRUE)
   # the tissue reaches the service's engine (an unknown one is its own refusal)
   expect_same_calls(http(tissue = "blood"), annotate_cells(m, engine = "python", tissue = "blood"))
-  # min_gene_fraction cannot be passed on: refused before anything is sent
-  expect_error(annotate_cells(m, engine = "http", endpoint = closed_port_endpoint(),
-                              min_gene_fraction = 0.01), class = "scbridge_error_unsupported")
+  # min_gene_fraction reaches the service's engine too
+  expect_same_calls(http(min_gene_fraction = 0.01),
+                    annotate_cells(m, engine = "python", min_gene_fraction = 0.01))
+  expect_error(http(min_gene_fraction = 1.5), class = "scbridge_error_invalid_parameter")
   # a reference is local: the http engine cannot send it
   expect_error(http(reference = test_path("fixtures", "model_genes.txt")),
                class = "scbridge_error_unsupported")
