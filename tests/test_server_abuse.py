@@ -452,6 +452,28 @@ def _reference_with_labels(folder: Path, names: tuple[str, ...], seed: int) -> P
     return out
 
 
+def test_connections_beyond_the_limit_get_503(tmp_path: Path) -> None:
+    # Idle keep-alive connections count: a client holding many sockets open cannot make the
+    # server run out of file descriptors; everyone else is answered 503 (retryable) meanwhile.
+    with serve(tmp_path, "--max-connections", "4") as server:
+        assert httpx.get(server.url + "/healthz").status_code == 200
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+        try:
+            time.sleep(0.3)
+            assert httpx.get(server.url + "/healthz").status_code == 503
+        finally:
+            for sock in idle:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while httpx.get(server.url + "/healthz").status_code != 200:
+            assert time.monotonic() < deadline, "the slots were not given back"
+            time.sleep(0.1)
+    done = subprocess.run([sys.executable, "-m", "bridge", "serve", "--no-auth",
+                           "--max-connections", "0"], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=120)
+    assert done.returncode == 2 and "error[invalid_parameter]" in done.stderr
+
+
 def test_a_broken_reference_stops_the_start(tmp_path: Path) -> None:
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"PAR1" + b"\x00" * 100 + b"PAR1")

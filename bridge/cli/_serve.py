@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-inflight-mb", type=float, default=1024,
                         help="MiB of request bodies held at once per process (received, "
                              "queued or computing); more get 503 + Retry-After (default 1024)")
+    parser.add_argument("--max-connections", type=int, default=1024,
+                        help="open connections per process (idle keep-alive ones included); a "
+                             "request arriving beyond them gets 503 (default 1024)")
     parser.add_argument("--body-timeout", type=float, default=20.0, metavar="SECONDS",
                         help="a body pausing longer than this gets 408 (default 20)")
     parser.add_argument("--body-deadline", type=float, default=300.0, metavar="SECONDS",
@@ -128,6 +131,11 @@ def run(args: argparse.Namespace) -> int:
     from ..server._protocol import protocol_class
     from ..server._settings import ENV_SETTINGS
 
+    if args.max_connections < 1:
+        from .._errors import InputError
+
+        raise InputError(f"--max-connections must be at least 1, got {args.max_connections}.",
+                         code="invalid_parameter")
     settings = settings_from_args(args)
     shared_dir = _workspace_dir(args)
     # Build once here so a bad key file or reference fails before any port is bound.
@@ -144,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
             uvicorn.run("bridge.server._app:app_from_env", factory=True, host=args.host,
                         port=args.port, workers=args.workers, log_config=config,
                         access_log=False, log_level=args.log_level,
-                        http="bridge.server._protocol:EnvHttpProtocol")
+                        http="bridge.server._protocol:EnvHttpProtocol",
+                        limit_concurrency=args.max_connections)
         finally:
             if shared_dir is not None:
                 import shutil
@@ -153,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         http = protocol_class(settings.max_header_bytes, settings.header_timeout)
         uvicorn.run(app, host=args.host, port=args.port, log_config=config, access_log=False,
-                    log_level=args.log_level, http=http)
+                    log_level=args.log_level, http=http, limit_concurrency=args.max_connections)
     return 0
 
 
