@@ -8,6 +8,7 @@ the values it lists.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -15,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +169,15 @@ def test_an_interrupt_a_library_turned_into_its_own_error_stays_an_interrupt(
     assert target.read_bytes() == b"old"
     with pytest.raises(TypeError), atomic_output(target) as temp:  # a plain error stays itself
         raise TypeError("a writer's own bug")
+    # rpy2 swallows an interrupt raised in one of its callbacks, then fails on its own: the
+    # signal received during the write is what propagates.
+    with pytest.raises(KeyboardInterrupt), atomic_output(target) as temp:
+        with contextlib.suppress(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here
+        raise TypeError("'NULLType' object is not callable")
+    assert target.read_bytes() == b"old"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 # -- readers only raise our errors ------------------------------------------------------------------

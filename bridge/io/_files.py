@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from .._errors import InputError
 
@@ -88,30 +89,44 @@ def _target(path: PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
+def _signals_tracked() -> Iterator[list[int]]:
     """While writing, let SIGTERM unwind the stack (so ``finally`` blocks clean up) instead of
-    ending the process on the spot.  Only where SIGTERM has its default action and only in the
-    main thread (signal handlers can only be set there)."""
+    ending the process on the spot, and note every SIGINT / SIGTERM that arrives (the list
+    yielded): a library that swallows the interrupt (rpy2 "ignores" an exception raised in its
+    C callbacks, then fails on its own) must not turn Ctrl-C into its error.  Handlers are only
+    replaced where they have their defaults and only in the main thread (signal handlers can
+    only be set there)."""
+    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
     try:
-        previous = signal.getsignal(signal.SIGTERM)
+        previous_term = signal.getsignal(signal.SIGTERM)
+        previous_int = signal.getsignal(signal.SIGINT)
     except (ValueError, OSError):  # pragma: no cover - no signals here
-        yield
-        return
-    if previous is not signal.SIG_DFL:
-        yield
+        yield received
         return
 
     def terminate(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, terminate)
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    replaced: list[tuple[signal.Signals, Any]] = []
+    if previous_term is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, terminate)
+        replaced.append((signal.SIGTERM, previous_term))
+    if previous_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupt)
+        replaced.append((signal.SIGINT, previous_int))
     try:
-        yield
+        yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in replaced:
+            signal.signal(signum, handler)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -158,7 +173,7 @@ def atomic_output(path: PathLike, *, inputs: Iterable[PathLike | None] = (),
     folder.mkdir(parents=True, exist_ok=True)
     temp = folder / f".{target.stem}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}{target.suffix}"
     # SIGTERM raises from before the temporary file exists until it is renamed or removed.
-    with _sigterm_raises():
+    with _signals_tracked() as received:
         try:
             # Created with the process's umask (as a plain open() would), not mkstemp's 0600.
             os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
@@ -172,21 +187,26 @@ def atomic_output(path: PathLike, *, inputs: Iterable[PathLike | None] = (),
         except BaseException as error:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
-            interrupt = _interrupt_behind(error)
+            interrupt = _interrupt_behind(error, received)
             if interrupt is not None:
-                # A library that turned the interrupt into its own error (h5py raises TypeError
-                # when Ctrl-C lands inside an attribute write): the user pressed Ctrl-C / sent
-                # SIGTERM, so that is what propagates, not the library's confusion.
+                # A library turned the interrupt into its own error (h5py raises TypeError when
+                # Ctrl-C lands inside an attribute write; rpy2 swallows it in a callback, then
+                # fails): the user pressed Ctrl-C / sent SIGTERM, so that is what propagates.
                 raise interrupt from error
             raise
     _fsync_folder(folder)
     logger.debug("wrote %s", target)
 
 
-def _interrupt_behind(error: BaseException) -> BaseException | None:
-    """A KeyboardInterrupt / SystemExit in the context chain of another error, if any."""
+def _interrupt_behind(error: BaseException, received: list[int]) -> BaseException | None:
+    """The interrupt behind another error: a KeyboardInterrupt / SystemExit in its context
+    chain, or a SIGINT / SIGTERM received during the write whose exception a library
+    swallowed."""
     if isinstance(error, KeyboardInterrupt | SystemExit):
         return None
+    if received:
+        signum = received[0]
+        return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
     seen: set[int] = set()
     cause = error.__context__
     while cause is not None and id(cause) not in seen:
