@@ -130,13 +130,23 @@ def panel_block(X: sp.csr_matrix, columns: NDArray[Any],
     """``X[:, columns]`` (``dtype``, sorted indices) without scipy's fancy indexing, which
     copies the whole ``indices`` array to int64 when ``indptr`` is int64.
 
-    The non-zeros are scanned in pieces of :data:`_PANEL_PIECE` so the temporaries (column
-    map, mask) stay in cache: about 3x faster than one pass over a 100M-non-zero chunk.
-    Extra memory: a few bytes per non-zero of one piece, plus the panel's own non-zeros.
+    Matrices with int32 indices and fewer than 2^31 non-zeros go through scipy's compiled
+    column selection on an int32 copy of ``indptr``; others are scanned in numpy, in pieces
+    of :data:`_PANEL_PIECE` non-zeros.  Extra memory: at most a few bytes per non-zero of one
+    piece, plus the panel's own non-zeros.
     """
     n_cells = X.shape[0]
     if not len(columns) or not X.nnz:
         return sp.csr_matrix((n_cells, len(columns)))
+    if X.indices.dtype == np.int32 and X.indptr[0] == 0 and X.indptr[-1] < 2**31:
+        # scipy's compiled column selection, twice as fast as the numpy scan below, on int32
+        # offsets (a view with a copy of indptr only) so it never widens ``indices``
+        narrow = sp.csr_matrix((X.data, X.indices, X.indptr.astype(np.int32)), shape=X.shape)
+        picked = narrow[:, np.asarray(columns, dtype=np.int64)]
+        out = sp.csr_matrix((picked.data.astype(dtype, copy=False), picked.indices,
+                             picked.indptr.astype(np.int64)), shape=picked.shape)
+        out.sort_indices()
+        return out
     in_panel = np.zeros(X.shape[1], dtype=bool)
     in_panel[columns] = True
     lookup = np.zeros(X.shape[1], dtype=np.int32)
