@@ -141,7 +141,9 @@ def panel_block(X: sp.csr_matrix, columns: NDArray[Any],
     if X.indices.dtype == np.int32 and X.indptr[0] == 0 and X.indptr[-1] < 2**31:
         # scipy's compiled column selection, twice as fast as the numpy scan below, on int32
         # offsets (a view with a copy of indptr only) so it never widens ``indices``
-        narrow = sp.csr_matrix((X.data, X.indices, X.indptr.astype(np.int32)), shape=X.shape)
+        narrow = sp.csr_matrix(X.shape, dtype=X.dtype)  # arrays assigned: the constructor
+        narrow.data, narrow.indices = X.data, X.indices  # would copy views ("prune")
+        narrow.indptr = X.indptr.astype(np.int32)
         picked = narrow[:, np.asarray(columns, dtype=np.int64)]
         out = sp.csr_matrix((picked.data.astype(dtype, copy=False), picked.indices,
                              picked.indptr.astype(np.int64)), shape=picked.shape)
