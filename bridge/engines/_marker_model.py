@@ -195,9 +195,14 @@ def _folder_files(atlas: str | None) -> tuple[Path, Path | None, str]:
     return path, None, str(path)
 
 
-@cache
 def load_marker_model(atlas: str | None = None, species: Species = "human") -> MarkerModel:
     """The engine's model of the knowledge base (shipped, or ``atlas``) for ``species``."""
+    # One cache entry per (atlas, species), however the call spells them.
+    return _build_marker_model(atlas, species)
+
+
+@cache
+def _build_marker_model(atlas: str | None, species: Species) -> MarkerModel:
     markers_path, types_path, source = _folder_files(atlas)
     ontology = load_cell_ontology()
     rules = load_level_rules()

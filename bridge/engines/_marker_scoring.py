@@ -25,6 +25,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from ..matrix import csr_view
 from ..numerics import cell_totals, log_normalize, panel_block, spread_runs
 
 if TYPE_CHECKING:
@@ -64,8 +65,8 @@ class Settings:
 def row_view(X: sp.csr_matrix, start: int, stop: int) -> sp.csr_matrix:
     """Rows ``start:stop`` of a CSR matrix as a view (no copy of values or indices)."""
     a, b = int(X.indptr[start]), int(X.indptr[stop])
-    out = sp.csr_matrix((X.data[a:b], X.indices[a:b], X.indptr[start:stop + 1] - a),
-                        shape=(stop - start, X.shape[1]))
+    out = csr_view(X.data[a:b], X.indices[a:b], X.indptr[start:stop + 1] - a,
+                   (stop - start, X.shape[1]))
     out.has_sorted_indices = X.has_sorted_indices
     return out
 

@@ -43,6 +43,7 @@ from .._contract import UNKNOWN, ChunkCalls
 from .._errors import GeneIdError, InputError
 from . import register_engine
 from ._base import ChunkedEngine, ChunkPlan, GeneLayoutCache
+from ._blocks import block_bounds, map_blocks, worker_count
 from ._marker_model import MarkerModel, Species, load_marker_model
 from ._marker_scoring import (
     Kind,
@@ -300,10 +301,16 @@ class MarkerEngine(ChunkedEngine):
     def _annotate(self, matrix: CellMatrix, *, kind: Kind, model: MarkerModel, tree: Tree,
                   layout: Layout, in_context: NDArray[Any], coverage: float) -> ChunkCalls:
         settings = self._settings()
-        found = evidence(matrix.X, kind, layout.columns, settings)
-        parts = [self._annotate_block(row_view(found, a, min(a + _BLOCK, matrix.n_cells)),
-                                      model, tree, layout, in_context, coverage, settings)
-                 for a in range(0, max(matrix.n_cells, 1), _BLOCK)]
+
+        def score(bounds: tuple[int, int]) -> ChunkCalls:
+            found = evidence(row_view(matrix.X, *bounds), kind, layout.columns, settings)
+            return self._annotate_block(found, model, tree, layout, in_context, coverage,
+                                        settings)
+
+        # Calls are per cell, so blocks are scored side by side on the cores available.
+        workers = worker_count()
+        parts = map_blocks(score, block_bounds(matrix.n_cells, _BLOCK, workers=workers),
+                           workers=workers)
         if len(parts) == 1:
             return parts[0]
         return ChunkCalls(
