@@ -10,7 +10,7 @@ from test_marker_engine import synthetic_matrix
 
 import bridge
 import bridge.engines.markers as markers
-from bridge.engines._blocks import block_bounds, map_blocks, worker_count
+from bridge.engines._blocks import ENV_THREADS, block_bounds, map_blocks, worker_count
 
 
 @pytest.mark.parametrize(("n_cells", "block", "workers"),
@@ -55,3 +55,15 @@ def test_calls_do_not_depend_on_blocks_or_threads(monkeypatch: pytest.MonkeyPatc
     assert threaded.num_rows == matrix.n_cells
     assert whole.equals(threaded)
     assert len(set(whole.column("label").to_pylist())) > 2  # the cells were really called
+
+
+def test_scbridge_threads_caps_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_THREADS, raising=False)
+    cores = worker_count()
+    monkeypatch.setenv(ENV_THREADS, "1")
+    assert worker_count() == 1
+    monkeypatch.setenv(ENV_THREADS, "999")
+    assert worker_count() == cores  # never more than the cores
+    for ignored in ("0", "", "two"):
+        monkeypatch.setenv(ENV_THREADS, ignored)
+        assert worker_count() == cores

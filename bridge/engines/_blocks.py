@@ -14,17 +14,28 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from typing import TypeVar
 
-__all__ = ["block_bounds", "map_blocks", "worker_count"]
+__all__ = ["ENV_THREADS", "block_bounds", "map_blocks", "worker_count"]
 
 T = TypeVar("T")
 
 
+#: Environment variable capping the threads an engine scores a chunk with (as OMP_NUM_THREADS
+#: does for BLAS): set it to 1 where processes already share the cores (Dask workers, a
+#: server with several compute threads).
+ENV_THREADS = "SCBRIDGE_THREADS"
+
+
 def worker_count() -> int:
-    """The CPU cores this process may run on (its affinity where the platform says)."""
+    """The CPU cores this process may run on (its affinity where the platform says), at most
+    ``$SCBRIDGE_THREADS`` when that is a positive integer."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    cap = os.environ.get(ENV_THREADS, "").strip()
+    if cap.isdigit() and int(cap) > 0:
+        return min(cores, int(cap))
+    return cores
 
 
 def block_bounds(n_cells: int, block: int, *, workers: int = 1, min_block: int = 4096
