@@ -40,6 +40,7 @@ __all__ = [
     "UNKNOWN",
     "ChunkCalls",
     "apply_min_confidence",
+    "calls_for_csv",
     "calls_from_records",
     "calls_to_records",
     "chunk_table",
@@ -177,6 +178,23 @@ def apply_min_confidence(table: pa.Table, threshold: float) -> pa.Table:
         out = out.set_column(index, "unknown_reason",
                              filled.combine_chunks().dictionary_encode().cast(_DICTIONARY))
     return out.append_column("label_raw", raw)
+
+
+def calls_for_csv(table: pa.Table) -> pa.Table:
+    """The calls as CSV can hold them (the text of ``scbridge annotate --out calls.csv`` and of
+    the workspace's download): dictionaries decoded, ``alternates`` as ``label:score;...``,
+    ``markers`` (and any other list column) as ``A;B``."""
+    out = table
+    for i, column_field in enumerate(table.schema):
+        kind, name = column_field.type, column_field.name
+        if pa.types.is_dictionary(kind):
+            out = out.set_column(i, name, pc.cast(table.column(i), kind.value_type))
+        elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            rows = table.column(i).to_pylist()
+            text = [";".join(f"{v['label']}:{v['score']:.4g}" if isinstance(v, dict) else str(v)
+                             for v in row or []) for row in rows]
+            out = out.set_column(i, name, pa.array(text, pa.string()))
+    return out
 
 
 def calls_to_records(table: pa.Table) -> list[dict[str, Any]]:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +14,11 @@ import pyarrow.compute as pc
 
 from .._contract import metadata_dict
 from .._errors import InputError, MissingDependencyError
-from ..io._files import atomic_output, refuse_clashes, refuse_same_file
+from ..io._files import refuse_clashes, refuse_same_file
+from ._calls_out import SUFFIXES, write_calls
 
 NAME = "annotate"
 HELP = "cell-type calls for every cell (embedded marker engine by default)"
-SUFFIXES = (".parquet", ".arrow", ".csv", ".json")
 logger = logging.getLogger(__name__)
 
 
@@ -83,64 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="with --partitions and no --scheduler: local worker processes")
     parser.add_argument("--quiet", action="store_true", help="no summary, no progress bar")
-
-
-def _flatten_for_csv(table: pa.Table) -> pa.Table:
-    """Lists become strings: alternates ``label:score;...``, markers ``GENE;GENE``."""
-    out = table
-    for i, field in enumerate(table.schema):
-        if pa.types.is_dictionary(field.type):
-            out = out.set_column(i, field.name, pc.cast(table.column(i), field.type.value_type))
-    if "alternates" in out.column_names:
-        alternates = [";".join(f"{a['label']}:{a['score']:.4g}" for a in row or [])
-                      for row in out.column("alternates").to_pylist()]
-        out = out.set_column(out.column_names.index("alternates"), "alternates",
-                             pa.array(alternates, pa.string()))
-    if "markers" in out.column_names:
-        markers = [";".join(row or []) for row in out.column("markers").to_pylist()]
-        out = out.set_column(out.column_names.index("markers"), "markers",
-                             pa.array(markers, pa.string()))
-    return out
-
-
-def write_calls(table: pa.Table, out: str | Path, *,
-                inputs: Iterable[str | Path | None] = ()) -> Path:
-    """Write a Calls table by the suffix of ``out`` (under a temporary name renamed when
-    complete; an ``out`` that is one of ``inputs`` is refused with code ``same_file``)."""
-    path = Path(out)
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        msg = f"{path}: unsupported output suffix {suffix!r}; use one of {', '.join(SUFFIXES)}."
-        raise InputError(msg)
-    with atomic_output(path, inputs=inputs, what="--out") as temp:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            pq.write_table(table, temp)
-        elif suffix == ".arrow":
-            with pa.OSFile(str(temp), "wb") as sink, \
-                    pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table)
-        elif suffix == ".csv":
-            import pyarrow.csv as pcsv
-
-            pcsv.write_csv(_flatten_for_csv(table), temp)
-        else:
-            from .._contract import calls_to_records
-
-            records = calls_to_records(table)
-            cells = table.column("cell").to_pylist()
-            payload = {"calls": [{"cell": c, **r} for c, r in zip(cells, records, strict=True)],
-                       "metadata": metadata_dict(table)}
-            with open(temp, "w", encoding="utf-8") as handle:
-                json.dump(payload, handle, default=_json_default)
-    return path
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
 
 
 def summary(table: pa.Table) -> str:

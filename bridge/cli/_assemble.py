@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .._contract import metadata_dict
 from .._errors import InputError
 from ..io._files import atomic_output
+from ._calls_out import WRITERS
 
 __all__ = ["assemble_calls"]
 
@@ -58,7 +58,7 @@ def assemble_calls(files: Sequence[str | os.PathLike[str]], partitions: Sequence
             yield table
 
     with atomic_output(out, inputs=inputs, what="--out") as temporary:
-        _WRITERS[out.suffix.lower()](temporary, schema, tables())
+        WRITERS[out.suffix.lower()](temporary, schema, tables())
         duplicate = first_duplicate(pa.chunked_array(cells, pa.string()))
         if duplicate is not None:
             owners = [p for p, c in zip(partitions, cells, strict=True)
@@ -113,56 +113,3 @@ def _recode(table: pa.Table, dictionaries: dict[str, pa.Array]) -> pa.Table:
     return table
 
 
-def _write_parquet(path: Path, schema: pa.Schema, tables: Iterator[pa.Table]) -> None:
-    with pq.ParquetWriter(path, schema) as writer:
-        for table in tables:
-            writer.write_table(table)
-
-
-def _write_arrow(path: Path, schema: pa.Schema, tables: Iterator[pa.Table]) -> None:
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for table in tables:
-            writer.write_table(table)
-
-
-def _write_csv(path: Path, schema: pa.Schema, tables: Iterator[pa.Table]) -> None:
-    import pyarrow.csv as pcsv
-
-    from ._annotate import _flatten_for_csv
-
-    writer: pcsv.CSVWriter | None = None
-    try:
-        for table in tables:
-            flat = _flatten_for_csv(table)
-            if writer is None:
-                writer = pcsv.CSVWriter(str(path), flat.schema)
-            writer.write_table(flat)
-    finally:
-        if writer is not None:
-            writer.close()
-
-
-def _write_json(path: Path, schema: pa.Schema, tables: Iterator[pa.Table]) -> None:
-    from .._contract import calls_to_records
-    from ._annotate import _json_default
-
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write('{"calls": [')
-        first = True
-        for table in tables:
-            cells = table.column("cell").to_pylist()
-            for cell, record in zip(cells, calls_to_records(table), strict=True):
-                handle.write(("" if first else ", ")
-                             + json.dumps({"cell": cell, **record}, default=_json_default))
-                first = False
-        handle.write('], "metadata": ')
-        json.dump(metadata_dict(schema.empty_table()), handle, default=_json_default)
-        handle.write("}")
-
-
-_WRITERS: dict[str, Callable[[Path, pa.Schema, Iterator[pa.Table]], None]] = {
-    ".parquet": _write_parquet,
-    ".arrow": _write_arrow,
-    ".csv": _write_csv,
-    ".json": _write_json,
-}

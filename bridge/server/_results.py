@@ -33,7 +33,6 @@ __all__ = [
     "CURATED",
     "JobResults",
     "category_codes",
-    "flatten_for_csv",
     "grouping_columns",
     "is_label_column",
 ]
@@ -76,22 +75,6 @@ def grouping_columns(table: pa.Table, *, prefix: str = "") -> list[str]:
             column = pc.cast(column, value_type)
         if pc.count_distinct(column).as_py() <= MAX_LEVELS:
             out.append(prefix + field.name)
-    return out
-
-
-def flatten_for_csv(table: pa.Table) -> pa.Table:
-    """Text for every column a CSV cannot hold: dictionaries decoded, ``alternates`` as
-    ``label:score;...`` and ``markers`` as ``GENE;GENE`` (as ``scbridge annotate`` writes)."""
-    out = table
-    for i, field in enumerate(table.schema):
-        kind = field.type
-        if pa.types.is_dictionary(kind):
-            out = out.set_column(i, field.name, pc.cast(table.column(i), kind.value_type))
-        elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
-            rows = table.column(i).to_pylist()
-            text = [";".join(f"{v['label']}:{v['score']:.4g}" if isinstance(v, dict) else str(v)
-                             for v in row or []) for row in rows]
-            out = out.set_column(i, field.name, pa.array(text, pa.string()))
     return out
 
 

@@ -44,11 +44,12 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
+from .._contract import calls_for_csv
 from .._contract.wire import ARROW_MEDIA_TYPE, JSON_MEDIA_TYPE
 from ._curation import check_edit, empty_doc
 from ._jobs import FINISHED, JobManager, WorkspaceLimits, owner_of, read_json, start_child
 from ._problems import ApiError
-from ._results import CURATED, JobResults, flatten_for_csv
+from ._results import CURATED, JobResults
 
 if TYPE_CHECKING:
     from ._compute import Catalog
@@ -326,7 +327,7 @@ def _prepare_export(jobs: JobManager, job: dict[str, Any], kind: str) -> Path:
             return out
         partial = out.with_name(f"partial-{out.name}")
         if kind == "calls.csv":
-            pcsv.write_csv(flatten_for_csv(results.calls_with_curation()), partial)
+            pcsv.write_csv(calls_for_csv(results.calls_with_curation()), partial)
         elif kind == "calls.parquet":
             pq.write_table(results.calls_with_curation(), partial)
         elif kind == "edits.csv":
