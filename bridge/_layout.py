@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -242,8 +242,12 @@ def _distance_block(X: NDArray[Any], norms: NDArray[Any], start: int, stop: int)
     return block
 
 
-def _exact_numpy(X: NDArray[Any], m: int) -> tuple[NDArray[Any], NDArray[Any]]:
-    """The ``m`` nearest other cells of every cell, exhaustively, in numpy (squared)."""
+def _exact(X: NDArray[Any], m: int,
+           select: Callable[[NDArray[Any], int, NDArray[Any], NDArray[Any]], None]
+           ) -> tuple[NDArray[Any], NDArray[Any]]:
+    """The ``m`` nearest other cells of every cell, exhaustively (squared distances): blocks of
+    rows against all cells, each block's ``m`` smallest picked by ``select(block, start,
+    idx_out, dist_out)``."""
     n = X.shape[0]
     norms = np.einsum("ij,ij->i", X, X)
     out_idx = np.empty((n, m), np.int32)
@@ -251,29 +255,30 @@ def _exact_numpy(X: NDArray[Any], m: int) -> tuple[NDArray[Any], NDArray[Any]]:
     step = _block_rows(n)
     for start in range(0, n, step):
         stop = min(n, start + step)
-        block = _distance_block(X, norms, start, stop)
-        rows = np.arange(stop - start)
+        select(_distance_block(X, norms, start, stop), start, out_idx[start:stop],
+               out_dist[start:stop])
+    return out_idx, out_dist
+
+
+def _exact_numpy(X: NDArray[Any], m: int) -> tuple[NDArray[Any], NDArray[Any]]:
+    """:func:`_exact` with the selection in numpy."""
+
+    def select(block: NDArray[Any], start: int, idx: NDArray[Any], dist: NDArray[Any]) -> None:
+        rows = np.arange(block.shape[0])
         block[rows, rows + start] = np.inf  # a cell is not its own "other" neighbour
         part = np.argpartition(block, m - 1, axis=1)[:, :m]
         d = np.take_along_axis(block, part, axis=1)
         # Ties broken by index so that the result is the same whatever the partition did.
         order = np.lexsort((part, d), axis=1)
-        out_idx[start:stop] = np.take_along_axis(part, order, axis=1)
-        out_dist[start:stop] = np.take_along_axis(d, order, axis=1)
-    return out_idx, out_dist
+        idx[:] = np.take_along_axis(part, order, axis=1)
+        dist[:] = np.take_along_axis(d, order, axis=1)
+
+    return _exact(X, m, select)
 
 
 def _exact_numba(X: NDArray[Any], m: int, kern: Any) -> tuple[NDArray[Any], NDArray[Any]]:
-    n = X.shape[0]
-    norms = np.einsum("ij,ij->i", X, X)
-    out_idx = np.empty((n, m), np.int32)
-    out_dist = np.empty((n, m), np.float32)
-    step = _block_rows(n)
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        block = _distance_block(X, norms, start, stop)
-        kern.select_rows(block, start, out_idx[start:stop], out_dist[start:stop])
-    return out_idx, out_dist
+    """:func:`_exact` with the selection in the numba kernels (parallel over rows)."""
+    return _exact(X, m, kern.select_rows)
 
 
 def _kmeans(X: NDArray[Any], n_lists: int, seed: int, iterations: int = 8) -> NDArray[Any]:
