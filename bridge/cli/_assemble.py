@@ -91,7 +91,7 @@ def _survey(files: Sequence[str | os.PathLike[str]], partitions: Sequence[str]
     values: dict[str, dict[str, None]] = {name: {} for name in names}
     if names:
         for file in files:
-            table = read_partition_calls(file).select(names)
+            table = pq.read_table(file, columns=names)  # only the dictionary columns
             for name in names:
                 decoded = pc.cast(table.column(name), pa.string())
                 values[name].update(dict.fromkeys(pc.unique(decoded).to_pylist()))
