@@ -42,13 +42,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from load import free_port, synthetic  # benchmarks/load.py: the same cells and ports
 
 KEY = "abuse-benchmark-key-0123456789"
-LABELS = ("B cell", "CD4 T cell", "CD8 T cell", "NK cell", "Monocyte")
 ANNOTATE = "/v1/singlecell/annotate"
 MARKERS = "/v1/singlecell/markers"
 ARROW = "application/vnd.apache.arrow.stream"
@@ -57,29 +56,6 @@ SPECIFIC_CODES_EXCLUDED = {"internal_error", "http_error", "error", None}
 
 
 # -- data and server ------------------------------------------------------------------------
-def synthetic(n_cells: int, n_genes: int, seed: int) -> Any:
-    """Counts where each label over-expresses its own block of 40 genes (~10% non-zero)."""
-    import pyarrow as pa
-
-    from bridge.matrix import CellMatrix
-
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, len(LABELS), n_cells)
-    rate = np.full((n_cells, n_genes), 0.08, dtype=np.float32)
-    for k in range(len(LABELS)):
-        rate[labels == k, 40 * k: 40 * (k + 1)] = 3.0
-    X = sp.csr_matrix(rng.poisson(rate).astype(np.float32))
-    obs = pa.table({"label": [LABELS[k] for k in labels]})
-    return CellMatrix(X, [f"s{seed}_{i}" for i in range(n_cells)],
-                      [f"GENE{j}" for j in range(n_genes)], obs=obs, source=f"synthetic {seed}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def server(folder: Path, reference: Path, extra: list[str]) -> Iterator[tuple[int, int]]:
     """``(port, pid)`` of a server on loopback for the duration of the block."""
