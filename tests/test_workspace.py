@@ -897,10 +897,14 @@ def test_scbridge_workspace_opens_the_file_with_a_one_time_link(browser: Any, pb
                                 stderr=subprocess.STDOUT, env=subprocess_env())
     try:
         deadline = time.monotonic() + 60
-        while "\n" not in output.read_text() and proc.poll() is None:
+
+        def printed() -> list[str]:  # the address line (log lines may come before it)
+            return [t for t in output.read_text().splitlines() if t.startswith("scbridge")]
+
+        while not printed() and proc.poll() is None:
             assert time.monotonic() < deadline, output.read_text()
             time.sleep(0.1)
-        line = next(t for t in output.read_text().splitlines() if t.startswith("scbridge"))
+        line = next(iter(printed()), output.read_text())
         assert line.startswith("scbridge workspace: http://127.0.0.1:"), line
         url = line.split(": ", 1)[1].strip()
         base, _, token = url.partition("/#login=")
