@@ -1,0 +1,60 @@
+"""SPIC marks iron-recycling macrophages wherever heme is cleared, not the spleen alone.
+
+Heme induces SPI-C in monocyte-derived macrophages of bone marrow, splenic red pulp and liver
+(Haldar et al. 2014, Cell 156:1223), so a SPIC+ macrophage names no tissue: it must not vote a
+lymph node or marrow sample into a spleen context (which would make that tissue's own types
+foreign), and abroad it cannot be called a splenic red pulp macrophage.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+import bridge
+from bridge._contract import metadata_dict
+from bridge.engines._marker_model import load_marker_model
+from bridge.matrix import CellMatrix
+
+HOUSEKEEPING = ["ACTB", "B2M", "MALAT1", "TMSB4X", "EEF1A1", "RPL13", "RPS27", "RPLP1",
+                "RPS12", "TPT1", "FTL", "GAPDH"]
+IRON_RECYCLING = {"SPIC": 0.004, "VCAM1": 0.004, "HMOX1": 0.01, "SLC40A1": 0.004,
+                  "CD163": 0.006, "C1QA": 0.01, "C1QB": 0.01, "C1QC": 0.008, "CD68": 0.008,
+                  "AIF1": 0.006, "CST3": 0.01, "LYZ": 0.004, "PTPRC": 0.006, "APOE": 0.006,
+                  "MS4A7": 0.004, "LAPTM5": 0.006, "FCER1G": 0.006, "TYROBP": 0.006}
+T_CELL = {"PTPRC": 0.01, "CD3E": 0.006, "CD3D": 0.006, "CD2": 0.004, "IL7R": 0.004,
+          "CD4": 0.002, "LCK": 0.003, "CORO1A": 0.004, "LCP1": 0.004, "TRAC": 0.006}
+
+
+def _sample(seed: int = 0) -> CellMatrix:
+    genes = sorted(set(load_marker_model().genes) | set(HOUSEKEEPING))
+    col = {g: j for j, g in enumerate(genes)}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for markers, n in ((IRON_RECYCLING, 40), (T_CELL, 60)):
+        p = np.full(len(genes), 1e-4)
+        for g in HOUSEKEEPING:
+            p[col[g]] = 0.04
+        for g, share in markers.items():
+            p[col[g]] = share
+        rows += [rng.poisson(p / p.sum() * 3000) for _ in range(n)]
+    X = sp.csr_matrix(np.array(rows, dtype=np.float64))
+    return CellMatrix(X, [f"c{i}" for i in range(len(rows))], genes)
+
+
+def test_spic_is_no_defining_marker_of_red_pulp_macrophages() -> None:
+    model = load_marker_model()
+    row = model.index("splenic red pulp macrophage")
+    spic = model.genes.index("SPIC")
+    assert 0 < model.own_positive[row, spic] < 1
+
+
+def test_iron_recycling_macrophages_do_not_make_a_sample_splenic() -> None:
+    matrix = _sample()
+    table = bridge.annotate(matrix, qc=False, progress=False)
+    assert "spleen" not in metadata_dict(table)["tissue"]["tissues"]
+    l2 = np.array(table.column("label_l2").to_pylist(), dtype=object)
+    assert (l2[:40] == "mononuclear phagocyte").mean() >= 0.9, l2[:40]
+    # abroad (a liver context) they are macrophages, never splenic red pulp macrophages
+    liver = bridge.annotate(matrix, tissue="liver", qc=False, progress=False)
+    assert "splenic red pulp macrophage" not in liver.column("label").to_pylist()[:40]
