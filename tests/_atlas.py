@@ -27,16 +27,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def counts(n_cells: int, *, seed: int = 0, n_genes: int = 800, prefix: str = "cell"
            ) -> bridge.CellMatrix:
-    """Raw counts of ``n_cells`` cells (~300 detected genes each, a few MT- genes)."""
+    """Raw counts of ``n_cells`` cells (~300 detected genes each, a few MT- genes): the marker
+    engine's genes, ``n_genes`` other genes, one blood programme per cell."""
     from bridge.engines._marker_model import load_marker_model
 
     rng = np.random.default_rng(seed)
     markers = sorted(set(load_marker_model(None, "human").genes))
-    fillers = [f"GENE{i:04d}" for i in range(max(0, n_genes - len(markers) - 3))]
+    fillers = [f"GENE{i:04d}" for i in range(n_genes)]
     genes = np.asarray([*markers, "MT-CO1", "MT-ND1", "MT-CYB", *fillers], dtype=object)
     position = {g: j for j, g in enumerate(genes)}
     popularity = 1.0 / np.arange(1, len(genes) + 1) ** 0.7
     popularity = rng.permutation(popularity / popularity.sum())
+    # Background reads fall on the non-marker genes only (random reads on every marker
+    # gene would vote for random tissues): blood cells, a context every partition shares.
+    popularity[:len(markers)] = 0.0
+    popularity /= popularity.sum()
     X = sp.lil_matrix((n_cells, len(genes)), dtype=np.float32)
     rows = []
     programs = list(PROGRAMS.values())

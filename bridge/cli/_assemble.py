@@ -3,8 +3,10 @@
 ``scbridge annotate DIR --out calls.parquet`` never holds the calls of the whole data set:
 each partition's file is read, checked and appended in partition order, into a hidden
 temporary file renamed to ``--out`` only when every partition is in (so an interrupted
-assembly leaves no partial output).  Dictionary columns (``label``, ...) get one dictionary
-for the whole file, which Arrow IPC files require.
+assembly leaves no partial output).  In an Arrow IPC file the dictionary columns (``label``,
+...) get one dictionary for the whole file, which the format requires; Parquet keeps a
+dictionary per row group (one per partition) and CSV / JSON hold values, so for them the
+partitions' own dictionaries are kept and each calls file is read once.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from ._calls_out import WRITERS
 
 __all__ = ["assemble_calls"]
 
+#: Output suffixes whose format allows one dictionary per column for the whole file.
+_ONE_DICTIONARY = frozenset({".arrow"})
+
 
 def assemble_calls(files: Sequence[str | os.PathLike[str]], partitions: Sequence[str],
                    out: Path, *, provenance: dict[str, Any],
@@ -39,7 +44,9 @@ def assemble_calls(files: Sequence[str | os.PathLike[str]], partitions: Sequence
     from .._partition_calls import read_partition_calls
     from .._streaming import first_duplicate
 
-    schema, dictionaries, n_cells = _survey(files, partitions)
+    suffix = out.suffix.lower()
+    schema, dictionaries, n_cells = _survey(files, partitions,
+                                            one_dictionary=suffix in _ONE_DICTIONARY)
     metadata = dict(schema.metadata or {})
     for key, value in {**provenance, "n_cells": n_cells}.items():
         text = value if isinstance(value, str) else json.dumps(value, default=str)
@@ -58,7 +65,7 @@ def assemble_calls(files: Sequence[str | os.PathLike[str]], partitions: Sequence
             yield table
 
     with atomic_output(out, inputs=inputs, what="--out") as temporary:
-        WRITERS[out.suffix.lower()](temporary, schema, tables())
+        WRITERS[suffix](temporary, schema, tables())
         duplicate = first_duplicate(pa.chunked_array(cells, pa.string()))
         if duplicate is not None:
             owners = [p for p, c in zip(partitions, cells, strict=True)
@@ -71,10 +78,11 @@ def assemble_calls(files: Sequence[str | os.PathLike[str]], partitions: Sequence
     return summary.replace_schema_metadata(metadata)
 
 
-def _survey(files: Sequence[str | os.PathLike[str]], partitions: Sequence[str]
-            ) -> tuple[pa.Schema, dict[str, pa.Array], int]:
-    """The common schema (from the footers), one dictionary per dictionary column, and the
-    number of cells; refuses files whose schemas differ."""
+def _survey(files: Sequence[str | os.PathLike[str]], partitions: Sequence[str], *,
+            one_dictionary: bool) -> tuple[pa.Schema, dict[str, pa.Array], int]:
+    """The common schema (from the footers), one dictionary per dictionary column (with
+    ``one_dictionary``; else none: the partitions' own are kept), and the number of cells;
+    refuses files whose schemas differ."""
     from .._partition_calls import read_partition_calls
 
     first = pq.read_schema(files[0])
@@ -87,7 +95,7 @@ def _survey(files: Sequence[str | os.PathLike[str]], partitions: Sequence[str]
                    "every partition alike (rerun without --resume).")
             raise InputError(msg)
         n_cells += pq.ParquetFile(file).metadata.num_rows
-    names = [f.name for f in first if pa.types.is_dictionary(f.type)]
+    names = [f.name for f in first if pa.types.is_dictionary(f.type)] if one_dictionary else []
     values: dict[str, dict[str, None]] = {name: {} for name in names}
     if names:
         for file in files:
