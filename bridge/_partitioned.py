@@ -397,10 +397,16 @@ def _dask_client(client: Client | str | None, n_workers: int | None) -> Iterator
         with remote:
             yield remote
         return
+    from .engines._blocks import ENV_THREADS, worker_count
+
     workers = n_workers or max(1, min(4, os.cpu_count() or 1))
+    # Each worker process scores its blocks on the cores left to it, not on every core: two
+    # workers of two threads each on two cores only add switching (a setting of the user's
+    # own is kept).
+    env = {ENV_THREADS: os.environ.get(ENV_THREADS) or str(max(1, worker_count() // workers))}
     with _dask_logs_follow_ours(), LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True,
-            dashboard_address=None) as cluster, Client(cluster) as local:
+            dashboard_address=None, env=env) as cluster, Client(cluster) as local:
         logger.info("started a local Dask cluster of %d workers", workers)
         yield local
 

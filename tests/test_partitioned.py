@@ -154,3 +154,22 @@ def test_h5ad_is_partitioned_as_a_stream(tmp_path: Path) -> None:
     assert np.array_equal(np.concatenate([m.cells for m in back]), whole.cells)
     assert (sp.vstack([m.X for m in back]) != whole.X).nnz == 0
     assert back[2].obs.column("sample").to_pylist() == ["b"] * 5
+
+
+def test_local_cluster_workers_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker of the local cluster scores its blocks on its share of the cores (no
+    oversubscription), unless the user capped the threads already."""
+    import os
+
+    from bridge._partitioned import _dask_client
+    from bridge.engines._blocks import ENV_THREADS, worker_count
+
+    def seen(client: distributed.Client) -> set[str | None]:
+        return set(client.run(lambda: os.environ.get(ENV_THREADS)).values())
+
+    monkeypatch.delenv(ENV_THREADS, raising=False)
+    with _dask_client(None, 2) as client:
+        assert seen(client) == {str(max(1, worker_count() // 2))}
+    monkeypatch.setenv(ENV_THREADS, "3")
+    with _dask_client(None, 2) as client:
+        assert seen(client) == {"3"}
