@@ -349,6 +349,22 @@ def test_only_calls_showing_a_defining_marker_vote_for_the_tissue() -> None:
         {"blood"})
 
 
+
+def test_a_tissue_is_present_by_every_cell_of_its_types_shared_or_not() -> None:
+    """A lymph node: 97 immune cells of the blood and 3 of the germinal centre, which lymph
+    node, tonsil and spleen share: a third of a vote each (1% of the cells) must not keep the
+    secondary lymphoid organs out of the context (3% of the cells are theirs)."""
+    from bridge.engines._tissue_context import MIN_SUPPORT, infer_context
+
+    model = load_marker_model()
+    index = {name: k for k, name in enumerate(model.names)}
+    labels = np.array([index["classical monocyte"]] * 70 + [index["naive B cell"]] * 27
+                      + [index["germinal center B cell"], index["T follicular helper cell"],
+                         index["germinal center B cell"]])
+    context = infer_context(model, labels, np.ones(len(labels)), len(labels))
+    assert max(context.evidence["support"].values()) < MIN_SUPPORT  # split votes: 1% each
+    assert context.tissues == frozenset({"lymph node", "tonsil", "spleen"})
+
 # -- inputs as they come ----------------------------------------------------------------------
 def test_counts_lognorm_normalized_and_log2_values_agree() -> None:
     matrix, _ = synthetic_matrix(["naive B cell", "natural killer cell", "classical monocyte",

@@ -11,10 +11,10 @@ other type is foreign and needs much stronger evidence.  An empty context restri
 Inference (``tissue="auto"``) never looks at labels: a first pass over (a sample of) the
 cells with no context calls each cell, and every confident call of a tissue-restricted type
 votes for its tissues (a type of *k* tissues gives each ``1/k``).  The tissues whose support
-reaches :data:`RELATIVE_SUPPORT` of the best one's (and :data:`MIN_SUPPORT` of the cells) form
-the context; the votes are kept as the evidence recorded in the calls' metadata.  A sample
-with no tissue voted for whose confident calls are nearly all circulating immune and erythroid
-types is taken for blood.
+reaches :data:`RELATIVE_SUPPORT` of the best one's, and whose types (of this tissue, alone or
+with others) are at least :data:`MIN_SUPPORT` of the cells, form the context; the votes are
+kept as the evidence recorded in the calls' metadata.  A sample with no tissue voted for whose
+confident calls are nearly all circulating immune and erythroid types is taken for blood.
 """
 
 from __future__ import annotations
@@ -170,6 +170,7 @@ def infer_context(model: MarkerModel, labels: NDArray[Any], confidence: NDArray[
     genes a type shares with other tissues' cells (the secretory genes of prostatic club-like
     cells in pancreatic ducts) must not pull the context away from the tissue at hand."""
     votes: dict[str, float] = {}
+    present: Counter[str] = Counter()  # cells whose type lives in the tissue (among others)
     by_type: dict[str, Counter[str]] = {}
     circulating = called = 0
     shows = np.ones(len(labels), dtype=bool) if named is None else np.asarray(named, bool)
@@ -191,12 +192,17 @@ def infer_context(model: MarkerModel, labels: NDArray[Any], confidence: NDArray[
         called += 1
         for tissue in listed:
             votes[tissue] = votes.get(tissue, 0.0) + 1.0 / len(listed)
+            present[tissue] += 1
             by_type.setdefault(tissue, Counter())[model.names[node]] += 1
     n = max(n_cells, 1)
     support = {t: round(v / n, 4) for t, v in sorted(votes.items(), key=lambda kv: -kv[1])}
     best = max(support.values(), default=0.0)
+    # Whether a tissue is there at all counts every cell of a type found in it; which of the
+    # tissues present the sample comes from is ranked by the split votes.  (Split votes alone
+    # would keep out a lymph node, whose own types - germinal centre B cells, follicular
+    # helper T cells - it shares with tonsil and spleen, under a third of their cells each.)
     chosen = frozenset(t for t, s in support.items()
-                       if s >= MIN_SUPPORT and s >= RELATIVE_SUPPORT * best)
+                       if present[t] / n >= MIN_SUPPORT and s >= RELATIVE_SUPPORT * best)
     evidence: dict[str, Any] = {
         "cells_sampled": n_cells,
         "support": dict(list(support.items())[:8]),
