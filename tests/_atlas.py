@@ -7,13 +7,18 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
 import bridge
+
+if TYPE_CHECKING:
+    import distributed
 
 # Blood types and a few of their markers: each cell expresses one set strongly.
 PROGRAMS = {
@@ -86,3 +91,14 @@ def end(process: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
         except (ProcessLookupError, PermissionError):
             process.kill()
     process.wait(timeout=30)
+
+
+@contextmanager
+def local_dask_client() -> Iterator[distributed.Client]:
+    """A client of a LocalCluster of two worker processes, one thread each (closed after)."""
+    import distributed
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        yield client

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from _atlas import counts, end, environment, wait_for
+from _atlas import counts, end, environment, local_dask_client, wait_for
 
 import bridge
 from bridge._partitioned import annotate_partitions, write_partitions
@@ -89,9 +89,7 @@ def _partition_index(key: str) -> int:
 
 @pytest.fixture
 def local_cluster() -> Iterator[distributed.Client]:
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    with local_dask_client() as client:
         yield client
 
 

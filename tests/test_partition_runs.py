@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from _atlas import counts, end, environment, wait_for
+from _atlas import counts, end, environment, local_dask_client, wait_for
 
 import bridge
 from bridge._partition_calls import (
@@ -41,9 +41,7 @@ CALLS = ["cell", "label", "ontology_id", "confidence", "alternates", "markers"]
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[distributed.Client]:
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as dask_client:
+    with local_dask_client() as dask_client:
         yield dask_client
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _atlas import local_dask_client
 
 import bridge
 from bridge._partitioned import annotate_partitions, partition_paths, write_partitions
@@ -20,9 +21,7 @@ CALL_COLUMNS = ["cell", "label", "ontology_id", "confidence", "alternates", "mar
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[distributed.Client]:
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as dask_client:
+    with local_dask_client() as dask_client:
         yield dask_client
 
 
