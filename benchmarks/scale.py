@@ -401,6 +401,18 @@ def killed_then_resumed(parts: Path, work: Path, n_cells: int, n_parts: int,
     return killed_after, done, resumed
 
 
+def streamed_run(name: str, source: Path, stem: Path, n_cells: int, options: Sequence[str],
+                 labels: Any) -> Run:
+    """``scbridge annotate`` of one file streamed in one process (calls in ``stem``.parquet,
+    its log in ``stem``.log), checked against the partitioned run's labels."""
+    out = stem.with_suffix(".parquet")
+    run = measure(name, n_cells, scbridge(str(source), "--out", str(out), *options),
+                  log=stem.with_suffix(".log"), inputs=[source])
+    same = check_calls(out, n_cells).equals(labels)
+    run.note = f"calls {'==' if same else '!='} partitioned run's"
+    return _report(run)
+
+
 def one_size(n_cells: int, profiles: sp.csr_matrix, genes: np.ndarray, args: argparse.Namespace,
              model: Path | None, model_genes: int, resume: bool) -> list[Run]:
     import bridge
@@ -462,12 +474,8 @@ def one_size(n_cells: int, profiles: sp.csr_matrix, genes: np.ndarray, args: arg
     list_type = pa.ipc.open_file(single).schema.field("indices").type
     print(f"  one Arrow file written in {time.perf_counter() - start:.0f} s "
           f"({single.stat().st_size / GIB:.1f} GiB, {list_type})", flush=True)
-    run = measure("one .arrow file (streamed)", n_cells,
-                  scbridge(str(single), "--out", str(work / "file.parquet"), *options[2:]),
-                  log=work / "file.log", inputs=[single])
-    same = check_calls(work / "file.parquet", n_cells).equals(labels)
-    run.note = f"calls {'==' if same else '!='} partitioned run's"
-    runs.append(_report(run))
+    runs.append(streamed_run("one .arrow file (streamed)", single, work / "file", n_cells,
+                             options[2:], labels))
     if model is not None:
         fits, need = celltypist_fits(n_cells, nnz, model_genes)
         if fits:
@@ -490,12 +498,8 @@ def one_size(n_cells: int, profiles: sp.csr_matrix, genes: np.ndarray, args: arg
         h5ad = work / "atlas.h5ad"
         write_h5ad(raw, h5ad, n_cells, genes)
         print(f"  .h5ad written in {time.perf_counter() - start:.0f} s", flush=True)
-        run = measure(".h5ad (backed, streamed)", n_cells,
-                      scbridge(str(h5ad), "--out", str(work / "h5ad.parquet"), *options[2:]),
-                      log=work / "h5ad.log", inputs=[h5ad])
-        same = check_calls(work / "h5ad.parquet", n_cells).equals(labels)
-        run.note = f"calls {'==' if same else '!='} partitioned run's"
-        runs.append(_report(run))
+        runs.append(streamed_run(".h5ad (backed, streamed)", h5ad, work / "h5ad", n_cells,
+                                 options[2:], labels))
         h5ad.unlink()
     if not args.keep:
         shutil.rmtree(work)
