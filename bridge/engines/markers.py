@@ -392,5 +392,5 @@ def _dictionary(values: list[str | None]) -> pa.Array:
 
 
 register_engine("markers", MarkerEngine,
-                "embedded knowledge-base engine: 274 Cell Ontology types over 37 tissues, "
+                "embedded knowledge-base engine: 274 Cell Ontology types over 38 tissues, "
                 "tissue context, abstention; no reference, no network")
