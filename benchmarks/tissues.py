@@ -9,6 +9,12 @@ Data sets (none of them ship with the package; each is skipped when absent):
 * sorted PBMC (``../shared/data``, Zheng et al. 2017, labels from FACS);
 * scanpy's bundled ``pbmc68k_reduced`` (``.raw``: log-normalised; ``bulk_labels`` mapped to
   CL below).
+* any ``--h5ad`` file you pass (held-out data sets: counts in ``.X``, the authors' Cell
+  Ontology id per cell in ``obs["cell_ontology_id"]``): fine truth is that id, coarse truth
+  its lineage (``label_l2``, derived from CL by the knowledge base's rules).  For example Baron
+  et al. 2016's human and mouse islets, which the PyPI wheel of ``came`` ships in
+  ``came/sample_data.zip`` (``raw-Baron_human.h5ad``, ``raw-Baron_mouse.h5ad``); nothing is
+  downloaded here.
 
 Scores, per data set (cells whose truth is ``-`` are left out and reported apart):
 
@@ -33,6 +39,7 @@ Run::
     PYTHONPATH=. .venv/bin/python benchmarks/tissues.py              # against b9cc6f7
     PYTHONPATH=. .venv/bin/python benchmarks/tissues.py --ref HEAD~3
     PYTHONPATH=. .venv/bin/python benchmarks/tissues.py --no-ref --only pdac,skin
+    PYTHONPATH=. .venv/bin/python benchmarks/tissues.py --no-ref --h5ad raw-Baron_human.h5ad
 """
 
 from __future__ import annotations
@@ -188,6 +195,27 @@ def pbmc_datasets(only: set[str] | None) -> Iterator[Dataset]:
                   [_ids(BULK_TRUTH[x][1]) for x in labels])
 
 
+def h5ad_datasets(paths: list[str]) -> Iterator[Dataset]:
+    """Held-out AnnData files: ``obs["cell_ontology_id"]`` is the fine truth, its lineage
+    (:func:`bridge.engines._knowledge_base.derive_levels`) the coarse truth."""
+    import anndata
+
+    from bridge.engines._knowledge_base import derive_levels
+
+    ontology = load_cell_ontology()
+    for path in paths:
+        adata = anndata.read_h5ad(path)
+        if "cell_ontology_id" not in adata.obs:
+            print(f"{path}: no obs['cell_ontology_id']; skipped")
+            continue
+        fine, coarse = [], []
+        for term in adata.obs["cell_ontology_id"].astype(str):
+            levels = derive_levels(ontology, term)
+            fine.append(frozenset({term}))
+            coarse.append(frozenset({levels[1] if levels else term}))
+        yield Dataset(Path(path).stem, bridge.read(adata), fine, coarse)  # type: ignore[arg-type]
+
+
 # -- scores ----------------------------------------------------------------------------------
 def _ancestors(term: str) -> frozenset[str]:
     ontology = load_cell_ontology()
@@ -305,11 +333,13 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"git ref of the engine to compare with (default {DEFAULT_REF})")
     parser.add_argument("--no-ref", action="store_true", help="only the current engine")
     parser.add_argument("--only", help="comma-separated parts of data set names")
+    parser.add_argument("--h5ad", action="append", default=[], metavar="PATH",
+                        help="a held-out AnnData file with obs['cell_ontology_id'] (repeatable)")
     parser.add_argument("--details", action="store_true",
                         help="also print, per data set, what each truth label was called")
     args = parser.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
-    sets = [*tissue_datasets(only), *pbmc_datasets(only)]
+    sets = [*tissue_datasets(only), *pbmc_datasets(only), *h5ad_datasets(args.h5ad)]
     if not sets:
         print("no data sets found")
         return 1
@@ -327,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             print(_row(args.ref, ref if isinstance(ref, str) else score(data, ref)))
         if args.details:
             _details(data, calls)
-    tissues = [v for k, v in ours_all.items() if "pbmc" not in k]
+    held_out = {Path(p).stem for p in args.h5ad}
+    tissues = [v for k, v in ours_all.items() if "pbmc" not in k and k not in held_out]
     if tissues:
         print(f"\ntissue data sets, this tree: min coarse {min(t['coarse'] for t in tissues):.3f}"
               f" (target >= 0.90), mean fine {np.mean([t['fine'] for t in tissues]):.3f}"

@@ -65,7 +65,7 @@ def raw_calls(matrix: bridge.CellMatrix, **params: float) -> dict[str, np.ndarra
     labels, probability, supported = [], [], []
     for start in range(0, matrix.n_cells, 8192):
         block = matrix.X[start:start + 8192]
-        found = evidence(block, options["kind"], options["layout"].columns, settings)
+        found = evidence(block, options["kind"], options["layout"], settings)
         h = hypotheses(found, model, options["layout"], options["in_context"], settings)
         walk = descend(h, model, options["tree"], options["layout"], options["in_context"],
                        settings)

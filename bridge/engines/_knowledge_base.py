@@ -19,6 +19,9 @@ Files in ``bridge/engines/data`` (``docs/knowledge_base.md`` describes every col
     ``tools/build_knowledge_base.py``, everything else is curated.
 ``cell_markers.tsv``
     one row per (cell type, gene, direction) with a weight, species and citation (curated).
+``ambient_genes.tsv``
+    the ambient-prone transcripts: secreted products so abundant in their own cells that
+    every droplet of a sample holds some (curated).
 
 :func:`knowledge_base_problems` lists everything wrong with the files (ids not in CL, names that
 are not CL labels, underived compartments, unknown genes or tissues, ...); the build tool and
@@ -41,6 +44,7 @@ from typing import Literal
 from .._errors import FormatError
 
 __all__ = [
+    "AMBIENT_GENE_COLUMNS",
     "CELL_MARKER_COLUMNS",
     "CELL_TYPE_COLUMNS",
     "COMPARTMENTS",
@@ -51,6 +55,7 @@ __all__ = [
     "data_path",
     "derive_levels",
     "knowledge_base_problems",
+    "load_ambient_genes",
     "load_cell_markers",
     "load_cell_ontology",
     "load_cell_types",
@@ -73,6 +78,7 @@ CELL_TYPE_COLUMNS = ("ontology_id", "name", "compartment", "lineage_id", "lineag
 CELL_MARKER_COLUMNS = ("ontology_id", "cell_type", "gene", "direction", "weight", "species",
                        "source")
 TISSUE_COLUMNS = ("name", "uberon_id", "synonyms", "system")
+AMBIENT_GENE_COLUMNS = ("gene", "group", "source")
 RULE_COLUMNS = ("level", "ontology_id", "name", "compartment", "why")
 
 CL_ID = re.compile(r"^CL:\d{7}$")
@@ -232,6 +238,12 @@ def load_cell_markers(path: str | None = None) -> list[dict[str, str]]:
     return read_table(Path(path) if path else data_path("cell_markers.tsv"), CELL_MARKER_COLUMNS)
 
 
+def load_ambient_genes(path: str | None = None) -> list[dict[str, str]]:
+    """Rows of ``ambient_genes.tsv``."""
+    return read_table(Path(path) if path else data_path("ambient_genes.tsv"),
+                      AMBIENT_GENE_COLUMNS)
+
+
 def load_tissues(path: str | None = None) -> list[dict[str, str]]:
     """Rows of ``tissues.tsv``."""
     return read_table(Path(path) if path else data_path("tissues.tsv"), TISSUE_COLUMNS)
@@ -366,6 +378,23 @@ def _marker_problems(markers: list[dict[str, str]], types: dict[str, dict[str, s
                    f"markers; at least {MIN_POSITIVE_MARKERS} are needed.")
 
 
+def _ambient_problems(rows: list[dict[str, str]], marker_genes: set[str], where: str
+                      ) -> Iterator[str]:
+    seen: Counter[str] = Counter(r["gene"] for r in rows)
+    for r in rows:
+        at = f"{where}:{r['_line']}"
+        if r["gene"] not in marker_genes:
+            yield (f"{at}: {r['gene']} is no marker gene of cell_markers.tsv, so its floor "
+                   "changes nothing.")
+        if not r["group"].strip():
+            yield f"{at}: {r['gene']} has no group."
+        if len(r["source"].strip()) < 10:
+            yield f"{at}: source {r['source']!r} is not a citation."
+    for gene, k in seen.items():
+        if k > 1:
+            yield f"{where}: {gene} is listed {k} times."
+
+
 def knowledge_base_problems(data: str | Path | None = None) -> list[str]:
     """Every problem of the knowledge base files in ``data`` (the shipped folder by default).
 
@@ -386,4 +415,7 @@ def knowledge_base_problems(data: str | Path | None = None) -> list[str]:
                                 "cell_types.tsv"),
                 *_marker_problems(markers, {t["ontology_id"]: t for t in types},
                                   "cell_markers.tsv")]
+    if (folder / "ambient_genes.tsv").exists():
+        problems += _ambient_problems(load_ambient_genes(str(folder / "ambient_genes.tsv")),
+                                      {m["gene"] for m in markers}, "ambient_genes.tsv")
     return problems

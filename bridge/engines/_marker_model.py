@@ -24,7 +24,8 @@ never negative on it.  Priors add up along the path.
 An ``atlas`` may name a folder in the knowledge base's layout (``cell_types.tsv`` and
 ``cell_markers.tsv``; the ontology, rules and tissues default to the shipped ones) or a single
 marker file in ``cell_markers.tsv``'s format (types not in the shipped ``cell_types.tsv`` are
-found everywhere, with no prior).
+found everywhere, with no prior).  The ambient-prone genes (``ambient_genes.tsv``) are a
+property of the genes, so they apply to any atlas.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from ._knowledge_base import (
     LevelRule,
     data_path,
     derive_levels,
+    load_ambient_genes,
     load_cell_markers,
     load_cell_ontology,
     load_cell_types,
@@ -79,6 +81,7 @@ class MarkerModel:
     tissues: list[frozenset[str]]  # vocabulary tissues, or {"any"}
     prior: NDArray[Any]  # summed along the path
     genes: list[str]  # every gene named by a marker row of this species
+    ambient: NDArray[Any]  # bool per gene: an ambient-prone transcript (ambient_genes.tsv)
     positive: NDArray[Any]  # nodes x genes: own and inherited positive weights
     negative: NDArray[Any]  # nodes x genes: own and inherited negative weights
     own_positive: NDArray[Any]  # nodes x genes: the node's own positive weights
@@ -127,10 +130,14 @@ class _Ancestry:
         return self._ancestors[term]
 
     def nearest(self, term: str, candidates: set[str], compatible: Callable[[str], bool],
-                members: Iterable[str] = ()) -> str | None:
+                members: Iterable[str] = (),
+                affinity: Callable[[str], int] = lambda _: 0) -> str | None:
         """The closest compatible candidate ancestor of ``term``: one that is not itself an
         ancestor of another compatible candidate ancestor.  Where CL gives several (multiple
-        is_a parents), the one with the most candidate descendants wins, then the lowest id.
+        is_a parents), the one whose programme the term's own defining markers repeat most
+        (``affinity``: an enteroendocrine cell's CHGA is the endocrine cell's, not the
+        epithelial cell's) wins, then the one with the most candidate descendants, then the
+        lowest id.
 
         A lineage node without markers of its own stands for its ``members``: what all of
         them descend from counts as its ancestry too (``mononuclear phagocyte`` is not a
@@ -144,15 +151,18 @@ class _Ancestry:
             return None
         closest = [a for a in above if not any(a in self.ancestors(b) for b in above - {a})]
         weight = {a: sum(1 for c in candidates if a in self.ancestors(c)) for a in closest}
-        return min(closest, key=lambda a: (-weight[a], a))
+        return min(closest, key=lambda a: (-affinity(a), -weight[a], a))
 
 
 def _tree(ontology: CellOntology, types: dict[str, tuple[str, str]],
-          conflicts: Callable[[str, str], bool]) -> tuple[list[str], dict[str, str | None]]:
+          conflicts: Callable[[str, str], bool],
+          shared: Callable[[str, str], int] = lambda _c, _a: 0,
+          ) -> tuple[list[str], dict[str, str | None]]:
     """Nodes (types, then lineage nodes) and each node's parent (``None``: the compartment
     root).  ``types`` maps each type's CL id to its (compartment, lineage id);
     ``conflicts(child, ancestor)`` says the child's negative markers name the ancestor's
-    positive ones, so the ancestor cannot be its parent."""
+    positive ones, so the ancestor cannot be its parent; ``shared(child, ancestor)`` counts
+    the defining markers they share (which of two equally close CL parents to keep)."""
     lineage_nodes = {lin: comp for comp, lin in types.values()}
     nodes = list(types) + sorted(set(lineage_nodes) - set(types))
     level = {**{lin: (comp, lin) for lin, comp in lineage_nodes.items()}, **types}
@@ -169,7 +179,8 @@ def _tree(ontology: CellOntology, types: dict[str, tuple[str, str]],
                                                     if x == node]
         found = ancestry.nearest(node, candidates - {node},
                                  lambda a, node=node: not conflicts(node, a),  # type: ignore[misc]
-                                 represented)
+                                 represented,
+                                 lambda a, node=node: shared(node, a))  # type: ignore[misc]
         parents[node] = found if found is not None else (None if node == lin else lin)
     return nodes, parents
 
@@ -229,10 +240,15 @@ def _build_marker_model(atlas: str | None, species: Species) -> MarkerModel:
         empty: tuple[set[str], set[str]] = (set(), set())
         return not own.get(child, empty)[1].isdisjoint(own.get(ancestor, empty)[0])
 
-    nodes, parent_of = _tree(ontology, levels, conflicts)
+    def shared(child: str, ancestor: str) -> int:
+        empty: tuple[set[str], set[str]] = (set(), set())
+        return len(own.get(child, empty)[0] & own.get(ancestor, empty)[0])
+
+    nodes, parent_of = _tree(ontology, levels, conflicts, shared)
     index = {n: k for k, n in enumerate(nodes)}
     parents = np.array([index[p] if (p := parent_of[n]) is not None else -1 for n in nodes])
     genes = sorted({m["gene"] for m in used})
+    ambient = {r["gene"] for r in load_ambient_genes()}  # the genes' biology, any atlas
     column = {g: j for j, g in enumerate(genes)}
     own_pos = np.zeros((len(nodes), len(genes)))
     own_neg = np.zeros((len(nodes), len(genes)))
@@ -271,6 +287,7 @@ def _build_marker_model(atlas: str | None, species: Species) -> MarkerModel:
         lineages=np.array([index[lineage_of[n]] for n in nodes]),
         is_lineage=np.array([lineage_of[n] == n for n in nodes]), depth=depth,
         tissues=tissues, prior=prior, genes=genes, positive=positive, negative=negative,
+        ambient=np.array([g in ambient for g in genes], dtype=bool),
         own_positive=own_pos, own_negative=own_neg, order=np.argsort(depth, kind="stable"),
         species=species, source=source, ontology_version=ontology.version, children=children,
     )

@@ -5,7 +5,8 @@ cells of its block) and works on the marker panel's columns only.
 
 * :func:`build_layout` restricts the model to the genes of one matrix (the panel);
 * :func:`evidence` turns a block of cells into evidence ``min(x / saturation, 1)`` and
-  detection, where ``x = log1p(value / total * 10,000)``;
+  detection, where ``x = log1p(value / total * 10,000)`` (less ``log1p(ambient_floor)`` for
+  the ambient-prone genes);
 * :func:`hypotheses` scores every type's hypothesis (its own and inherited markers) and
   decides which are eligible (enough detected markers, its lineage's programme shown,
   stronger evidence for types foreign to the tissue context);
@@ -59,6 +60,7 @@ class Settings:
     temperature: float
     min_level_confidence: float
     n_alternates: int
+    ambient_floor: float = 0.0  # counts per 10,000 the ambient-prone genes must pass
 
 
 # -- rows and samples -------------------------------------------------------------------------
@@ -116,16 +118,27 @@ def _rescale_log(X: sp.csr_matrix, columns: NDArray[Any], base: float) -> sp.csr
     return block
 
 
-def evidence(X: sp.csr_matrix, kind: Kind, columns: NDArray[Any], settings: Settings
+def evidence(X: sp.csr_matrix, kind: Kind, layout: Layout, settings: Settings
              ) -> sp.csr_matrix:
     """Evidence ``min(x / saturation, 1)``, cells x panel.  A marker is *detected* from
     ``detection`` counts per 10,000, i.e. from evidence ``log1p(detection) / saturation``
-    (:func:`detection_threshold`)."""
+    (:func:`detection_threshold`).
+
+    An ambient-prone gene (a secreted product that makes up much of its own cells' RNA, and
+    so of the free RNA every droplet of the sample takes up) counts only by how far it
+    exceeds ``ambient_floor`` counts per 10,000: ``x - log1p(ambient_floor)``.  Its own cells
+    hold hundreds to tens of thousands per 10,000 and keep their evidence; a beta cell's
+    few stray GCG reads are no evidence against it.  Per cell, like everything here."""
     value_kind, base = kind
     if value_kind == RESCALED_LOG:
-        block = _rescale_log(X, columns, base)
+        block = _rescale_log(X, layout.columns, base)
     else:
-        block = log_normalize(X, value_kind, columns=columns, dtype=np.float32)
+        block = log_normalize(X, value_kind, columns=layout.columns, dtype=np.float32)
+    if settings.ambient_floor > 0 and layout.ambient.any():
+        floor = np.where(layout.ambient, np.float32(np.log1p(settings.ambient_floor)),
+                         np.float32(0.0)).astype(np.float32)
+        block.data = np.maximum(block.data - floor[block.indices], np.float32(0.0))
+        block.eliminate_zeros()
     block.data = np.minimum(block.data * np.float32(1.0 / settings.saturation),
                             np.float32(1.0)).astype(np.float32, copy=False)
     return block
@@ -219,6 +232,7 @@ class Layout:
     n_present: NDArray[Any]  # nodes: positive markers present in the panel
     weight: NDArray[Any]  # nodes: positive marker weight present in the panel
     defining: sp.csr_matrix  # nodes x panel: own defining markers (positive weight 1)
+    ambient: NDArray[Any]  # panel: ambient-prone genes (read above the ambient floor only)
 
 
 def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
@@ -253,7 +267,8 @@ def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
         distinct_chains={c[-1]: c for c in chains if c}, available=model.is_type & has_own,
         positive=np.vstack([positive, np.zeros((1, len(present)))]),
         n_present=(positive > 0).sum(axis=1), weight=positive.sum(axis=1),
-        defining=sp.csr_matrix((own >= 1.0).astype(np.float32)))
+        defining=sp.csr_matrix((own >= 1.0).astype(np.float32)),
+        ambient=model.ambient[present])
 
 
 def _programme_chains(model: MarkerModel) -> list[list[int]]:

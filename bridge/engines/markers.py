@@ -143,6 +143,11 @@ class MarkerEngine(ChunkedEngine):
         Normalised expression (log1p of counts per 10,000) at which a marker counts fully.
     detection
         Counts per 10,000 from which a marker counts as detected.
+    ambient_floor
+        Counts per 10,000 that an ambient-prone gene (``ambient_genes.tsv``: hormones,
+        digestive enzymes, haemoglobins, immunoglobulins, surfactants, plasma proteins) must
+        exceed before it is evidence for or against a type: such transcripts fill the free
+        RNA of a sample, so every cell of it holds a few.  ``0`` reads them like any gene.
     temperature
         Softmax temperature over the options at each node (smaller is more decisive).
     min_level_confidence
@@ -160,11 +165,13 @@ class MarkerEngine(ChunkedEngine):
                  species: Literal["auto", "human", "mouse"] = "auto", min_markers: int = 2,
                  foreign_evidence: float = 2.0, level_evidence: float = 0.5,
                  saturation: float = 2.0,
-                 detection: float = 0.5, temperature: float = 0.1,
+                 detection: float = 0.5, ambient_floor: float = 20.0,
+                 temperature: float = 0.1,
                  min_level_confidence: float = 0.5, n_markers: int = 5,
                  n_alternates: int = 3, min_gene_fraction: float = 0.02) -> None:
-        if saturation <= 0 or temperature <= 0 or detection < 0:
-            msg = "saturation and temperature must be positive, detection not negative."
+        if saturation <= 0 or temperature <= 0 or detection < 0 or ambient_floor < 0:
+            msg = ("saturation and temperature must be positive, detection and ambient_floor "
+                   "not negative.")
             raise InputError(msg, code="invalid_parameter")
         for name, value in (("min_level_confidence", min_level_confidence),
                             ("min_gene_fraction", min_gene_fraction)):
@@ -192,6 +199,7 @@ class MarkerEngine(ChunkedEngine):
         self.level_evidence = float(level_evidence)
         self.saturation = saturation
         self.detection = detection
+        self.ambient_floor = float(ambient_floor)
         self.temperature = temperature
         self.min_level_confidence = min_level_confidence
         self.n_markers = n_markers
@@ -225,7 +233,8 @@ class MarkerEngine(ChunkedEngine):
             "tissue": self.tissue, "species": self.species, "min_markers": self.min_markers,
             "foreign_evidence": self.foreign_evidence, "level_evidence": self.level_evidence,
             "saturation": self.saturation,
-            "detection": self.detection, "temperature": self.temperature,
+            "detection": self.detection, "ambient_floor": self.ambient_floor,
+            "temperature": self.temperature,
             "min_level_confidence": self.min_level_confidence, "n_markers": self.n_markers,
             "n_alternates": self.n_alternates, "min_gene_fraction": self.min_gene_fraction,
             "n_types": model.n_types, "n_marker_genes": len(model.genes),
@@ -258,7 +267,7 @@ class MarkerEngine(ChunkedEngine):
     def _settings(self) -> Settings:
         return Settings(self.min_markers, self.foreign_evidence, self.level_evidence,
                         self.saturation, self.detection, self.temperature,
-                        self.min_level_confidence, self.n_alternates)
+                        self.min_level_confidence, self.n_alternates, self.ambient_floor)
 
     def _infer(self, matrix: CellMatrix, kind: Kind, model: MarkerModel, tree: Tree,
                layout: Layout) -> TissueContext:
@@ -266,7 +275,7 @@ class MarkerEngine(ChunkedEngine):
         runs, so the same matrix always gives the same context)."""
         everything = np.ones(model.n_nodes, dtype=bool)
         settings = self._settings()
-        found = sp.vstack([evidence(window, kind, layout.columns, settings)
+        found = sp.vstack([evidence(window, kind, layout, settings)
                            for window in sample_rows(matrix.X, INFERENCE_CELLS)], format="csr")
         h = hypotheses(found, model, layout, everything, settings)
         walk = descend(h, model, tree, layout, everything, settings)
@@ -303,7 +312,7 @@ class MarkerEngine(ChunkedEngine):
         settings = self._settings()
 
         def score(bounds: tuple[int, int]) -> ChunkCalls:
-            found = evidence(row_view(matrix.X, *bounds), kind, layout.columns, settings)
+            found = evidence(row_view(matrix.X, *bounds), kind, layout, settings)
             return self._annotate_block(found, model, tree, layout, in_context, coverage,
                                         settings)
 
