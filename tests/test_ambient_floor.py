@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from _synthetic import synthetic_cells
 
 import bridge
 from bridge import InputError
@@ -27,8 +28,6 @@ from bridge.engines._marker_scoring import build_layout, evidence
 from bridge.engines.markers import MarkerEngine
 from bridge.matrix import CellMatrix
 
-HOUSEKEEPING = ["ACTB", "B2M", "MALAT1", "TMSB4X", "EEF1A1", "RPL13", "RPS27", "RPLP1",
-                "RPS12", "TPT1", "FTL", "GAPDH"]
 ENDOCRINE = {"CHGA": 0.01, "CHGB": 0.004, "SCG2": 0.003, "SCG3": 0.002, "SCG5": 0.003,
              "PCSK1N": 0.004, "SCGN": 0.002, "PCSK2": 0.002, "NEUROD1": 0.001,
              "INSM1": 0.001}
@@ -46,20 +45,7 @@ SOUP = {"INS": 0.0008, "GCG": 0.0003, "SST": 0.0008, "PPY": 0.0002, "PRSS1": 0.0
 
 
 def _cells(groups: list[tuple[list[dict[str, float]], int]], seed: int) -> CellMatrix:
-    genes = sorted(set(load_marker_model().genes) | set(HOUSEKEEPING))
-    col = {g: j for j, g in enumerate(genes)}
-    rng = np.random.default_rng(seed)
-    rows = []
-    for programmes, n in groups:
-        p = np.full(len(genes), 1e-5)
-        for g in HOUSEKEEPING:
-            p[col[g]] = 0.04
-        for programme in [SOUP, *programmes]:
-            for g, share in programme.items():
-                p[col[g]] = max(p[col[g]], share)
-        rows.extend(rng.poisson(p / p.sum() * 4000) for _ in range(n))
-    return CellMatrix(sp.csr_matrix(np.array(rows, dtype=np.float64)),
-                      [f"c{i}" for i in range(len(rows))], genes)
+    return synthetic_cells(groups, seed=seed, soup=SOUP)
 
 
 def test_every_ambient_gene_is_a_marker_gene_with_a_source() -> None:

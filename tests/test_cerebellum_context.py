@@ -9,16 +9,12 @@ inferred, keeps them."""
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.sparse as sp
+from _synthetic import synthetic_cells
 
 import bridge
-from bridge.engines._marker_model import load_marker_model
 from bridge.engines._tissue_context import resolve_tissues
 from bridge.matrix import CellMatrix
 
-HOUSEKEEPING = ["Actb", "B2m", "Malat1", "Tmsb4x", "Eef1a1", "Rpl13", "Rps27", "Rplp1",
-                "Rps12", "Tpt1", "Ftl1", "Gapdh"]
 NEURON = {"Snap25": 0.006, "Syt1": 0.004, "Rbfox3": 0.002, "Stmn2": 0.004, "Celf4": 0.002}
 GABAERGIC = {"Gad1": 0.006, "Gad2": 0.005, "Slc32a1": 0.002}
 CALBINDIN_INTERNEURON = {"Calb1": 0.004, "Itpr1": 0.002}
@@ -32,23 +28,7 @@ LACKS = ("Pcp2", "Car8", "Pcp4", "Slc1a6", "Grid2")
 
 def _cells(groups: list[tuple[list[dict[str, float]], int]], seed: int,
            lacks: tuple[str, ...] = ()) -> CellMatrix:
-    """Cells of each (programmes, number) group in turn, over one gene list."""
-    mouse = {g[0] + g[1:].lower() for g in load_marker_model().genes}
-    shown = {g for programmes, _ in groups for programme in programmes for g in programme}
-    genes = sorted((mouse | set(HOUSEKEEPING) | shown) - set(lacks))
-    col = {g: j for j, g in enumerate(genes)}
-    rng = np.random.default_rng(seed)
-    rows = []
-    for programmes, n in groups:
-        p = np.full(len(genes), 1e-5)
-        for g in HOUSEKEEPING:
-            p[col[g]] = 0.04
-        for programme in programmes:
-            for g, share in programme.items():
-                p[col[g]] = share
-        rows.extend(rng.poisson(p / p.sum() * 4000) for _ in range(n))
-    X = sp.csr_matrix(np.array(rows, dtype=np.float64))
-    return CellMatrix(X, [f"c{i}" for i in range(len(rows))], genes)
+    return synthetic_cells(groups, seed=seed, lacks=lacks, species="mouse")
 
 
 def _labels(matrix: CellMatrix, tissue: str) -> list[str]:

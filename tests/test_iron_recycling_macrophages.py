@@ -9,15 +9,13 @@ foreign), and abroad it cannot be called a splenic red pulp macrophage.
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
+from _synthetic import synthetic_cells
 
 import bridge
 from bridge._contract import metadata_dict
 from bridge.engines._marker_model import load_marker_model
 from bridge.matrix import CellMatrix
 
-HOUSEKEEPING = ["ACTB", "B2M", "MALAT1", "TMSB4X", "EEF1A1", "RPL13", "RPS27", "RPLP1",
-                "RPS12", "TPT1", "FTL", "GAPDH"]
 IRON_RECYCLING = {"SPIC": 0.004, "VCAM1": 0.004, "HMOX1": 0.01, "SLC40A1": 0.004,
                   "CD163": 0.006, "C1QA": 0.01, "C1QB": 0.01, "C1QC": 0.008, "CD68": 0.008,
                   "AIF1": 0.006, "CST3": 0.01, "LYZ": 0.004, "PTPRC": 0.006, "APOE": 0.006,
@@ -27,19 +25,8 @@ T_CELL = {"PTPRC": 0.01, "CD3E": 0.006, "CD3D": 0.006, "CD2": 0.004, "IL7R": 0.0
 
 
 def _sample(seed: int = 0) -> CellMatrix:
-    genes = sorted(set(load_marker_model().genes) | set(HOUSEKEEPING))
-    col = {g: j for j, g in enumerate(genes)}
-    rng = np.random.default_rng(seed)
-    rows = []
-    for markers, n in ((IRON_RECYCLING, 40), (T_CELL, 60)):
-        p = np.full(len(genes), 1e-4)
-        for g in HOUSEKEEPING:
-            p[col[g]] = 0.04
-        for g, share in markers.items():
-            p[col[g]] = share
-        rows += [rng.poisson(p / p.sum() * 3000) for _ in range(n)]
-    X = sp.csr_matrix(np.array(rows, dtype=np.float64))
-    return CellMatrix(X, [f"c{i}" for i in range(len(rows))], genes)
+    return synthetic_cells([([IRON_RECYCLING], 40), ([T_CELL], 60)], seed=seed, depth=3000,
+                           background=1e-4)
 
 
 def test_spic_is_no_defining_marker_of_red_pulp_macrophages() -> None:

@@ -7,16 +7,12 @@ pancreatic ductal cell."""
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.sparse as sp
+from _synthetic import synthetic_cells
 
 import bridge
 from bridge.engines._knowledge_base import load_cell_ontology
-from bridge.engines._marker_model import load_marker_model
 from bridge.matrix import CellMatrix
 
-HOUSEKEEPING = ["ACTB", "B2M", "MALAT1", "TMSB4X", "EEF1A1", "RPL13", "RPS27", "RPLP1",
-                "RPS12", "TPT1", "FTL", "GAPDH"]
 EPITHELIUM = {"EPCAM": 0.006, "KRT8": 0.01, "KRT18": 0.01, "CLDN4": 0.004, "CLDN7": 0.004,
               "ELF3": 0.003}
 PANCREAS = {"GATA6": 0.002, "PDX1": 0.002, "ONECUT1": 0.0015, "NR5A2": 0.0015,
@@ -26,18 +22,7 @@ DUCT = {"KRT19": 0.01, "CFTR": 0.004, "SOX9": 0.003, "SPP1": 0.006, "KRT7": 0.00
 
 
 def _cells(programmes: list[dict[str, float]], n: int, seed: int) -> CellMatrix:
-    genes = sorted(set(load_marker_model().genes) | set(HOUSEKEEPING))
-    col = {g: j for j, g in enumerate(genes)}
-    rng = np.random.default_rng(seed)
-    p = np.full(len(genes), 1e-5)
-    for g in HOUSEKEEPING:
-        p[col[g]] = 0.04
-    for programme in programmes:
-        for g, share in programme.items():
-            p[col[g]] = share
-    X = sp.csr_matrix(np.array([rng.poisson(p / p.sum() * 4000) for _ in range(n)],
-                               dtype=np.float64))
-    return CellMatrix(X, [f"c{i}" for i in range(n)], genes)
+    return synthetic_cells([(programmes, n)], seed=seed)
 
 
 def test_the_generic_node_sits_above_every_pancreatic_epithelial_type() -> None:
