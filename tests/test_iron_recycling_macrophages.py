@@ -45,3 +45,22 @@ def test_iron_recycling_macrophages_do_not_make_a_sample_splenic() -> None:
     # abroad (a liver context) they are macrophages, never splenic red pulp macrophages
     liver = bridge.annotate(matrix, tissue="liver", qc=False, progress=False)
     assert "splenic red pulp macrophage" not in liver.column("label").to_pylist()[:40]
+
+
+# Genes tissue-resident macrophages share across organs: complement, scavenger and mannose
+# receptors, CRIg, AIM (CD5L), LYVE1 (perivascular macrophages of every tissue; Chakarov et
+# al. 2019) - none of them names an organ.
+RESIDENT = {"C1QA": 0.01, "C1QB": 0.01, "C1QC": 0.008, "CD163": 0.006, "MRC1": 0.005,
+            "LYVE1": 0.004, "VSIG4": 0.005, "CD5L": 0.003, "MARCO": 0.003, "FOLR2": 0.004,
+            "CD68": 0.008, "AIF1": 0.006, "CST3": 0.01, "LYZ": 0.004, "PTPRC": 0.006,
+            "APOE": 0.006, "MS4A7": 0.004, "LAPTM5": 0.006, "FCER1G": 0.006, "TYROBP": 0.006}
+
+
+def test_shared_resident_macrophage_genes_confirm_no_organ_abroad() -> None:
+    """In a pancreas, macrophages showing what resident macrophages everywhere show are
+    macrophages: not Kupffer cells (liver), border-associated macrophages (brain), alveolar
+    macrophages (lung) or Hofbauer cells (placenta)."""
+    matrix = synthetic_cells([([RESIDENT], 40)], seed=3, depth=3000, background=1e-4)
+    calls = bridge.annotate(matrix, tissue="pancreas", qc=False, progress=False)
+    labels = [str(x) for x in calls.column("label").to_pylist()]
+    assert labels.count("macrophage") >= 36, labels
