@@ -91,7 +91,7 @@ UNKNOWN_REASONS = {
 #: descent's cumulative probability, ``coverage`` the candidate panel's fraction found in the
 #: matrix, ``markers`` the call's detected positive markers.  Fitted by
 #: ``tools/fit_calibration.py`` (docs/annotation.md says how).
-CALIBRATION: tuple[float, float, float, float] = (0.1377, 0.4166, -0.1175, 1.9396)
+CALIBRATION: tuple[float, float, float, float] = (0.1305, 0.4401, -0.1418, 2.0587)
 #: Confidence of a call carried by fewer than ``min_markers`` detected markers (possible only
 #: where the matrix lacks the type's other markers): below even odds.
 FEW_MARKERS_CAP = 0.45
