@@ -108,3 +108,14 @@ def test_ambient_floor_is_a_recorded_non_negative_parameter() -> None:
     with pytest.raises(InputError) as error:
         MarkerEngine(ambient_floor=-1)
     assert error.value.code == "invalid_parameter"
+
+
+def test_islet_cells_making_gut_hormones_are_no_foreign_l_cells() -> None:
+    """Glucagon and PYY are made by islet alpha and PP cells, and PYY by many mouse delta
+    cells, as much as by intestinal L cells, so neither confirms an L cell in a pancreas."""
+    delta_with_pyy = {"SST": 0.05, "PYY": 0.01, "PPY": 0.003, "GCG": 0.003, "HHEX": 0.0003}
+    calls = bridge.annotate(_cells([([ENDOCRINE, delta_with_pyy], 40)], seed=13),
+                            tissue="pancreas", qc=False, progress=False)
+    labels = [str(x) for x in calls.column("label").to_pylist()]
+    assert "type L enteroendocrine cell" not in labels, labels
+    assert labels.count("pancreatic D cell") >= 34, labels
