@@ -258,6 +258,51 @@ def test_confusable_siblings_are_separated_by_negative_markers(markers, cell_typ
     assert negative & positive, f"nothing in {cell_type} argues against {sibling}"
 
 
+# A defining marker (weight 1) confirms a type abroad and lets its calls vote for a tissue, so
+# it must name the type in every tissue: one that is also a strong marker of another tissue's
+# type of the same compartment is at most 0.7.  These keep weight 1 on purpose: the skin's own
+# keratins (its basal / spinous balance rests on them), CFTR of pancreatic ducts (the votes
+# that find a pancreas), and pairs whose tissues never meet in one sample or whose cells are
+# one lineage in two places (thymocytes and B-cell precursors, megakaryocytes and platelets).
+SHARED_DEFINING_KEPT = {
+    ("keratinocyte", "KRT5"), ("keratinocyte", "KRT14"), ("basal cell of epidermis", "KRT5"),
+    ("basal cell of epidermis", "KRT14"), ("pancreatic ductal cell", "CFTR"),
+    ("double-positive, alpha-beta thymocyte", "RAG1"),
+    ("double-positive, alpha-beta thymocyte", "RAG2"), ("Langerhans cell", "CD1A"),
+    ("megakaryocyte", "ITGA2B"), ("platelet", "GP9"), ("platelet", "PF4"), ("platelet", "PPBP"),
+    ("mesangial cell", "ITGA8"), ("slow muscle cell", "MYH7"),
+    ("sncg GABAergic interneuron", "SNCG"),
+}
+
+
+def test_defining_markers_name_their_type_in_every_tissue(markers, types) -> None:
+    by_id = {t["ontology_id"]: t for t in types}
+    strong: dict[str, list[str]] = defaultdict(list)
+    for m in markers:
+        if m["direction"] == "+" and float(m["weight"]) >= 0.7:
+            strong[m["gene"]].append(m["ontology_id"])
+    ontology = load_cell_ontology()
+
+    def related(a: str, b: str) -> bool:
+        return a in ontology.ancestors(b) or b in ontology.ancestors(a)
+
+    shared = set()
+    for m in markers:
+        kind = by_id[m["ontology_id"]]
+        where = set(kind["tissues"].split(";"))
+        if m["direction"] != "+" or float(m["weight"]) < 1 or "any" in where:
+            continue
+        for other in strong[m["gene"]]:
+            theirs = by_id[other]
+            if (other == m["ontology_id"] or related(other, m["ontology_id"])
+                    or theirs["compartment"] != kind["compartment"]
+                    or "any" in theirs["tissues"].split(";")
+                    or where & set(theirs["tissues"].split(";"))):
+                continue
+            shared.add((kind["name"], m["gene"]))
+    assert shared - SHARED_DEFINING_KEPT == set(), sorted(shared - SHARED_DEFINING_KEPT)
+
+
 # -- the checker and the build tool ----------------------------------------------------------
 def test_the_shipped_knowledge_base_has_no_problems() -> None:
     assert knowledge_base_problems() == []
