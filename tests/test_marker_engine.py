@@ -313,19 +313,30 @@ def test_foreign_types_need_stronger_evidence() -> None:
 
 
 def test_foreign_types_need_a_defining_marker() -> None:
-    # secretory genes that prostatic club-like cells share with pancreatic ducts (PIGR, MMP7,
-    # OLFM4, LTF, CP), without SCGB1A1: a club-like cell in the prostate, not in the pancreas;
-    # with SCGB1A1 it is one in both
     genes = sorted(set(load_marker_model().genes) | set(HOUSEKEEPING))
+    # secretory genes that prostatic club-like cells share with pancreatic ducts (PIGR, MMP7,
+    # OLFM4, LTF, CP), with or without SCGB1A1 (the lung's club cells make it too, so it
+    # names neither): a club-like cell in the prostate, never one in the pancreas
     secretory = {"EPCAM": 3, "CLDN7": 3, "PIGR": 3, "OLFM4": 3, "MMP7": 3, "LTF": 3, "CP": 3}
     matrix = _cells([secretory, {**secretory, "SCGB1A1": 3}], genes)
     club = "club-like cell of the urethral epithelium"
     home = bridge.annotate(matrix, tissue="prostate", qc=False, progress=False)
     abroad = bridge.annotate(matrix, tissue="pancreas", qc=False, progress=False)
     assert home.column("label").to_pylist() == [club, club]
+    assert club not in abroad.column("label").to_pylist()
+    # a gastric foveolar programme (MUC5AC, TFF1, TFF2, PSCA, VSIG1, all shared with other
+    # mucous epithelia) is a foveolar cell in a stomach; in a pancreas only with what names
+    # one, gastrokine 1
+    foveolar = {"EPCAM": 3, "CLDN7": 3, "MUC5AC": 3, "TFF1": 3, "TFF2": 3, "PSCA": 3,
+                "VSIG1": 3}
+    matrix = _cells([foveolar, {**foveolar, "GKN1": 3}], genes)
+    pit = "foveolar cell of stomach"
+    home = bridge.annotate(matrix, tissue="stomach", qc=False, progress=False)
+    abroad = bridge.annotate(matrix, tissue="pancreas", qc=False, progress=False)
+    assert home.column("label").to_pylist() == [pit, pit]
     labels = abroad.column("label").to_pylist()
-    assert labels[0] != club
-    assert labels[1] == club
+    assert labels[0] != pit
+    assert labels[1] == pit
 
 
 def test_only_calls_showing_a_defining_marker_vote_for_the_tissue() -> None:
