@@ -60,7 +60,7 @@ class Settings:
     temperature: float
     min_level_confidence: float
     n_alternates: int
-    ambient_floor: float = 0.0  # counts per 10,000 the ambient-prone genes must pass
+    ambient_floor: float  # counts per 10,000 the ambient-prone genes must pass
 
 
 # -- rows and samples -------------------------------------------------------------------------
