@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 
 from ..matrix import csr_view
 from ..numerics import cell_totals, log_normalize, panel_block, spread_runs
+from ._tissue_context import UBIQUITOUS_COMPARTMENTS
 
 if TYPE_CHECKING:
     from ..matrix import CellMatrix
@@ -46,6 +47,10 @@ _LOG1P_CP10K_SUM = 1.5e4
 _LOG_BASES = (2.0, math.e, 10.0)
 #: A hypothesis adds at least one weak marker's weight beyond the node deciding about it.
 _MIN_EXTRA_WEIGHT = 0.25
+#: A tissue-resident subtype of an immune, endothelial or stromal type (found in every tissue)
+#: is called only with this much of its own markers' weight detected (one strong marker, or
+#: two moderate ones): supporting markers (0.3) that recruited cells take up never make it.
+SUBTYPE_EVIDENCE = 0.7
 
 
 @dataclass(frozen=True)
@@ -222,8 +227,9 @@ class Layout:
     # Weights as differences from the parent's, so each node's row is short; sums down the
     # tree (accumulate) give every node its own and inherited total.
     signed: sp.csr_matrix  # nodes x panel: positive - negative weights, less the parent's
-    on_detection: sp.csr_matrix  # (nodes + 2 x programmes) x panel: positive markers less
-    #   the parent's; own positive weights and own weight-1 markers of the programme nodes
+    on_detection: sp.csr_matrix  # (nodes + 2 x programmes + nodes) x panel: positive markers
+    #   less the parent's; own positive weights and own weight-1 markers of the programme
+    #   nodes; the positive weight tissue-resident subtypes add to their parent's
     programmes: NDArray[Any]  # the programme nodes, in on_detection's order
     chain_end: NDArray[Any]  # nodes: the deepest programme node on the path (-1: none)
     distinct_chains: dict[int, list[int]]  # deepest programme node -> the chain, root first
@@ -233,6 +239,8 @@ class Layout:
     weight: NDArray[Any]  # nodes: positive marker weight present in the panel
     defining: sp.csr_matrix  # nodes x panel: own defining markers (positive weight 1)
     ambient: NDArray[Any]  # panel: ambient-prone genes (read above the ambient floor only)
+    added_needed: NDArray[Any]  # nodes: detected weight of own markers a tissue-resident
+    #   subtype needs (0: not held to it; see SUBTYPE_EVIDENCE)
 
 
 def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
@@ -258,8 +266,16 @@ def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
     top = parent < 0
     signed_delta = signed - np.where(top[:, None], 0.0, signed[np.maximum(parent, 0)])
     detects_delta = detects - np.where(top[:, None], 0.0, detects[np.maximum(parent, 0)])
+    # What a tissue-resident subtype adds to a parent that is itself a type (a call of its
+    # own): the evidence that must be seen for it to be called instead of the parent.
+    parent_is_type = ~top & model.is_type[np.maximum(parent, 0)]
+    resident = np.array([model.compartments[k] in UBIQUITOUS_COMPARTMENTS
+                         and _resident(model.tissues[k], model.tissues[max(int(parent[k]), 0)])
+                         for k in range(model.n_nodes)], dtype=bool)
+    added = np.where((parent_is_type & resident)[:, None],
+                     np.maximum(positive - positive[np.maximum(parent, 0)], 0.0), 0.0)
     stacked = np.vstack([detects_delta, own[programmes],
-                         (own[programmes] >= 1.0).astype(np.float64)])
+                         (own[programmes] >= 1.0).astype(np.float64), added])
     return Layout(
         columns=columns, panel=panel, signed=sp.csr_matrix(signed_delta.astype(np.float32)),
         on_detection=sp.csr_matrix(stacked.astype(np.float32)), programmes=programmes,
@@ -268,7 +284,16 @@ def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
         positive=np.vstack([positive, np.zeros((1, len(present)))]),
         n_present=(positive > 0).sum(axis=1), weight=positive.sum(axis=1),
         defining=sp.csr_matrix((own >= 1.0).astype(np.float32)),
-        ambient=model.ambient[present])
+        ambient=model.ambient[present],
+        added_needed=np.minimum(SUBTYPE_EVIDENCE, added.sum(axis=1)).astype(np.float32))
+
+
+def _resident(tissues: frozenset[str], parent: frozenset[str]) -> bool:
+    """Whether a type of these tissues is a tissue-resident form of a parent of those: listed
+    for fewer tissues, and not for blood (circulating states are in every tissue)."""
+    if "any" in tissues or "blood" in tissues:
+        return False
+    return "any" in parent or tissues < parent
 
 
 def _programme_chains(model: MarkerModel) -> list[list[int]]:
@@ -307,7 +332,11 @@ def hypotheses(evidence_: sp.csr_matrix, model: MarkerModel, layout: Layout,
     Eligible: a type with an own marker in the panel, at least ``min_markers`` detected
     positive markers (own or inherited; fewer where the panel lacks them, see
     ``FEW_MARKERS_CAP``; ``foreign_evidence`` times as many for a type foreign to the tissue
-    context), and its lineage's programme shown (:func:`_programmes_shown`).
+    context), its lineage's programme shown (:func:`_programmes_shown`), and for a
+    tissue-resident form of an immune, endothelial or stromal type, :data:`SUBTYPE_EVIDENCE`
+    of its own markers' weight detected: recruited and tumour macrophages take up the
+    iron-handling genes of red pulp macrophages and Kupffer cells (HMOX1, SLC40A1) without
+    being either.
     """
     # Weights times the transposed block: short weight rows (differences from the parent)
     # make the sparse products cheap; each entry sums in its weight row's order, whatever
@@ -320,13 +349,14 @@ def hypotheses(evidence_: sp.csr_matrix, model: MarkerModel, layout: Layout,
     counts = _accumulate(stacked[:n_nodes], model)
     shown = _programmes_shown(
         layout, stacked[n_nodes:n_nodes + n_programmes] >= settings.level_evidence,
-        stacked[n_nodes + n_programmes:] > 0)
+        stacked[n_nodes + n_programmes:n_nodes + 2 * n_programmes] > 0)
+    resident_shown = stacked[n_nodes + 2 * n_programmes:] >= layout.added_needed[:, None] - 1e-6
     types = layout.available[:, None]
     foreign = ~in_context[:, None]
     at_hand = np.minimum(settings.min_markers, layout.n_present)[:, None]
     needed = np.where(foreign, settings.min_markers * settings.foreign_evidence, at_hand)
-    eligible = types & shown & (counts >= needed) & _defining_shown(layout, transposed,
-                                                                      in_context)
+    eligible = (types & shown & resident_shown & (counts >= needed)
+                & _defining_shown(layout, transposed, in_context))
     plain = types & shown & (counts >= at_hand)
     masked = np.where(eligible, raw, np.float32(-np.inf))
     alone = masked * (1.0 / np.sqrt(np.maximum(layout.weight, _MIN_EXTRA_WEIGHT))

@@ -54,6 +54,8 @@ RELATIVE_SUPPORT = 0.8
 BLOOD_SHARE = 0.9
 _CIRCULATING_COMPARTMENTS = ("immune", "erythroid/megakaryocyte")
 _EVERYWHERE_COMPARTMENTS = ("endothelial", "stromal")
+#: Compartments whose generic types live in every tissue (see ``context_mask``).
+UBIQUITOUS_COMPARTMENTS = _CIRCULATING_COMPARTMENTS + _EVERYWHERE_COMPARTMENTS
 _UBERON = re.compile(r"^UBERON[:_]\d{7}$", re.IGNORECASE)
 
 
