@@ -53,7 +53,8 @@ def test_only_resident_forms_of_ubiquitous_types_need_own_evidence() -> None:
 
     model = load_marker_model()
     layout = build_layout(model, np.array(model.genes, dtype=object))
-    held = {model.names[k] for k in np.flatnonzero(layout.added_needed > 0)}
+    held = {model.names[k] for k, need in zip(layout.residents, layout.resident_needed,
+                                              strict=True) if need > 0}
     assert {"splenic red pulp macrophage", "Kupffer cell", "microglial cell",
             "alveolar macrophage", "hepatic stellate cell",
             "endothelial cell of hepatic sinusoid"} <= held
@@ -61,4 +62,4 @@ def test_only_resident_forms_of_ubiquitous_types_need_own_evidence() -> None:
     assert not held & {"naive thymus-derived CD4-positive, alpha-beta T cell",
                        "CD4-positive, alpha-beta memory T cell", "classical monocyte",
                        "naive B cell", "pancreatic ductal cell", "epithelial cell of pancreas"}
-    assert float(layout.added_needed.max()) == pytest.approx(SUBTYPE_EVIDENCE)
+    assert float(layout.resident_needed.max()) == pytest.approx(SUBTYPE_EVIDENCE)

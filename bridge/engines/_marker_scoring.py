@@ -229,7 +229,7 @@ class Layout:
     signed: sp.csr_matrix  # nodes x panel: positive - negative weights, less the parent's
     on_detection: sp.csr_matrix  # (nodes + 2 x programmes + nodes) x panel: positive markers
     #   less the parent's; own positive weights and own weight-1 markers of the programme
-    #   nodes; the positive weight tissue-resident subtypes add to their parent's
+    #   nodes; the positive weight each tissue-resident subtype adds to its parent's
     programmes: NDArray[Any]  # the programme nodes, in on_detection's order
     chain_end: NDArray[Any]  # nodes: the deepest programme node on the path (-1: none)
     distinct_chains: dict[int, list[int]]  # deepest programme node -> the chain, root first
@@ -239,8 +239,8 @@ class Layout:
     weight: NDArray[Any]  # nodes: positive marker weight present in the panel
     defining: sp.csr_matrix  # nodes x panel: own defining markers (positive weight 1)
     ambient: NDArray[Any]  # panel: ambient-prone genes (read above the ambient floor only)
-    added_needed: NDArray[Any]  # nodes: detected weight of own markers a tissue-resident
-    #   subtype needs (0: not held to it; see SUBTYPE_EVIDENCE)
+    residents: NDArray[Any]  # the tissue-resident subtypes, in on_detection's order
+    resident_needed: NDArray[Any]  # their own markers' detected weight needed to be called
 
 
 def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
@@ -272,8 +272,8 @@ def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
     resident = np.array([model.compartments[k] in UBIQUITOUS_COMPARTMENTS
                          and _resident(model.tissues[k], model.tissues[max(int(parent[k]), 0)])
                          for k in range(model.n_nodes)], dtype=bool)
-    added = np.where((parent_is_type & resident)[:, None],
-                     np.maximum(positive - positive[np.maximum(parent, 0)], 0.0), 0.0)
+    residents = np.flatnonzero(parent_is_type & resident)
+    added = np.maximum(positive[residents] - positive[parent[residents]], 0.0)
     stacked = np.vstack([detects_delta, own[programmes],
                          (own[programmes] >= 1.0).astype(np.float64), added])
     return Layout(
@@ -285,7 +285,8 @@ def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
         n_present=(positive > 0).sum(axis=1), weight=positive.sum(axis=1),
         defining=sp.csr_matrix((own >= 1.0).astype(np.float32)),
         ambient=model.ambient[present],
-        added_needed=np.minimum(SUBTYPE_EVIDENCE, added.sum(axis=1)).astype(np.float32))
+        residents=residents,
+        resident_needed=np.minimum(SUBTYPE_EVIDENCE, added.sum(axis=1)).astype(np.float32))
 
 
 def _resident(tissues: frozenset[str], parent: frozenset[str]) -> bool:
@@ -350,13 +351,14 @@ def hypotheses(evidence_: sp.csr_matrix, model: MarkerModel, layout: Layout,
     shown = _programmes_shown(
         layout, stacked[n_nodes:n_nodes + n_programmes] >= settings.level_evidence,
         stacked[n_nodes + n_programmes:n_nodes + 2 * n_programmes] > 0)
-    resident_shown = stacked[n_nodes + 2 * n_programmes:] >= layout.added_needed[:, None] - 1e-6
     types = layout.available[:, None]
     foreign = ~in_context[:, None]
     at_hand = np.minimum(settings.min_markers, layout.n_present)[:, None]
     needed = np.where(foreign, settings.min_markers * settings.foreign_evidence, at_hand)
-    eligible = (types & shown & resident_shown & (counts >= needed)
-                & _defining_shown(layout, transposed, in_context))
+    eligible = types & shown & (counts >= needed) & _defining_shown(layout, transposed,
+                                                                      in_context)
+    eligible[layout.residents] &= (stacked[n_nodes + 2 * n_programmes:]
+                                   >= layout.resident_needed[:, None] - np.float32(1e-6))
     plain = types & shown & (counts >= at_hand)
     masked = np.where(eligible, raw, np.float32(-np.inf))
     alone = masked * (1.0 / np.sqrt(np.maximum(layout.weight, _MIN_EXTRA_WEIGHT))
