@@ -376,7 +376,8 @@ def _details(data: Dataset, calls: Calls) -> None:
         groups["-" if f is None else "|".join(sorted(f))].append(i)
     ontology = load_cell_ontology()
     for key, rows in groups.items():
-        name = "-" if key == "-" else "|".join(ontology.name(k) for k in key.split("|"))
+        name = "-" if key == "-" else "|".join(ontology.name(k) if k in ontology else k
+                                               for k in key.split("|"))
         counts = Counter(calls.label[i] for i in rows)
         top = ", ".join(
             f"{lab} {n} ({np.mean([calls.confidence[i] for i in rows if calls.label[i] == lab]):.2f})"

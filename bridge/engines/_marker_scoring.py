@@ -51,6 +51,11 @@ _MIN_EXTRA_WEIGHT = 0.25
 #: is called only with this much of its own markers' weight detected (one strong marker, or
 #: two moderate ones): supporting markers (0.3) that recruited cells take up never make it.
 SUBTYPE_EVIDENCE = 0.7
+#: A strong marker's weight.
+STRONG = 0.7
+#: A type's own strong markers detected with this much weight (two of them) speak for the
+#: programmes of the lineages above it, as a defining marker of a programme node does.
+OWN_PROGRAMME = 1.4
 
 
 @dataclass(frozen=True)
@@ -240,6 +245,7 @@ class Layout:
     defining: sp.csr_matrix  # nodes x panel: own defining markers (positive weight 1)
     ambient: NDArray[Any]  # panel: ambient-prone genes (read above the ambient floor only)
     residents: NDArray[Any]  # the tissue-resident subtypes, in on_detection's order
+    speakers: NDArray[Any]  # types below a programme, in on_detection's order
     resident_needed: NDArray[Any]  # their own markers' detected weight needed to be called
 
 
@@ -274,8 +280,12 @@ def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
                          for k in range(model.n_nodes)], dtype=bool)
     residents = np.flatnonzero(parent_is_type & resident)
     added = np.maximum(positive[residents] - positive[parent[residents]], 0.0)
+    # Types below a programme: their own strong markers, which speak for the programme
+    # above where its genes are missing or dropped out (see OWN_PROGRAMME).
+    speakers = np.flatnonzero(model.is_type & (np.array([len(c) for c in chains]) > 0))
+    strong_own = np.where(own[speakers] >= STRONG, own[speakers], 0.0)
     stacked = np.vstack([detects_delta, own[programmes],
-                         (own[programmes] >= 1.0).astype(np.float64), added])
+                         (own[programmes] >= 1.0).astype(np.float64), added, strong_own])
     return Layout(
         columns=columns, panel=panel, signed=sp.csr_matrix(signed_delta.astype(np.float32)),
         on_detection=sp.csr_matrix(stacked.astype(np.float32)), programmes=programmes,
@@ -285,7 +295,7 @@ def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
         n_present=(positive > 0).sum(axis=1), weight=positive.sum(axis=1),
         defining=sp.csr_matrix((own >= 1.0).astype(np.float32)),
         ambient=model.ambient[present],
-        residents=residents,
+        residents=residents, speakers=speakers,
         resident_needed=np.minimum(SUBTYPE_EVIDENCE, added.sum(axis=1)).astype(np.float32))
 
 
@@ -351,13 +361,17 @@ def hypotheses(evidence_: sp.csr_matrix, model: MarkerModel, layout: Layout,
     shown = _programmes_shown(
         layout, stacked[n_nodes:n_nodes + n_programmes] >= settings.level_evidence,
         stacked[n_nodes + n_programmes:n_nodes + 2 * n_programmes] > 0)
+    shown[layout.speakers] |= (stacked[n_nodes + 2 * n_programmes + len(layout.residents):]
+                               >= np.float32(OWN_PROGRAMME - 1e-6))
     types = layout.available[:, None]
     foreign = ~in_context[:, None]
     at_hand = np.minimum(settings.min_markers, layout.n_present)[:, None]
     needed = np.where(foreign, settings.min_markers * settings.foreign_evidence, at_hand)
     eligible = types & shown & (counts >= needed) & _defining_shown(layout, transposed,
                                                                       in_context)
-    eligible[layout.residents] &= (stacked[n_nodes + 2 * n_programmes:]
+    n_res = len(layout.residents)
+    eligible[layout.residents] &= (stacked[n_nodes + 2 * n_programmes:
+                                           n_nodes + 2 * n_programmes + n_res]
                                    >= layout.resident_needed[:, None] - np.float32(1e-6))
     plain = types & shown & (counts >= at_hand)
     masked = np.where(eligible, raw, np.float32(-np.inf))
@@ -423,7 +437,8 @@ def _programmes_shown(layout: Layout, shown: NDArray[Any], defining: NDArray[Any
     not speak for the epithelial one.  A subtype's markers refine its lineage's call, they
     never make it alone: memory T cell genes such as ANXA1 or LMNA say nothing without a T
     cell programme.  A programme node whose own markers are all missing from the matrix
-    cannot show it.
+    cannot show it.  (:func:`hypotheses` adds: two strong markers of the type itself,
+    :data:`OWN_PROGRAMME`, show every programme above it.)
     """
     row = {int(p): k for k, p in enumerate(layout.programmes)}  # rows of shown / defining
     ok = {}
