@@ -35,7 +35,7 @@ def _calls(programmes: list[dict[str, float]], tissue: str, lacks: list[str],
 
 
 def test_oligodendrocytes_of_a_panel_without_glial_programme_genes() -> None:
-    calls = _calls([OLIGODENDROCYTE], "brain", GLIAL_PROGRAMME + ["MOG", "MOBP"])
+    calls = _calls([OLIGODENDROCYTE], "brain", [*GLIAL_PROGRAMME, "MOG", "MOBP"])
     assert calls["oligodendrocyte"] >= 36, calls
 
 
