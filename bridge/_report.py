@@ -413,7 +413,8 @@ def _tissue_context(raw: bytes | None) -> str:
         return ""
     if not isinstance(context, dict):
         return ""
-    tissues = ", ".join(context.get("tissues") or []) or "none (every type considered)"
+    expects = context.get("expects", "every type")
+    tissues = ", ".join(context.get("tissues") or []) or f"none ({expects} expected)"
     text = f"{tissues} ({context.get('source', '?')})"
     support = context.get("support") or {}
     if context.get("source") == "inferred" and support:

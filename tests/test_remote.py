@@ -131,6 +131,24 @@ def test_an_inferred_tissue_context_is_one_for_the_whole_run(live_server: LiveSe
 
 
 @pytest.mark.parametrize("transport", ["arrow", "json"])
+def test_an_inferred_absence_of_tissue_is_one_for_the_whole_run(live_server: LiveServer,
+                                                                 transport: str) -> None:
+    # No tissue inferred: every chunk expects only the types found in every tissue (the
+    # client sends tissue='unknown'), as a local call on all the cells does; 'all' would let
+    # the resident-looking macrophages be Kupffer cells.
+    from test_unknown_tissue import _sample
+
+    cells = _sample()
+    client = RemoteClient(live_server.url, api_key=API_KEY, transport=transport,
+                          chunk_size=40, max_concurrency=2)
+    remote = client.annotate(cells, progress=False)
+    local = call_cells(cells, progress=False)
+    assert remote.equals(local)
+    assert json.loads(meta(remote, "tissue")) == json.loads(meta(local, "tissue"))
+    assert json.loads(meta(local, "tissue"))["source"] == "none"
+
+
+@pytest.mark.parametrize("transport", ["arrow", "json"])
 def test_min_gene_fraction_reaches_the_service(live_server: LiveServer, transport: str) -> None:
     # A panel of 8 of the engine's genes: refused by the service's default bar, annotated
     # with a lower one exactly as locally (a bar the client itself cannot apply).

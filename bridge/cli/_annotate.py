@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tissue", help="tissue context of the markers engine: a tissue name, "
                                          "synonym or UBERON id (e.g. pancreas, "
                                          "UBERON:0001264; ';' between several), 'auto' "
-                                         "(default: inferred from the data) or 'all'")
+                                         "(default: inferred from the data), 'all' (every "
+                                         "type on equal terms) or 'unknown' (only the types "
+                                         "found in every tissue expected)")
     parser.add_argument("--min-gene-fraction", type=float, default=None, metavar="F",
                         help="refuse inputs holding fewer of the model's genes than this "
                              "fraction (default: the model's own)")
@@ -101,7 +103,8 @@ def summary(table: pa.Table) -> str:
                      f"(ids: {kind}{extra})")
     context = meta.get("tissue")
     if isinstance(context, dict):
-        tissues = ", ".join(context.get("tissues") or []) or "none (every type considered)"
+        expects = context.get("expects", "every type")
+        tissues = ", ".join(context.get("tissues") or []) or f"none ({expects} expected)"
         lines.append(f"tissue context: {tissues} ({context.get('source', '?')})")
     width = max((len(str(c["values"])) for c in counts), default=5)
     for c in counts:

@@ -45,6 +45,12 @@ AUTO = "auto"
 INFERENCE_CELLS = 2000
 #: Values of ``tissue=`` that switch the context off (every type on equal terms).
 EVERYWHERE = frozenset({"all", "none", "any"})
+#: The value of ``tissue=`` for a sample of no known tissue (what an inference finding none
+#: concludes): only the types found in every tissue are expected, an organ's types need the
+#: evidence a foreign type needs.  Remote clients send it to every chunk of such a run.
+UNKNOWN_TISSUE = "unknown"
+_NO_TISSUE_REASON = ("only the types found in every tissue (immune, endothelial, stromal) "
+                     "are expected; a tissue's own types need their defining markers")
 #: A tissue joins an inferred context only with this share of the sampled cells' votes ...
 MIN_SUPPORT = 0.02
 #: ... and at least this fraction of the best-supported tissue's.
@@ -66,10 +72,17 @@ class TissueContext:
     tissues: frozenset[str]
     source: str  # "given", "inferred", "none" (switched off or nothing inferred)
     evidence: dict[str, Any] = field(default_factory=dict)
+    #: Every type on equal terms (``tissue="all"``); an inferred context with no tissue
+    #: expects only the types found in every tissue.
+    every_type: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The ``scbridge.tissue`` metadata: the tissues, how they were chosen, the evidence."""
-        return {"tissues": sorted(self.tissues), "source": self.source, **self.evidence}
+        out = {"tissues": sorted(self.tissues), "source": self.source, **self.evidence}
+        if not self.tissues:
+            out["expects"] = ("every type" if self.every_type else
+                              "the types found in every tissue")
+        return out
 
 
 @cache
@@ -108,7 +121,8 @@ def resolve_tissues(tissue: str) -> frozenset[str]:
             if term not in uberon:
                 msg = (f"tissue {part!r} is not an UBERON term inside any tissue the knowledge "
                        f"base knows; use a tissue name ({', '.join(_names()[:8])}, ...), "
-                       "'auto' to infer it from the data, or 'all' for no tissue context.")
+                       "'auto' to infer it from the data, 'all' for no tissue context or "
+                       "'unknown' for a sample of no known tissue.")
                 raise InputError(msg, code="unknown_tissue")
             found.add(uberon[term])
         elif part.lower() in words:
@@ -120,10 +134,11 @@ def resolve_tissues(tissue: str) -> frozenset[str]:
             msg = (f"tissue {part!r} is not a tissue the knowledge base knows; {suggestion}"
                    f"known tissues: {', '.join(_names())}. Give a name, a synonym or an UBERON "
                    "id (tissue= in Python and R, --tissue on the command line), 'auto' to "
-                   "infer it from the data, or 'all' for no tissue context.")
+                   "infer it from the data, 'all' for no tissue context or 'unknown' for a "
+                   "sample of no known tissue.")
             raise InputError(msg, code="unknown_tissue")
     if not found:
-        msg = "tissue is empty; give a tissue name or UBERON id, 'auto' or 'all'."
+        msg = "tissue is empty; give a tissue name or UBERON id, 'auto', 'all' or 'unknown'."
         raise InputError(msg, code="unknown_tissue")
     return frozenset(found)
 
@@ -137,7 +152,11 @@ def given_context(tissue: str | None) -> TissueContext | None:
     if tissue is None or tissue.strip().lower() == AUTO:
         return None
     if tissue.strip().lower() in EVERYWHERE:
-        return TissueContext(frozenset(), "none", {"reason": f"tissue={tissue!r}"})
+        return TissueContext(frozenset(), "none", {"reason": f"tissue={tissue!r}"},
+                             every_type=True)
+    if tissue.strip().lower() == UNKNOWN_TISSUE:
+        return TissueContext(frozenset(), "none",
+                             {"reason": f"tissue={tissue!r}: {_NO_TISSUE_REASON}"})
     return TissueContext(resolve_tissues(tissue), "given")
 
 
@@ -147,9 +166,11 @@ def context_mask(model: MarkerModel, context: TissueContext) -> NDArray[Any]:
     In: the context tissues' types, the circulating immune and erythroid types (listed for
     blood or everywhere), the endothelial and stromal types found everywhere, and every
     ancestor of a type in the context (the coarser calls of the same cells).  Lineage nodes
-    without markers are always in.
+    without markers are always in.  With no tissue inferred, only those found everywhere
+    are: nothing says any organ is there, so an organ's types need the evidence a foreign
+    type needs (its defining marker); with ``tissue="all"`` every type is in.
     """
-    if not context.tissues:
+    if context.every_type:
         return np.ones(model.n_nodes, dtype=bool)
     out = ~model.is_type.copy()
     for k in np.flatnonzero(model.is_type):
@@ -216,6 +237,6 @@ def infer_context(model: MarkerModel, labels: NDArray[Any], confidence: NDArray[
         return TissueContext(frozenset({"blood"}), "inferred", evidence)
     if not chosen:
         evidence["reason"] = ("no tissue-specific cell type was called in "
-                              f"{MIN_SUPPORT:.0%} of the cells: every type considered")
+                              f"{MIN_SUPPORT:.0%} of the cells: {_NO_TISSUE_REASON}")
         return TissueContext(frozenset(), "none", evidence)
     return TissueContext(chosen, "inferred", evidence)

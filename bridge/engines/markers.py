@@ -251,7 +251,9 @@ class MarkerEngine(ChunkedEngine):
         kind = value_handling(matrix)
         context = self._given or self._infer(matrix, kind, model, tree, layout)
         in_context = context_mask(model, context)
-        fraction = self._check_panel(matrix, model, layout, in_context, context)
+        # With no tissue known, every type is a candidate (on a foreign type's terms).
+        candidates = in_context if context.tissues else np.ones_like(in_context)
+        fraction = self._check_panel(matrix, model, layout, candidates, context)
         run = partial(self._annotate, kind=kind, model=model, tree=tree, layout=layout,
                       in_context=in_context, coverage=fraction)
         if context.source == "inferred":

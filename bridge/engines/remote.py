@@ -416,7 +416,7 @@ class RemoteClient:
         Returns the tissue value to send and the inference's ``scbridge.tissue`` metadata,
         or ``(None, None)`` for a model without a tissue context.
         """
-        from ._tissue_context import INFERENCE_CELLS
+        from ._tissue_context import INFERENCE_CELLS, UNKNOWN_TISSUE
 
         runs = spread_runs(matrix.n_cells, INFERENCE_CELLS)
         sample = [matrix.slice_cells(a, b) for a, b in runs]
@@ -433,8 +433,8 @@ class RemoteClient:
         if not isinstance(context, dict):
             return None, None
         tissues = context.get("tissues")
-        if context.get("source") == "none":
-            return "all", raw.decode() if raw else None
+        if context.get("source") == "none":  # inferred: no tissue (the sample asked 'auto')
+            return UNKNOWN_TISSUE, raw.decode() if raw else None
         if context.get("source") != "inferred" or not isinstance(tissues, list) or not tissues:
             return None, None
         logger.info("tissue context for every chunk, inferred from %d sampled cells: %s",

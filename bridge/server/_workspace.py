@@ -204,15 +204,14 @@ def job_options(fields: dict[str, Any], catalog: Catalog
         if not isinstance(tissue, str) or len(tissue) > 200:
             raise ApiError(422, "invalid_parameter", "tissue must be a tissue name or UBERON "
                            "id.", "pick one of the listed tissues, or leave it on auto")
-        if tissue.lower() not in ("auto", "all"):
-            from .._errors import BridgeError
-            from ..engines._tissue_context import resolve_tissues
-            from ._problems import from_bridge_error
+        from .._errors import BridgeError
+        from ..engines._tissue_context import given_context
+        from ._problems import from_bridge_error
 
-            try:
-                resolve_tissues(tissue)  # an unknown name is refused here, with close matches
-            except BridgeError as exc:
-                raise from_bridge_error(exc) from None
+        try:
+            given_context(tissue)  # an unknown name is refused here, with close matches
+        except BridgeError as exc:
+            raise from_bridge_error(exc) from None
     threshold = fields.get("min_confidence")
     if threshold is not None and (isinstance(threshold, bool)
                                   or not isinstance(threshold, int | float)

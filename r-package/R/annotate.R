@@ -50,7 +50,8 @@
 #'   metadata column of cell-type labels.
 #' @param tissue For the markers model: the tissue the cells come from, as a
 #'   name or UBERON id (`"lung"`, `"UBERON:0002048"`), or `"auto"` (default):
-#'   the model works it out from the cells.
+#'   the model works it out from the cells; `"all"` puts every type on equal
+#'   terms, `"unknown"` expects only the types found in every tissue.
 #' @param level Which depth of the call goes into the main column: `"label"`
 #'   (default: the call itself, as deep as the evidence allows), `"l2"` (its
 #'   lineage, e.g. T cell) or `"l1"` (its compartment, e.g. immune). Every depth

@@ -11,6 +11,9 @@
 # package, or JSON simplified by jsonlite).
 
 core_columns <- c("cell", "label", "ontology_id", "confidence", "alternates", "markers")
+# Extra columns that are strings whatever a reply's encoding made of them (a JSON column of
+# nulls only, as unknown_reason is when every cell got a call, arrives as logical NA).
+string_columns <- c("label_l1", "label_l2", "unknown_reason")
 
 # Build it from flat pieces: alternates and markers arrive as flat vectors plus per-cell counts.
 new_calls <- function(cell, label, ontology_id, confidence, alt_n, alt_label, alt_score,
@@ -22,7 +25,9 @@ new_calls <- function(cell, label, ontology_id, confidence, alt_n, alt_label, al
   df$alternates <- split_by_counts(stats_named(as.double(alt_score), as.character(alt_label)),
                                    alt_n, n, stats::setNames(numeric(0), character(0)))
   df$markers <- split_by_counts(as.character(marker_gene), marker_n, n, character(0))
-  for (name in names(extra)) df[[name]] <- extra[[name]]
+  for (name in names(extra)) {
+    df[[name]] <- if (name %in% string_columns) as.character(extra[[name]]) else extra[[name]]
+  }
   rownames(df) <- NULL
   df
 }

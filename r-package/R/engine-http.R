@@ -264,7 +264,8 @@ http_run_tissue <- function(m, source, request, transport, genes_json) {
   context <- tryCatch(jsonlite::parse_json(reply$metadata[["scbridge.tissue"]]),
                       error = function(e) NULL)
   if (!is.list(context)) return(NULL)
-  if (identical(context$source, "none")) return("all")
+  # inferred: no tissue (the sample asked for "auto"); every request expects the same
+  if (identical(context$source, "none")) return("unknown")
   tissues <- unlist(context$tissues)
   if (!identical(context$source, "inferred") || !length(tissues)) return(NULL)
   paste(tissues, collapse = ";")

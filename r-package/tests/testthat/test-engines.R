@@ -102,6 +102,36 @@ test_that("http engine agrees with python cell for cell on every class, chunked"
                     calls(annotate_cells(make_seurat_v4(m), layer = "data", engine = "python")))
 })
 
+test_that("a chunked http run with no tissue inferred expects what one python call expects", {
+  skip_if_no_python()
+  server <- test_server()
+  # Resident-looking macrophages (VSIG4, CD5L, TIMD4), T cells and fibroblasts: no tissue is
+  # inferred, so every chunk expects only the types found in every tissue (the client sends
+  # tissue = "unknown"), and the macrophages are macrophages, not Kupffer cells.
+  programmes <- list(
+    c("C1QA", "C1QB", "C1QC", "CD163", "MRC1", "VSIG4", "CD5L", "TIMD4", "MARCO", "FOLR2",
+      "CD68", "AIF1", "CST3", "LYZ", "PTPRC", "APOE", "LAPTM5", "FCER1G", "TYROBP"),
+    c("PTPRC", "CD3E", "CD3D", "CD2", "IL7R", "CD4", "LCK", "CORO1A", "LCP1", "TRAC"),
+    c("COL1A1", "COL1A2", "COL3A1", "DCN", "LUM", "PDGFRA", "FBLN1", "SPARC"))
+  housekeeping <- c("ACTB", "B2M", "MALAT1", "TMSB4X", "EEF1A1", "GAPDH")
+  genes <- unique(c(unlist(programmes), housekeeping, utils::head(model_genes, 600)))
+  set.seed(7)
+  n <- 40L
+  counts <- matrix(0, length(genes), 3L * n,
+                   dimnames = list(genes, sprintf("cell%03d", seq_len(3L * n))))
+  counts[housekeeping, ] <- stats::rpois(length(housekeeping) * 3L * n, 60)
+  for (k in seq_along(programmes)) {
+    cells <- (k - 1L) * n + seq_len(n)
+    counts[programmes[[k]], cells] <- stats::rpois(length(programmes[[k]]) * n, 12) + 2
+  }
+  m <- as(Matrix::Matrix(counts, sparse = TRUE), "CsparseMatrix")
+  ref <- suppressWarnings(annotate_cells(m, engine = "python"))
+  expect_identical(unique(ref$label[seq_len(n)]), "macrophage")
+  out <- suppressWarnings(annotate_cells(m, engine = "http", endpoint = server$endpoint,
+                                         api_key = server$key, chunk_size = n))
+  expect_same_calls(out, ref)
+})
+
 test_that("gene ids that are not symbols fail with a gene-id error on every engine", {
   skip_if_no_python()
   m <- plain(sim_counts())
