@@ -232,9 +232,8 @@ class Layout:
     # Weights as differences from the parent's, so each node's row is short; sums down the
     # tree (accumulate) give every node its own and inherited total.
     signed: sp.csr_matrix  # nodes x panel: positive - negative weights, less the parent's
-    on_detection: sp.csr_matrix  # (nodes + 2 x programmes + nodes) x panel: positive markers
-    #   less the parent's; own positive weights and own weight-1 markers of the programme
-    #   nodes; the positive weight each tissue-resident subtype adds to its parent's
+    on_detection: sp.csr_matrix  # (nodes + 2 x programmes) x panel: positive markers less
+    #   the parent's; own positive weights and own weight-1 markers of the programme nodes
     programmes: NDArray[Any]  # the programme nodes, in on_detection's order
     chain_end: NDArray[Any]  # nodes: the deepest programme node on the path (-1: none)
     distinct_chains: dict[int, list[int]]  # deepest programme node -> the chain, root first
@@ -244,9 +243,14 @@ class Layout:
     weight: NDArray[Any]  # nodes: positive marker weight present in the panel
     defining: sp.csr_matrix  # nodes x panel: own defining markers (positive weight 1)
     ambient: NDArray[Any]  # panel: ambient-prone genes (read above the ambient floor only)
-    residents: NDArray[Any]  # the tissue-resident subtypes, in on_detection's order
-    speakers: NDArray[Any]  # types below a programme, in on_detection's order
-    resident_needed: NDArray[Any]  # their own markers' detected weight needed to be called
+    # Weights whose detected sum must reach a bar, few rows and kept sparse: the positive
+    # weight each tissue-resident subtype adds to its parent's (bar: SUBTYPE_EVIDENCE or
+    # what the panel holds), then the own strong markers of types below a programme that
+    # can reach OWN_PROGRAMME in this panel.
+    barred: sp.csr_matrix  # (residents + speakers) x panel
+    bars: NDArray[Any]  # per row of barred
+    residents: NDArray[Any]  # the tissue-resident subtypes, in barred's order
+    speakers: NDArray[Any]  # types below a programme, in barred's order after the residents
 
 
 def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
@@ -282,10 +286,12 @@ def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
     added = np.maximum(positive[residents] - positive[parent[residents]], 0.0)
     # Types below a programme: their own strong markers, which speak for the programme
     # above where its genes are missing or dropped out (see OWN_PROGRAMME).
-    speakers = np.flatnonzero(model.is_type & (np.array([len(c) for c in chains]) > 0))
-    strong_own = np.where(own[speakers] >= STRONG, own[speakers], 0.0)
+    strong_own = np.where(own >= STRONG, own, 0.0)
+    speakers = np.flatnonzero(model.is_type & (np.array([len(c) for c in chains]) > 0)
+                              & (strong_own.sum(axis=1) >= OWN_PROGRAMME - 1e-6))
+    needed = np.minimum(SUBTYPE_EVIDENCE, added.sum(axis=1))
     stacked = np.vstack([detects_delta, own[programmes],
-                         (own[programmes] >= 1.0).astype(np.float64), added, strong_own])
+                         (own[programmes] >= 1.0).astype(np.float64)])
     return Layout(
         columns=columns, panel=panel, signed=sp.csr_matrix(signed_delta.astype(np.float32)),
         on_detection=sp.csr_matrix(stacked.astype(np.float32)), programmes=programmes,
@@ -295,8 +301,10 @@ def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
         n_present=(positive > 0).sum(axis=1), weight=positive.sum(axis=1),
         defining=sp.csr_matrix((own >= 1.0).astype(np.float32)),
         ambient=model.ambient[present],
-        residents=residents, speakers=speakers,
-        resident_needed=np.minimum(SUBTYPE_EVIDENCE, added.sum(axis=1)).astype(np.float32))
+        barred=sp.csr_matrix(np.vstack([added, strong_own[speakers]]).astype(np.float32)),
+        bars=np.concatenate([needed, np.full(len(speakers), OWN_PROGRAMME)]
+                            ).astype(np.float32),
+        residents=residents, speakers=speakers)
 
 
 def _resident(tissues: frozenset[str], parent: frozenset[str]) -> bool:
@@ -361,18 +369,16 @@ def hypotheses(evidence_: sp.csr_matrix, model: MarkerModel, layout: Layout,
     shown = _programmes_shown(
         layout, stacked[n_nodes:n_nodes + n_programmes] >= settings.level_evidence,
         stacked[n_nodes + n_programmes:n_nodes + 2 * n_programmes] > 0)
-    shown[layout.speakers] |= (stacked[n_nodes + 2 * n_programmes + len(layout.residents):]
-                               >= np.float32(OWN_PROGRAMME - 1e-6))
+    reached = _bars_reached(layout, transposed)
+    n_res = len(layout.residents)
+    shown[layout.speakers] |= reached[n_res:]
     types = layout.available[:, None]
     foreign = ~in_context[:, None]
     at_hand = np.minimum(settings.min_markers, layout.n_present)[:, None]
     needed = np.where(foreign, settings.min_markers * settings.foreign_evidence, at_hand)
     eligible = types & shown & (counts >= needed) & _defining_shown(layout, transposed,
                                                                       in_context)
-    n_res = len(layout.residents)
-    eligible[layout.residents] &= (stacked[n_nodes + 2 * n_programmes:
-                                           n_nodes + 2 * n_programmes + n_res]
-                                   >= layout.resident_needed[:, None] - np.float32(1e-6))
+    eligible[layout.residents] &= reached[:n_res]
     plain = types & shown & (counts >= at_hand)
     masked = np.where(eligible, raw, np.float32(-np.inf))
     alone = masked * (1.0 / np.sqrt(np.maximum(layout.weight, _MIN_EXTRA_WEIGHT))
@@ -380,6 +386,18 @@ def hypotheses(evidence_: sp.csr_matrix, model: MarkerModel, layout: Layout,
     _foreign(alone, np.arange(model.n_nodes), in_context, settings)
     return Hypotheses(raw, masked, alone, eligible, counts,
                       plain.any(axis=0) & ~eligible.any(axis=0))
+
+
+def _bars_reached(layout: Layout, detected: sp.csr_matrix) -> NDArray[Any]:
+    """Per row of ``layout.barred`` and cell: the detected weight reaches the row's bar (a
+    bar of 0 always is).  The product stays sparse: few cells show these markers."""
+    product = (layout.barred @ detected).tocsr()
+    rows = np.repeat(np.arange(product.shape[0]), np.diff(product.indptr))
+    keep = product.data >= layout.bars[rows] - np.float32(1e-6)
+    out = np.zeros(product.shape, dtype=bool)
+    out[rows[keep], product.indices[keep]] = True
+    out[layout.bars <= 0] = True
+    return out
 
 
 def _defining_shown(layout: Layout, detected: sp.csr_matrix, in_context: NDArray[Any]
