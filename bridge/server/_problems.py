@@ -45,7 +45,7 @@ STATUS: dict[str, tuple[int, str]] = {
     "invalid_parameter": (422, "set the parameter within the documented range"),
     "unknown_parameter": (422, "see /openapi.json for the accepted fields"),
     "unknown_tissue": (422, "send a tissue name, synonym or UBERON id the message lists, "
-                            "'auto' or 'all'"),
+                            "'auto', 'all' or 'unknown'"),
     "invalid_payload": (422, "send the body the documentation describes (/openapi.json)"),
     "invalid_shape": (422, "send at least one cell and one gene"),
     "genes_mismatch": (422, "send exactly one gene id per matrix column, in column order"),
