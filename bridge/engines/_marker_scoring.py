@@ -286,8 +286,9 @@ def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
     added = np.maximum(positive[residents] - positive[parent[residents]], 0.0)
     # Types below a programme: their own strong markers, which speak for the programme
     # above where its genes are missing or dropped out (see OWN_PROGRAMME).
+    chain_end = np.array([c[-1] if c else -1 for c in chains], dtype=np.int64)
     strong_own = np.where(own >= STRONG, own, 0.0)
-    speakers = np.flatnonzero(model.is_type & (np.array([len(c) for c in chains]) > 0)
+    speakers = np.flatnonzero(model.is_type & (chain_end >= 0)
                               & (strong_own.sum(axis=1) >= OWN_PROGRAMME - 1e-6))
     needed = np.minimum(SUBTYPE_EVIDENCE, added.sum(axis=1))
     stacked = np.vstack([detects_delta, own[programmes],
@@ -295,7 +296,7 @@ def build_layout(model: MarkerModel, genes: NDArray[Any]) -> Layout:
     return Layout(
         columns=columns, panel=panel, signed=sp.csr_matrix(signed_delta.astype(np.float32)),
         on_detection=sp.csr_matrix(stacked.astype(np.float32)), programmes=programmes,
-        chain_end=np.array([c[-1] if c else -1 for c in chains], dtype=np.int64),
+        chain_end=chain_end,
         distinct_chains={c[-1]: c for c in chains if c}, available=model.is_type & has_own,
         positive=np.vstack([positive, np.zeros((1, len(present)))]),
         n_present=(positive > 0).sum(axis=1), weight=positive.sum(axis=1),

@@ -149,12 +149,15 @@ def _names() -> list[str]:
 
 def given_context(tissue: str | None) -> TissueContext | None:
     """The context a ``tissue=`` value fixes, or ``None`` when it asks for inference."""
-    if tissue is None or tissue.strip().lower() == AUTO:
+    if tissue is None:
         return None
-    if tissue.strip().lower() in EVERYWHERE:
+    word = tissue.strip().lower()
+    if word == AUTO:
+        return None
+    if word in EVERYWHERE:
         return TissueContext(frozenset(), "none", {"reason": f"tissue={tissue!r}"},
                              every_type=True)
-    if tissue.strip().lower() == UNKNOWN_TISSUE:
+    if word == UNKNOWN_TISSUE:
         return TissueContext(frozenset(), "none",
                              {"reason": f"tissue={tissue!r}: {_NO_TISSUE_REASON}"})
     return TissueContext(resolve_tissues(tissue), "given")
